@@ -1,0 +1,163 @@
+//! The response envelope and the per-request context it reads.
+//!
+//! Success: `{"success":true,"data":…,"meta":{"request_id":…,"api_version":"1"}}`;
+//! failure: `{"success":false,"error":{…},"meta":{…}}`. The request id and API
+//! version come from a task-local [`RequestContext`] that the HTTP middleware sets
+//! for the lifetime of each request, so handlers never pass them around.
+
+use std::sync::Arc;
+
+use axum_core::body::Body;
+use axum_core::response::{IntoResponse, Response};
+use http::{HeaderName, HeaderValue, StatusCode, header};
+
+/// The API version this server speaks.
+pub const API_VERSION: &str = "1";
+
+tokio::task_local! {
+    static CONTEXT: RequestContext;
+}
+
+/// What every part of a request's handling may need to know about the request.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The id that ties a response to its log lines: the caller's `X-Request-Id`
+    /// when it sent a sane one, otherwise one we made.
+    pub request_id: Arc<str>,
+}
+
+impl RequestContext {
+    /// Runs `f` with this context as the current one.
+    pub async fn scope<F: Future>(self, f: F) -> F::Output {
+        CONTEXT.scope(self, f).await
+    }
+
+    /// The current request's id, if called inside a request.
+    pub fn current_request_id() -> Option<Arc<str>> {
+        CONTEXT.try_with(|c| c.request_id.clone()).ok()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Meta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    api_version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<&'a str>,
+}
+
+#[derive(serde::Serialize)]
+struct Envelope<'a, T: serde::Serialize> {
+    success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a T>,
+    meta: Meta<'a>,
+}
+
+/// Serializes an envelope around `payload` (as `data` or `error`).
+pub(crate) fn render<T: serde::Serialize>(
+    status: StatusCode,
+    success: bool,
+    field: &'static str,
+    payload: &T,
+    next_cursor: Option<&str>,
+) -> Response {
+    let request_id = RequestContext::current_request_id();
+    let envelope = Envelope {
+        success,
+        data: (field == "data").then_some(payload),
+        error: (field == "error").then_some(payload),
+        meta: Meta {
+            request_id: request_id.as_deref(),
+            api_version: API_VERSION,
+            next_cursor,
+        },
+    };
+    let mut buf = Vec::with_capacity(256);
+    match serde_json::to_writer(&mut buf, &envelope) {
+        Ok(()) => {
+            let mut response = Response::new(Body::from(buf));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(e) => {
+            // Our own types failed to serialize: a bug. Say so without detail.
+            tracing::error!(error = %e, "response serialization failed");
+            let mut response = Response::new(Body::from(
+                r#"{"success":false,"error":{"code":"INTERNAL_ERROR","message":"An unexpected fault on the server."},"meta":{"api_version":"1"}}"#,
+            ));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+    }
+}
+
+/// A successful API answer: `data` wrapped in the envelope.
+#[derive(Debug)]
+pub struct ApiResponse<T> {
+    status: StatusCode,
+    data: T,
+    next_cursor: Option<String>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl<T: serde::Serialize> ApiResponse<T> {
+    /// 200 OK with `data`.
+    pub fn ok(data: T) -> Self {
+        Self {
+            status: StatusCode::OK,
+            data,
+            next_cursor: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// 201 Created with `data`, and `Location` pointing at the new resource.
+    pub fn created(data: T, location: &str) -> Self {
+        let mut r = Self::ok(data);
+        r.status = StatusCode::CREATED;
+        if let Ok(v) = HeaderValue::from_str(location) {
+            r.headers.push((header::LOCATION, v));
+        }
+        r
+    }
+
+    /// Sets `meta.next_cursor` (a list response with more pages).
+    pub fn with_next_cursor(mut self, cursor: Option<String>) -> Self {
+        self.next_cursor = cursor;
+        self
+    }
+}
+
+impl<T: serde::Serialize> IntoResponse for ApiResponse<T> {
+    fn into_response(self) -> Response {
+        let mut response = render(
+            self.status,
+            true,
+            "data",
+            &self.data,
+            self.next_cursor.as_deref(),
+        );
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+/// 204-style success for deletions, still with an envelope (`data: null` is
+/// omitted) so every answer has the same shape.
+pub fn no_content() -> Response {
+    render::<()>(StatusCode::OK, true, "none", &(), None)
+}

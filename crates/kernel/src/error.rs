@@ -1,0 +1,300 @@
+//! Public error codes and the API error type.
+//!
+//! Every failure a client can see carries one code from [`ErrorCode`]. The table is
+//! the single source of truth: `GET /api/v1/errors` serves it and `docs/errors.md`
+//! is generated from it (a test keeps the two in step). Codes are never renamed or
+//! reused; a retired code stays in the table.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use axum_core::response::{IntoResponse, Response};
+use http::StatusCode;
+
+use crate::envelope;
+
+macro_rules! error_codes {
+    ($( $variant:ident = ($code:literal, $status:literal, $desc:literal); )*) => {
+        /// A stable, documented error code. See `docs/errors.md`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $(
+                #[doc = $desc]
+                $variant,
+            )*
+        }
+
+        impl ErrorCode {
+            /// Every code, in table order.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The code as clients see it, e.g. `CATALOG_SKU_TAKEN`.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)* }
+            }
+
+            /// The HTTP status every response with this code has.
+            pub fn status(self) -> StatusCode {
+                let status: u16 = match self { $(ErrorCode::$variant => $status,)* };
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+
+            /// What the code means and what the client can do about it.
+            pub const fn description(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $desc,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    // Request shape: the API layer refuses these before any business logic runs.
+    RequestMalformedJson = ("REQUEST_MALFORMED_JSON", 400, "The request body is not well-formed JSON. Nothing was changed.");
+    RequestInvalidBody = ("REQUEST_INVALID_BODY", 422, "The JSON body does not match the expected shape: a field is missing, has the wrong type, or is not known. `details` names it. Nothing was changed.");
+    RequestUnsupportedMediaType = ("REQUEST_UNSUPPORTED_MEDIA_TYPE", 415, "The request needs a body with `Content-Type: application/json`.");
+    RequestBodyTooLarge = ("REQUEST_BODY_TOO_LARGE", 413, "The request body is larger than the server accepts (`server.body_limit_bytes`).");
+    RequestInvalidQuery = ("REQUEST_INVALID_QUERY", 400, "A query-string parameter is malformed, out of range or unknown. `details` names it.");
+    RequestInvalidPath = ("REQUEST_INVALID_PATH", 400, "A path parameter is malformed, for example an id of the wrong kind or shape.");
+    RequestInvalidCursor = ("REQUEST_INVALID_CURSOR", 400, "The pagination cursor was not issued by this endpoint for this sort order. Start again without a cursor.");
+    ValidationFailed = ("VALIDATION_FAILED", 422, "The request is well-formed but breaks a rule: `details.fields` lists each field and what is wrong with it. Nothing was changed.");
+    RouteNotFound = ("ROUTE_NOT_FOUND", 404, "No endpoint has this path. See `/api/v1/openapi.json`.");
+    MethodNotAllowed = ("METHOD_NOT_ALLOWED", 405, "The endpoint exists but does not accept this HTTP method.");
+    ApiVersionUnsupported = ("API_VERSION_UNSUPPORTED", 400, "The `Api-Version` header names a version this server does not serve, or contradicts the version in the path. Supported: `1`.");
+    // Authentication and authorization.
+    AuthRequired = ("AUTH_REQUIRED", 401, "This operation needs credentials: send `Authorization: Bearer <token>`.");
+    AuthInvalidToken = ("AUTH_INVALID_TOKEN", 401, "The credentials sent are not valid.");
+    // Server side. A 5xx body never contains internal detail: quote `meta.request_id` to the operator, who finds the cause in the logs.
+    InternalError = ("INTERNAL_ERROR", 500, "An unexpected fault on the server. The request id in `meta.request_id` finds it in the logs.");
+    ServerTimeout = ("SERVER_TIMEOUT", 503, "The server could not finish the request in time (`server.request_timeout_ms`). It may or may not have taken effect; retry only idempotent requests.");
+    ServiceNotReady = ("SERVICE_NOT_READY", 503, "A dependency the service needs (such as the database) is not answering. `details` says which.");
+    // Catalog.
+    CatalogProductNotFound = ("CATALOG_PRODUCT_NOT_FOUND", 404, "No product has this id (or it is inactive and the caller is not staff).");
+    CatalogCategoryNotFound = ("CATALOG_CATEGORY_NOT_FOUND", 404, "No category has this id.");
+    CatalogUnknownCategory = ("CATALOG_UNKNOWN_CATEGORY", 422, "The `category_id` (or `parent_id`) in the body names no existing category. Nothing was changed.");
+    CatalogSkuTaken = ("CATALOG_SKU_TAKEN", 409, "Another product already has this SKU. SKUs are unique.");
+    CatalogSlugTaken = ("CATALOG_SLUG_TAKEN", 409, "Another product already has this slug. Send a different `slug`.");
+    CatalogCategorySlugTaken = ("CATALOG_CATEGORY_SLUG_TAKEN", 409, "Another category already has this slug.");
+    CatalogCategoryInUse = ("CATALOG_CATEGORY_IN_USE", 409, "The category still has products or subcategories; move or delete them first.");
+    CatalogCategoryCycle = ("CATALOG_CATEGORY_CYCLE", 422, "The new `parent_id` would make the category its own ancestor.");
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Renders the table as the Markdown page `docs/errors.md`.
+pub fn render_error_catalogue_markdown() -> String {
+    let mut out = String::from(
+        "# Error codes\n\n\
+         <!-- Generated from crates/kernel/src/error.rs by `agora errors --markdown`. Do not edit by hand: a test fails when this file and the table differ. -->\n\n\
+         Every failed response has the shape\n\n\
+         ```json\n{\"success\":false,\"error\":{\"code\":\"…\",\"message\":\"…\",\"details\":…},\"meta\":{\"request_id\":\"…\",\"api_version\":\"1\"}}\n```\n\n\
+         and one of the codes below. A code always comes with the same HTTP status. Codes are never renamed or reused.\n\
+         The same table is served at `GET /api/v1/errors`.\n\n\
+         | code | HTTP status | meaning |\n|---|---|---|\n",
+    );
+    for code in ErrorCode::ALL {
+        out.push_str(&format!(
+            "| `{}` | {} | {} |\n",
+            code.as_str(),
+            code.status().as_u16(),
+            code.description().replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+/// The internal cause of a server-side failure, attached to the response so the
+/// logging middleware can record it (once, inside the request's span). It never
+/// reaches the client.
+#[derive(Debug, Clone)]
+pub struct ErrorReport(pub String);
+
+/// An error answer of the API: a code, a human-readable message and optional
+/// structured details.
+pub struct ApiError {
+    code: ErrorCode,
+    message: Cow<'static, str>,
+    details: Option<serde_json::Value>,
+    cause: Option<String>,
+}
+
+impl ApiError {
+    /// An error with `code` and a message for the client.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            details: None,
+            cause: None,
+        }
+    }
+
+    /// An error whose message is the code's description.
+    pub fn from_code(code: ErrorCode) -> Self {
+        Self::new(code, code.description())
+    }
+
+    /// An unexpected server fault. The cause chain is logged, never shown.
+    pub fn internal(cause: impl fmt::Display) -> Self {
+        Self {
+            cause: Some(format!("{cause:#}")),
+            ..Self::from_code(ErrorCode::InternalError)
+        }
+    }
+
+    /// A `VALIDATION_FAILED` error listing each field and what is wrong with it.
+    pub fn validation(fields: Vec<FieldError>) -> Self {
+        let message = match fields.as_slice() {
+            [one] => format!("`{}` {}", one.field, one.message),
+            _ => format!("{} fields are invalid", fields.len()),
+        };
+        Self::new(ErrorCode::ValidationFailed, message)
+            .with_details(serde_json::json!({ "fields": fields }))
+    }
+
+    /// Adds structured details for the client.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// Adds an internal cause for the log (never shown to the client).
+    pub fn with_cause(mut self, cause: impl fmt::Display) -> Self {
+        self.cause = Some(format!("{cause:#}"));
+        self
+    }
+
+    /// The code.
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The client-facing message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiError")
+            .field("code", &self.code)
+            .field("message", &self.message)
+            .field("cause", &self.cause)
+            .finish()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    /// The field's name as the client sent it (dotted for nested fields).
+    pub field: Cow<'static, str>,
+    /// What is wrong with it.
+    pub message: Cow<'static, str>,
+}
+
+impl FieldError {
+    /// A field error.
+    pub fn new(field: impl Into<Cow<'static, str>>, message: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    code: ErrorCode,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<&'a serde_json::Value>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        // A server fault shows only the code's description; its cause goes to the log.
+        let (message, details) =
+            if status.is_server_error() && self.code == ErrorCode::InternalError {
+                (self.code.description(), None)
+            } else {
+                (&*self.message, self.details.as_ref())
+            };
+        let body = ErrorBody {
+            code: self.code,
+            message,
+            details,
+        };
+        let mut response = envelope::render(status, false, "error", &body, None);
+        response.extensions_mut().insert(self.code);
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(ErrorReport(cause));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn every_code_is_unique_upper_snake_case_and_described() {
+        let mut seen = HashSet::new();
+        for code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "{s} is listed twice");
+            assert!(
+                s.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{s} is not UPPER_SNAKE_CASE"
+            );
+            assert!(
+                code.description().ends_with('.'),
+                "{s} needs a full-sentence description"
+            );
+            assert!(code.status().is_client_error() || code.status().is_server_error());
+        }
+    }
+
+    #[test]
+    fn an_internal_error_hides_its_cause_from_the_client() {
+        let response =
+            ApiError::internal("connection refused to 10.0.0.5: password=hunter2").into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let report = response
+            .extensions()
+            .get::<ErrorReport>()
+            .map(|r| r.0.clone());
+        assert_eq!(
+            report.as_deref(),
+            Some("connection refused to 10.0.0.5: password=hunter2")
+        );
+    }
+
+    #[test]
+    fn a_validation_error_names_its_fields() {
+        let e = ApiError::validation(vec![FieldError::new("name", "must not be empty")]);
+        assert_eq!(e.code(), ErrorCode::ValidationFailed);
+        assert_eq!(e.message(), "`name` must not be empty");
+    }
+}
