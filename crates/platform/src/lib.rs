@@ -1,1 +1,28 @@
-//! stub
+//! The platform: adapters every module stands on, behind small interfaces.
+//!
+//! # Layout
+//! - [`config`]: layered configuration (defaults → TOML file → `AGORA_*` environment
+//!   → command-line flags), validated at start-up with the offending key named.
+//! - [`telemetry`]: `tracing` subscriber, readable or JSON logs.
+//! - [`db`]: the database — sqlx `AnyPool` over SQLite or PostgreSQL, one writer and
+//!   a read pool, per-module migrations, a `$n` SQL builder, constraint mapping.
+//! - [`http`]: the HTTP foundation — our extractors (coded errors for malformed
+//!   input), the edge middleware (request id, API version, timeout, logging), the
+//!   server with graceful shutdown, health routes.
+//! - [`auth`]: who is calling (until the identity module lands: the bootstrap
+//!   staff token).
+//! - [`shutdown`]: the shutdown signal shared by every long-running task.
+//! - `testing` (feature `test-support`): a fresh database per test.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use config::Config;
+pub use db::Database;
+pub use shutdown::Shutdown;

@@ -1,0 +1,470 @@
+//! Configuration.
+//!
+//! Sources, later overriding earlier: defaults in code → the TOML file given with
+//! `--config` → environment variables `AGORA_SECTION__KEY` (for example
+//! `AGORA_DATABASE__URL`, `AGORA_SERVER__ADDR`, `AGORA_DATA_DIR`) → command-line
+//! flags. Unknown keys and invalid values stop start-up with a message naming the
+//! key. Variables starting `AGORA_TEST_` belong to the test suites and are ignored.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of a process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the process keeps its files: the SQLite database, keys, media.
+    pub data_dir: PathBuf,
+    /// The HTTP server.
+    pub server: ServerConfig,
+    /// The database.
+    pub database: DatabaseConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Demo data.
+    pub seed: SeedConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("agora-data"),
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            seed: SeedConfig::default(),
+        }
+    }
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The address to listen on.
+    pub addr: SocketAddr,
+    /// A request that takes longer is answered `SERVER_TIMEOUT` (503).
+    pub request_timeout_ms: u64,
+    /// Larger request bodies are refused with `REQUEST_BODY_TOO_LARGE` (413).
+    pub body_limit_bytes: usize,
+    /// On SIGTERM or Ctrl-C, in-flight requests get this long to finish.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            request_timeout_ms: 15_000,
+            body_limit_bytes: 1024 * 1024,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// The database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`. When absent: the SQLite file
+    /// `<data_dir>/agora.db`.
+    pub url: Option<String>,
+    /// The most connections of the read pool (and of the only pool on PostgreSQL).
+    pub max_connections: u32,
+    /// How long a request waits for a free connection before failing.
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: 8,
+            acquire_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (readable, the default) or `json` (one object a line, for collectors).
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `info,agora_catalog=debug`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!(
+                "`{other}` is not a log format: use `text` or `json`"
+            )),
+        }
+    }
+}
+
+/// Authentication.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// A static staff token for the catalog's write endpoints until accounts
+    /// exist. Sent as `Authorization: Bearer <token>`. At least 16 characters.
+    pub bootstrap_token: Option<Secret>,
+}
+
+/// Demo data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeedConfig {
+    /// Load the demo catalog into an empty database at start-up.
+    pub demo: bool,
+}
+
+impl Default for SeedConfig {
+    fn default() -> Self {
+        Self { demo: true }
+    }
+}
+
+/// A value that must never be printed: `Debug` and `Display` show `********`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself, for the one place that must compare or use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("********")
+    }
+}
+
+impl Serialize for Secret {
+    /// Serialized masked, so an effective configuration printed or logged never
+    /// shows it.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("********")
+    }
+}
+
+/// Values given on the command line; they override every other source.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--addr`
+    pub addr: Option<SocketAddr>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--log-format`
+    pub log_format: Option<LogFormat>,
+    /// `--no-demo`
+    pub no_demo: bool,
+}
+
+/// Why the configuration could not be loaded; the message names the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the configuration from every source, then validates it.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_from_env(file, overrides, Env::prefixed("AGORA_"))
+    }
+
+    fn load_from_env(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: Env,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "the configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(env.filter(|key| !key.starts_with("test_")).split("__"));
+        if let Some(addr) = overrides.addr {
+            figment = figment.merge(Serialized::default("server.addr", addr));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            figment = figment.merge(Serialized::default("data_dir", dir));
+        }
+        if let Some(format) = overrides.log_format {
+            figment = figment.merge(Serialized::default("log.format", format));
+        }
+        if overrides.no_demo {
+            figment = figment.merge(Serialized::default("seed.demo", false));
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            // figment names the key and the source (file or environment variable).
+            let mut msg = String::new();
+            for (i, err) in e.into_iter().enumerate() {
+                if i > 0 {
+                    msg.push_str("; ");
+                }
+                let key = err.path.join(".");
+                if key.is_empty() {
+                    msg.push_str(&err.kind.to_string());
+                } else {
+                    msg.push_str(&format!("`{key}`: {}", err.kind));
+                }
+                if let Some(source) = &err.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                    msg.push_str(&format!(" (from {source})"));
+                }
+            }
+            ConfigError(msg)
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that types alone cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, why: &str| Err(ConfigError(format!("`{key}`: {why}")));
+        if self.data_dir.as_os_str().is_empty() {
+            return fail("data_dir", "must not be empty");
+        }
+        if !(1..=3_600_000).contains(&self.server.request_timeout_ms) {
+            return fail("server.request_timeout_ms", "must be between 1 and 3600000");
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.server.body_limit_bytes) {
+            return fail(
+                "server.body_limit_bytes",
+                "must be between 1024 and 1073741824",
+            );
+        }
+        if self.server.shutdown_timeout_ms > 600_000 {
+            return fail("server.shutdown_timeout_ms", "must be at most 600000");
+        }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return fail(
+                "database.url",
+                "must start with sqlite:, postgres:// or postgresql://",
+            );
+        }
+        if !(1..=1000).contains(&self.database.max_connections) {
+            return fail("database.max_connections", "must be between 1 and 1000");
+        }
+        if !(1..=600_000).contains(&self.database.acquire_timeout_ms) {
+            return fail(
+                "database.acquire_timeout_ms",
+                "must be between 1 and 600000",
+            );
+        }
+        if let Some(token) = &self.auth.bootstrap_token
+            && token.expose().len() < 16
+        {
+            return fail("auth.bootstrap_token", "must be at least 16 characters");
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            return fail("log.filter", "is not a valid tracing filter");
+        }
+        Ok(())
+    }
+
+    /// The database URL in effect: the configured one, or the SQLite file in the
+    /// data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database.url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("agora.db").display()
+            ),
+        }
+    }
+
+    /// The effective configuration as TOML, with secrets masked (including a
+    /// password inside the database URL). For `agora config`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = Some(mask_url_password(&self.database_url()));
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// `postgres://user:pw@host/db` → `postgres://user:********@host/db`.
+fn mask_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:********@{host}"),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its (large) Error.
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::load_from_env(None, overrides, Env::prefixed("AGORA_"))
+    }
+
+    #[test]
+    fn defaults_are_a_runnable_monolith() {
+        Jail::expect_with(|_| {
+            let c = load(&Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.addr.to_string(), "127.0.0.1:8080");
+            assert_eq!(c.database_url(), "sqlite://agora-data/agora.db?mode=rwc");
+            assert!(c.seed.demo);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_flags_override_both() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "agora.toml",
+                "[server]\naddr = \"127.0.0.1:9000\"\nrequest_timeout_ms = 2000\n",
+            )?;
+            jail.set_env("AGORA_SERVER__REQUEST_TIMEOUT_MS", "3000");
+            jail.set_env("AGORA_DATABASE__URL", "postgres://u:pw@localhost/agora");
+            jail.set_env("AGORA_TEST_POSTGRES_URL", "ignored by the application");
+            let flags = Overrides {
+                addr: Some(SocketAddr::from(([0, 0, 0, 0], 7000))),
+                no_demo: true,
+                ..Overrides::default()
+            };
+            let c = Config::load_from_env(
+                Some(Path::new("agora.toml")),
+                &flags,
+                Env::prefixed("AGORA_"),
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(c.server.addr.port(), 7000);
+            assert_eq!(c.server.request_timeout_ms, 3000);
+            assert!(!c.seed.demo);
+            assert_eq!(c.database_url(), "postgres://u:pw@localhost/agora");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("AGORA_SERVER__ADDR", "not-an-address");
+            let err = load(&Overrides::default()).err().map(|e| e.to_string());
+            let err = err.unwrap_or_default();
+            assert!(err.contains("server.addr"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        Jail::expect_with(|jail| {
+            jail.create_file("agora.toml", "[server]\nport = 1\n")?;
+            let err = Config::load_from_env(
+                Some(Path::new("agora.toml")),
+                &Overrides::default(),
+                Env::prefixed("AGORA_"),
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+            assert!(err.contains("port"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rules_beyond_types_name_their_key() {
+        Jail::expect_with(|jail| {
+            jail.set_env("AGORA_AUTH__BOOTSTRAP_TOKEN", "short");
+            let err = load(&Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("auth.bootstrap_token"), "{err}");
+            jail.set_env("AGORA_AUTH__BOOTSTRAP_TOKEN", "long-enough-staff-token");
+            jail.set_env("AGORA_DATABASE__URL", "mysql://x");
+            let err = load(&Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("database.url"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let err = Config::load(
+            Some(Path::new("/nonexistent/agora.toml")),
+            &Overrides::default(),
+        );
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn printed_configuration_masks_secrets() {
+        let mut c = Config::default();
+        c.auth.bootstrap_token = Some(Secret::new("super-secret-staff-token"));
+        c.database.url = Some("postgres://agora:hunter2@db:5432/agora".into());
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("super-secret"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://agora:********@db:5432/agora"),
+            "{shown}"
+        );
+    }
+}

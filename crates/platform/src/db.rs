@@ -1,0 +1,328 @@
+//! The database: sqlx `AnyPool` over SQLite or PostgreSQL, one SQL text for both.
+//!
+//! Conventions every module follows: `$1` placeholders, TEXT UUID ids, BIGINT money
+//! in minor units, BIGINT epoch-millisecond timestamps, INTEGER 0/1 flags (the Any
+//! driver has no portable boolean), JSON as TEXT.
+//!
+//! SQLite runs in WAL mode with `synchronous=FULL` (a committed write survives power
+//! loss), a busy timeout and foreign keys on. Writes go through a pool of exactly
+//! one connection, so writers queue in the application instead of fighting over the
+//! file lock, and transactions start with `BEGIN IMMEDIATE` so another process (a
+//! CLI command beside the server) waits its turn rather than failing. Reads go
+//! through a separate pool of read-only connections. On PostgreSQL both are the same
+//! pool.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::any::{AnyArguments, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Arguments, AssertSqlSafe, Encode, Transaction, Type};
+
+use crate::config::Config;
+
+/// Which engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// The database handle every store holds. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// The only connection allowed to write (SQLite), or the pool (PostgreSQL).
+    writer: AnyPool,
+    /// Read-only connections (SQLite), or the same pool (PostgreSQL).
+    reader: AnyPool,
+    backend: Backend,
+}
+
+/// One module's migrations, for each engine, and the table recording which ran.
+#[derive(Debug)]
+pub struct ModuleMigrations {
+    /// The module's name; its history lives in `<module>_schema_migrations`.
+    pub module: &'static str,
+    /// Migrations for SQLite.
+    pub sqlite: &'static Migrator,
+    /// Migrations for PostgreSQL.
+    pub postgres: &'static Migrator,
+}
+
+impl Database {
+    /// Connects with the configuration's database URL, creating the SQLite file
+    /// (and the data directory) when needed.
+    pub async fn connect(config: &Config) -> anyhow::Result<Database> {
+        Self::connect_url(&config.database_url(), config).await
+    }
+
+    /// Connects to `url` with the pool settings of `config`.
+    pub async fn connect_url(url: &str, config: &Config) -> anyhow::Result<Database> {
+        sqlx::any::install_default_drivers();
+        let acquire_timeout = Duration::from_millis(config.database.acquire_timeout_ms);
+        if url.starts_with("sqlite:") {
+            if let Some(dir) = sqlite_file(url).and_then(|p| p.parent().map(Path::to_path_buf))
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(&dir).with_context(|| {
+                    format!("Failed to create the data directory {}", dir.display())
+                })?;
+            }
+            let writer = AnyPoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .acquire_timeout(acquire_timeout)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                        )
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                    })
+                })
+                .connect(url)
+                .await
+                .with_context(|| format!("Failed to open the SQLite database {url}"))?;
+            let reader = AnyPoolOptions::new()
+                .max_connections(config.database.max_connections)
+                .acquire_timeout(acquire_timeout)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::raw_sql(
+                            "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
+                             PRAGMA query_only = ON;",
+                        )
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                    })
+                })
+                .connect(url)
+                .await
+                .with_context(|| format!("Failed to open the SQLite database {url}"))?;
+            Ok(Database {
+                writer,
+                reader,
+                backend: Backend::Sqlite,
+            })
+        } else {
+            let pool = AnyPoolOptions::new()
+                .max_connections(config.database.max_connections)
+                .acquire_timeout(acquire_timeout)
+                .connect(url)
+                .await
+                .context("Failed to connect to PostgreSQL")?;
+            Ok(Database {
+                writer: pool.clone(),
+                reader: pool,
+                backend: Backend::Postgres,
+            })
+        }
+    }
+
+    /// The engine in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool for reads that need not see this request's own writes.
+    pub fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+
+    /// The pool for writes, and for reads that must see the latest commit.
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.writer.begin().await,
+        }
+    }
+
+    /// Runs a module's pending migrations, recording them in its own history table.
+    pub async fn migrate(&self, migrations: &ModuleMigrations) -> anyhow::Result<()> {
+        let source = match self.backend {
+            Backend::Sqlite => migrations.sqlite,
+            Backend::Postgres => migrations.postgres,
+        };
+        let mut migrator = Migrator {
+            migrations: source.migrations.clone(),
+            ..Migrator::DEFAULT
+        };
+        migrator.dangerous_set_table_name(format!("{}_schema_migrations", migrations.module));
+        migrator
+            .run(&self.writer)
+            .await
+            .with_context(|| format!("Failed to run the {} migrations", migrations.module))
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map(drop)
+    }
+
+    /// Closes every connection, waiting for those in use.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+}
+
+fn sqlite_file(url: &str) -> Option<&Path> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && path != ":memory:").then(|| Path::new(path))
+}
+
+/// A dynamic query with `$n` placeholders, for the few queries whose shape depends
+/// on the request (optional filters, sort orders).
+///
+/// sqlx's own `QueryBuilder` cannot serve here: over the Any driver it writes `?`
+/// placeholders, which PostgreSQL refuses. Values are always bound, never pasted
+/// into the text.
+#[derive(Default)]
+pub struct SqlBuilder {
+    sql: String,
+    args: AnyArguments,
+    binds: usize,
+}
+
+impl SqlBuilder {
+    /// Starts with a fixed piece of SQL.
+    pub fn new(sql: &'static str) -> Self {
+        Self {
+            sql: sql.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Appends fixed SQL text. Only `'static` text: values go through [`Self::bind`].
+    pub fn push(&mut self, sql: &'static str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    /// Appends a placeholder and binds `value` to it.
+    pub fn bind<'t, T>(&mut self, value: T) -> Result<&mut Self, sqlx::Error>
+    where
+        T: Encode<'t, Any> + Type<Any> + 't,
+    {
+        self.binds += 1;
+        let _ = write!(self.sql, "${}", self.binds);
+        self.args.add(value).map_err(sqlx::Error::Encode)?;
+        Ok(self)
+    }
+
+    /// The SQL text so far (for tests and logs).
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The finished query.
+    pub fn build(self) -> sqlx::query::Query<'static, Any, AnyArguments> {
+        // Safe: the text is made only of 'static fragments and `$n` placeholders.
+        sqlx::query_with(AssertSqlSafe(self.sql), self.args)
+    }
+}
+
+/// A broken integrity constraint, as reported by either engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Violation {
+    /// A UNIQUE constraint: PostgreSQL's constraint name, or SQLite's
+    /// `table.column` list.
+    Unique(String),
+    /// A FOREIGN KEY constraint (SQLite does not say which).
+    ForeignKey(Option<String>),
+    /// A CHECK constraint.
+    Check(Option<String>),
+}
+
+impl Violation {
+    /// Whether this is the UNIQUE constraint `name` (PostgreSQL) on `columns`
+    /// (SQLite's `table.column` text).
+    pub fn is_unique(&self, name: &str, columns: &str) -> bool {
+        matches!(self, Violation::Unique(v) if v == name || v == columns)
+    }
+}
+
+/// Classifies a database error as a constraint violation, so that stores can let
+/// the database enforce a rule and turn its refusal into a domain error.
+pub fn violation(err: &sqlx::Error) -> Option<Violation> {
+    let db = err.as_database_error()?;
+    let constraint = db.constraint().map(str::to_string);
+    if db.is_unique_violation() {
+        let name = constraint.or_else(|| {
+            // SQLite: "UNIQUE constraint failed: catalog_products.sku"
+            db.message()
+                .split_once("UNIQUE constraint failed: ")
+                .map(|(_, cols)| cols.to_string())
+        });
+        return Some(Violation::Unique(name.unwrap_or_default()));
+    }
+    if db.is_foreign_key_violation() {
+        return Some(Violation::ForeignKey(constraint));
+    }
+    if db.is_check_violation() {
+        return Some(Violation::Check(constraint));
+    }
+    None
+}
+
+/// A `LIKE` pattern matching `text` anywhere, with `%`, `_` and `\` escaped
+/// (use with `ESCAPE '\'`).
+pub fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sqlite_file_is_found_in_its_url() {
+        assert_eq!(
+            sqlite_file("sqlite://a/b.db?mode=rwc"),
+            Some(Path::new("a/b.db"))
+        );
+        assert_eq!(sqlite_file("sqlite:b.db"), Some(Path::new("b.db")));
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn like_patterns_escape_wildcards() {
+        assert_eq!(contains_pattern("50%_off\\"), "%50\\%\\_off\\\\%");
+    }
+
+    #[test]
+    fn the_builder_numbers_placeholders() -> Result<(), sqlx::Error> {
+        let mut q = SqlBuilder::new("SELECT 1 WHERE a = ");
+        q.bind(1_i64)?.push(" AND b = ").bind("x")?;
+        assert_eq!(q.sql(), "SELECT 1 WHERE a = $1 AND b = $2");
+        Ok(())
+    }
+}

@@ -1,0 +1,194 @@
+//! The edge middleware: the first and last code every request meets.
+//!
+//! In one pass, to keep the hot path short, it:
+//! - takes the caller's `X-Request-Id` when it is sane (1–128 characters of
+//!   `[A-Za-z0-9._:-]`) or makes one, makes it the current [`RequestContext`]
+//!   (so every envelope's `meta.request_id` has it) and echoes it in the response;
+//! - opens the request's tracing span, so every log line of the request carries it;
+//! - negotiates the API version: `/api/v1/…` is version 1; an unversioned
+//!   `/api/…` path is served at the version named by the `Api-Version` header (the
+//!   current one when absent); a header that names another version, or contradicts
+//!   the path, is refused with `API_VERSION_UNSUPPORTED`;
+//! - gives handlers the [`Authenticator`];
+//! - bounds the request by `server.request_timeout_ms` (`SERVER_TIMEOUT`);
+//! - logs the outcome once: a server fault at `error` with its internal cause (which
+//!   the client never sees), everything else at `debug`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agora_kernel::envelope::API_VERSION;
+use agora_kernel::error::ErrorReport;
+use agora_kernel::{ApiError, ErrorCode, RequestContext};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderName, HeaderValue};
+use tracing::Instrument;
+
+use crate::auth::Authenticator;
+
+/// The request id header, read and echoed.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The API version header, read and echoed.
+pub static API_VERSION_HEADER: HeaderName = HeaderName::from_static("api-version");
+
+/// What the edge middleware needs.
+#[derive(Clone, Debug)]
+pub struct Edge {
+    /// Every request gets it in its extensions, for the `Caller` extractor.
+    pub authenticator: Authenticator,
+    /// Requests running longer are answered `SERVER_TIMEOUT`.
+    pub request_timeout: Duration,
+}
+
+/// The middleware function; install with `axum::middleware::from_fn_with_state`.
+pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request_id(&req);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    let context = RequestContext {
+        request_id: request_id.clone(),
+    };
+    let version = negotiate_version(&req);
+    req.extensions_mut().insert(edge.authenticator.clone());
+    let mut response = context
+        .scope(
+            async move {
+                if let Err(e) = version {
+                    return e.into_response();
+                }
+                match tokio::time::timeout(edge.request_timeout, next.run(req)).await {
+                    Ok(response) => response,
+                    Err(_) => ApiError::from_code(ErrorCode::ServerTimeout).into_response(),
+                }
+            }
+            .instrument(span.clone()),
+        )
+        .await;
+
+    let status = response.status();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let code = response.extensions().get::<ErrorCode>().map(|c| c.as_str());
+    span.in_scope(|| {
+        if let Some(ErrorReport(cause)) = response.extensions().get::<ErrorReport>() {
+            tracing::error!(status = status.as_u16(), code, elapsed_ms, cause = %cause, "request failed");
+        } else if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), code, elapsed_ms, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), code, elapsed_ms, "request finished");
+        }
+    });
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        headers.insert(X_REQUEST_ID.clone(), v);
+    }
+    headers.insert(
+        API_VERSION_HEADER.clone(),
+        HeaderValue::from_static(API_VERSION),
+    );
+    response
+}
+
+fn request_id(req: &Request) -> Arc<str> {
+    let given = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| {
+            (1..=128).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        });
+    match given {
+        Some(id) => Arc::from(id),
+        None => Arc::from(uuid::Uuid::now_v7().simple().to_string()),
+    }
+}
+
+fn negotiate_version(req: &Request) -> Result<(), ApiError> {
+    let path = req.uri().path();
+    let Some(rest) = path.strip_prefix("/api/") else {
+        return Ok(());
+    };
+    let header = req
+        .headers()
+        .get(&API_VERSION_HEADER)
+        .map(|v| v.to_str().unwrap_or("").trim());
+    let in_path = rest
+        .split('/')
+        .next()
+        .and_then(|seg| seg.strip_prefix('v'))
+        .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    let unsupported = |v: &str| {
+        ApiError::new(
+            ErrorCode::ApiVersionUnsupported,
+            format!(
+                "API version `{}` is not served here; supported: `{API_VERSION}`",
+                v.chars().take(16).collect::<String>()
+            ),
+        )
+    };
+    if let Some(v) = in_path
+        && v != API_VERSION
+    {
+        return Err(unsupported(v));
+    }
+    match header {
+        Some(h) if h != API_VERSION => Err(unsupported(h)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    fn req(path: &str, version: Option<&str>, id: Option<&str>) -> Request {
+        let mut b = Request::builder().uri(path);
+        if let Some(v) = version {
+            b = b.header("api-version", v);
+        }
+        if let Some(id) = id {
+            b = b.header("x-request-id", id);
+        }
+        b.body(Body::empty()).unwrap_or_default()
+    }
+
+    #[test]
+    fn versions_in_path_and_header_must_agree_with_what_we_serve() {
+        assert!(negotiate_version(&req("/api/v1/products", None, None)).is_ok());
+        assert!(negotiate_version(&req("/api/v1/products", Some("1"), None)).is_ok());
+        assert!(negotiate_version(&req("/api/products", Some("1"), None)).is_ok());
+        assert!(negotiate_version(&req("/api/products", None, None)).is_ok());
+        assert!(negotiate_version(&req("/health/live", Some("9"), None)).is_ok());
+        for (path, v) in [
+            ("/api/v2/products", None),
+            ("/api/v1/products", Some("2")),
+            ("/api/products", Some("banana")),
+        ] {
+            let code = negotiate_version(&req(path, v, None))
+                .err()
+                .map(|e| e.code());
+            assert_eq!(code, Some(ErrorCode::ApiVersionUnsupported), "{path} {v:?}");
+        }
+    }
+
+    #[test]
+    fn a_sane_request_id_is_kept_and_anything_else_replaced() {
+        assert_eq!(
+            &*request_id(&req("/", None, Some("abc-123.x:y_z"))),
+            "abc-123.x:y_z"
+        );
+        for bad in ["", "has space", "semi;colon", &"x".repeat(129)] {
+            let id = request_id(&req("/", None, Some(bad)));
+            assert_eq!(id.len(), 32, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Extractors that answer malformed input with a documented error code.
+
+use agora_kernel::{ApiError, ErrorCode};
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use http::StatusCode;
+use http::request::Parts;
+use serde::de::DeserializeOwned;
+
+/// A JSON body. Malformed JSON → `REQUEST_MALFORMED_JSON` (400); well-formed but of
+/// the wrong shape → `REQUEST_INVALID_BODY` (422); missing content type →
+/// `REQUEST_UNSUPPORTED_MEDIA_TYPE` (415); too large → `REQUEST_BODY_TOO_LARGE` (413).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for AppJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(AppJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::new(
+            ErrorCode::RequestInvalidBody,
+            strip_axum_prefix(&e.body_text()),
+        ),
+        JsonRejection::JsonSyntaxError(e) => ApiError::new(
+            ErrorCode::RequestMalformedJson,
+            strip_axum_prefix(&e.body_text()),
+        ),
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::from_code(ErrorCode::RequestUnsupportedMediaType)
+        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::from_code(ErrorCode::RequestBodyTooLarge)
+        }
+        other => ApiError::new(ErrorCode::RequestMalformedJson, other.body_text()),
+    }
+}
+
+/// axum prefixes every message with what failed ("Failed to deserialize the JSON
+/// body into the target type: "); the code already says that.
+fn strip_axum_prefix(text: &str) -> String {
+    text.split_once(": ")
+        .filter(|(head, _)| head.starts_with("Failed to"))
+        .map_or(text, |(_, rest)| rest)
+        .to_string()
+}
+
+/// A query string. Malformed, out-of-range or unknown parameters →
+/// `REQUEST_INVALID_QUERY` (400).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(AppQuery(value)),
+            Err(rejection) => Err(query_rejection(&rejection)),
+        }
+    }
+}
+
+fn query_rejection(rejection: &QueryRejection) -> ApiError {
+    ApiError::new(
+        ErrorCode::RequestInvalidQuery,
+        strip_axum_prefix(&rejection.body_text()),
+    )
+}
+
+/// Path parameters. An id of the wrong kind or shape → `REQUEST_INVALID_PATH` (400).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AppPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for AppPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(AppPath(value)),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::new(
+                ErrorCode::RequestInvalidPath,
+                strip_axum_prefix(&e.body_text()),
+            )),
+            Err(other) => Err(ApiError::internal(other.body_text())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axum_prefixes_are_removed_from_messages() {
+        assert_eq!(
+            strip_axum_prefix("Failed to deserialize query string: unknown field `x`"),
+            "unknown field `x`"
+        );
+        assert_eq!(strip_axum_prefix("name: too long"), "name: too long");
+    }
+}
