@@ -1,1 +1,32 @@
-//! stub
+//! Contracts: the ports through which modules call each other, and their DTOs.
+//!
+//! A module never depends on another module's crate. It holds the other's port as
+//! `Arc<dyn Port>`: the in-process implementation in the monolith, a remote client
+//! when that module runs as its own service.
+//!
+//! # Layout
+//! - [`catalog`]: [`catalog::CatalogPort`] — products by ids, with the price
+//!   snapshot that carts and orders rely on.
+
+pub mod catalog;
+
+/// Why a port call failed, as the caller needs to know it.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// The module is unreachable or overloaded; retrying later may succeed.
+    #[error("{module} is unavailable: {reason}")]
+    Unavailable {
+        /// The module called.
+        module: &'static str,
+        /// What went wrong, for the log.
+        reason: String,
+    },
+    /// The module failed unexpectedly.
+    #[error("{module} failed: {reason}")]
+    Internal {
+        /// The module called.
+        module: &'static str,
+        /// What went wrong, for the log.
+        reason: String,
+    },
+}

@@ -156,8 +156,52 @@ impl<T: serde::Serialize> IntoResponse for ApiResponse<T> {
     }
 }
 
-/// 204-style success for deletions, still with an envelope (`data: null` is
-/// omitted) so every answer has the same shape.
-pub fn no_content() -> Response {
-    render::<()>(StatusCode::OK, true, "none", &(), None)
+/// The success envelope, as the OpenAPI document describes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Documentation only: responses are rendered by `ApiResponse`.
+pub struct Success<T> {
+    /// Always `true`.
+    success: bool,
+    /// The payload.
+    data: T,
+    /// About the request.
+    meta: MetaDoc,
+}
+
+/// The failure envelope, as the OpenAPI document describes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Documentation only: errors are rendered by `ApiError`.
+pub struct Failure {
+    /// Always `false`.
+    success: bool,
+    /// What went wrong.
+    error: ErrorDoc,
+    /// About the request.
+    meta: MetaDoc,
+}
+
+/// `meta`, as the OpenAPI document describes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct MetaDoc {
+    /// Quote it to find the request in the logs.
+    request_id: String,
+    /// `1`.
+    api_version: String,
+    /// On list responses with more pages: send it back as `cursor`.
+    next_cursor: Option<String>,
+}
+
+/// `error`, as the OpenAPI document describes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDoc {
+    /// A code from `GET /api/v1/errors`.
+    #[schema(example = "CATALOG_PRODUCT_NOT_FOUND")]
+    code: String,
+    /// For humans.
+    message: String,
+    /// Structured context, such as `fields` for `VALIDATION_FAILED`.
+    #[schema(value_type = Option<Object>)]
+    details: Option<serde_json::Value>,
 }

@@ -34,8 +34,10 @@ impl TestDatabase {
     /// A fresh database: SQLite, or PostgreSQL when `AGORA_TEST_POSTGRES_URL` is set.
     pub async fn new() -> anyhow::Result<TestDatabase> {
         let dir = tempfile::tempdir().context("Failed to create a temporary directory")?;
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_path_buf();
+        let mut config = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         config.seed.demo = false;
         config.database.url = match std::env::var(POSTGRES_URL_VAR) {
             Ok(url) if !url.is_empty() => Some(fresh_postgres_schema(&url).await?),

@@ -1,0 +1,12 @@
+//! The Agora binary's library: the composition root.
+//!
+//! # Layout
+//! - [`app`]: [`app::Application`] — builds the monolith from a [`Config`]
+//!   (database, migrations, modules, router) and runs it until shutdown.
+//! - [`api`]: the routes that belong to no module: the error catalogue and the
+//!   OpenAPI document, and the Swagger UI.
+//!
+//! [`Config`]: agora_platform::Config
+
+pub mod api;
+pub mod app;

@@ -1,0 +1,574 @@
+//! The catalog's REST API, under `/api/v1`:
+//!
+//! | method | path | who |
+//! |---|---|---|
+//! | GET | /products | anyone (staff also see inactive products) |
+//! | POST | /products | staff |
+//! | GET | /products/{id} | anyone (inactive: staff) |
+//! | PATCH, DELETE | /products/{id} | staff |
+//! | GET | /categories, /categories/{id} | anyone |
+//! | POST | /categories | staff |
+//! | PATCH, DELETE | /categories/{id} | staff |
+
+use agora_kernel::pagination::Limit;
+use agora_kernel::{
+    ApiError, ApiResponse, CategoryId, Currency, Cursor, ErrorCode, Money, ProductId,
+};
+use agora_platform::auth::Caller;
+use agora_platform::http::{AppJson, AppPath, AppQuery};
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::{
+    self, Category, CategoryChanges, CategoryDraft, Problems, Product, ProductChanges,
+    ProductDraft, parse_attributes, parse_description, parse_name, parse_price, parse_sku,
+    parse_slug, slugify,
+};
+use crate::service::Catalog;
+use crate::store::{ProductCursor, ProductFilter, ProductSort};
+
+/// The catalog's routes, relative to the API root.
+pub fn router(catalog: Catalog) -> Router {
+    Router::new()
+        .route("/products", get(list_products).post(create_product))
+        .route(
+            "/products/{id}",
+            get(get_product)
+                .patch(update_product)
+                .delete(delete_product),
+        )
+        .route("/categories", get(list_categories).post(create_category))
+        .route(
+            "/categories/{id}",
+            get(get_category)
+                .patch(update_category)
+                .delete(delete_category),
+        )
+        .with_state(catalog)
+}
+
+/// Filters, order and page of a product listing.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListProductsQuery {
+    /// Only products in this category.
+    category: Option<CategoryId>,
+    /// Only products costing at least this much, in minor units.
+    #[param(minimum = 0)]
+    min_price: Option<i64>,
+    /// Only products costing at most this much, in minor units.
+    #[param(minimum = 0)]
+    max_price: Option<i64>,
+    /// Only products priced in this currency.
+    currency: Option<Currency>,
+    /// Text to find in the name or description (any case), at most 200 characters.
+    q: Option<String>,
+    /// `true` for products on sale, `false` for retired ones (staff only). Default:
+    /// active only for customers, all for staff.
+    active: Option<bool>,
+    /// `newest` (default), `oldest`, `price`, `-price`, `name`, `-name`.
+    sort: Option<ProductSort>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    limit: Option<Limit>,
+    /// `meta.next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+impl ListProductsQuery {
+    fn into_filter(self, caller: Caller) -> Result<ProductFilter, ApiError> {
+        let mut problems = Problems::default();
+        for (field, value) in [("min_price", self.min_price), ("max_price", self.max_price)] {
+            if value.is_some_and(|v| v < 0) {
+                problems.add(field, "must not be negative");
+            }
+        }
+        if let (Some(min), Some(max)) = (self.min_price, self.max_price)
+            && min > max
+        {
+            problems.add("min_price", "must not be greater than max_price");
+        }
+        let text = self
+            .q
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty());
+        if text
+            .as_ref()
+            .is_some_and(|q| q.chars().count() > domain::MAX_QUERY_CHARS)
+        {
+            problems.add(
+                "q",
+                format!("must be at most {} characters", domain::MAX_QUERY_CHARS),
+            );
+        }
+        problems.into_result().map_err(|fields| {
+            ApiError::new(ErrorCode::RequestInvalidQuery, "the query is out of range")
+                .with_details(serde_json::json!({ "fields": fields }))
+        })?;
+        let active = match (self.active, caller.is_staff()) {
+            (active, true) => active,
+            (Some(false), false) => {
+                return Err(ApiError::new(
+                    ErrorCode::AuthRequired,
+                    "only staff may list inactive products",
+                ));
+            }
+            (_, false) => Some(true),
+        };
+        let sort = self.sort.unwrap_or_default();
+        let after = match self.cursor {
+            Some(c) => {
+                let cursor: ProductCursor = Cursor::decode(&c)?;
+                if cursor.sort != sort {
+                    return Err(ApiError::from_code(ErrorCode::RequestInvalidCursor));
+                }
+                Some(cursor)
+            }
+            None => None,
+        };
+        Ok(ProductFilter {
+            category: self.category,
+            min_price: self.min_price,
+            max_price: self.max_price,
+            currency: self.currency,
+            text,
+            active,
+            sort,
+            after,
+            limit: self.limit.unwrap_or_default(),
+        })
+    }
+}
+
+/// List products.
+#[utoipa::path(
+    get, path = "/products", tag = "catalog",
+    params(ListProductsQuery),
+    responses(
+        (status = 200, description = "A page of products; `meta.next_cursor` is present when there are more.", body = inline(agora_kernel::envelope::Success<Vec<Product>>)),
+        (status = 400, description = "`REQUEST_INVALID_QUERY`, `REQUEST_INVALID_CURSOR`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn list_products(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    AppQuery(query): AppQuery<ListProductsQuery>,
+) -> Result<ApiResponse<Vec<Product>>, ApiError> {
+    let filter = query.into_filter(caller)?;
+    let page = catalog.list_products(filter).await?;
+    Ok(ApiResponse::ok(page.items).with_next_cursor(page.next_cursor))
+}
+
+/// Get a product.
+#[utoipa::path(
+    get, path = "/products/{id}", tag = "catalog",
+    params(("id" = ProductId, Path, description = "The product's id")),
+    responses(
+        (status = 200, description = "The product.", body = inline(agora_kernel::envelope::Success<Product>)),
+        (status = 400, description = "`REQUEST_INVALID_PATH`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`CATALOG_PRODUCT_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn get_product(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    AppPath(id): AppPath<ProductId>,
+) -> Result<ApiResponse<Product>, ApiError> {
+    Ok(ApiResponse::ok(
+        catalog.product(id, caller.is_staff()).await?,
+    ))
+}
+
+/// A new product.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProduct {
+    /// Unique stock-keeping unit: 1–64 of `A-Z a-z 0-9 . _ -`.
+    #[schema(example = "AUD-HEADPHONES-01")]
+    sku: String,
+    /// 1–200 characters.
+    #[schema(example = "Studio Headphones")]
+    name: String,
+    /// Unique; derived from the name when absent.
+    slug: Option<String>,
+    /// Up to 10,000 characters.
+    description: Option<String>,
+    /// Unit price: 0 to 10,000,000,000 minor units.
+    price: Money,
+    /// An existing category.
+    category_id: Option<CategoryId>,
+    /// A JSON object of at most 64 keys and 16 KiB.
+    #[schema(value_type = Option<Object>)]
+    attributes: Option<serde_json::Value>,
+    /// For sale? Default `true`.
+    active: Option<bool>,
+}
+
+impl CreateProduct {
+    fn parse(self) -> Result<ProductDraft, ApiError> {
+        let mut p = Problems::default();
+        let sku = p.check("sku", parse_sku(&self.sku));
+        let name = p.check("name", parse_name(&self.name));
+        let slug = match self.slug {
+            Some(s) => p.check("slug", parse_slug(&s)),
+            None => name.as_deref().and_then(slugify).or_else(|| {
+                p.add("slug", "cannot be derived from the name: send one");
+                None
+            }),
+        };
+        let description = p.check(
+            "description",
+            parse_description(self.description.as_deref().unwrap_or("")),
+        );
+        let price = p.check("price", parse_price(self.price));
+        let attributes = match &self.attributes {
+            Some(a) => p.check("attributes", parse_attributes(a)),
+            None => Some(domain::empty_attributes()),
+        };
+        match (
+            p.into_result(),
+            sku,
+            name,
+            slug,
+            description,
+            price,
+            attributes,
+        ) {
+            (
+                Ok(()),
+                Some(sku),
+                Some(name),
+                Some(slug),
+                Some(description),
+                Some(price),
+                Some(attributes),
+            ) => Ok(ProductDraft {
+                sku,
+                slug,
+                name,
+                description,
+                price,
+                category_id: self.category_id,
+                attributes,
+                active: self.active.unwrap_or(true),
+            }),
+            (Err(fields), ..) => Err(ApiError::validation(fields)),
+            _ => Err(ApiError::internal(
+                "product draft incomplete without a recorded problem",
+            )),
+        }
+    }
+}
+
+/// Create a product (staff).
+#[utoipa::path(
+    post, path = "/products", tag = "catalog",
+    request_body = CreateProduct,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created; `Location` names it.", body = inline(agora_kernel::envelope::Success<Product>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`CATALOG_SKU_TAKEN`, `CATALOG_SLUG_TAKEN`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`, `REQUEST_INVALID_BODY`, `CATALOG_UNKNOWN_CATEGORY`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn create_product(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    AppJson(body): AppJson<CreateProduct>,
+) -> Result<ApiResponse<Product>, ApiError> {
+    caller.require_staff()?;
+    let product = catalog.create_product(body.parse()?).await?;
+    let location = format!("/api/v1/products/{}", product.id);
+    Ok(ApiResponse::created(product, &location))
+}
+
+/// Changes to a product; absent fields stay as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateProduct {
+    sku: Option<String>,
+    name: Option<String>,
+    slug: Option<String>,
+    description: Option<String>,
+    price: Option<Money>,
+    /// `null` removes the product from its category.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CategoryId>)]
+    category_id: Option<Option<CategoryId>>,
+    /// Replaces all attributes.
+    #[schema(value_type = Option<Object>)]
+    attributes: Option<serde_json::Value>,
+    active: Option<bool>,
+}
+
+impl UpdateProduct {
+    fn parse(self) -> Result<ProductChanges, ApiError> {
+        let mut p = Problems::default();
+        let changes = ProductChanges {
+            sku: self.sku.and_then(|s| p.check("sku", parse_sku(&s))),
+            name: self.name.and_then(|s| p.check("name", parse_name(&s))),
+            slug: self.slug.and_then(|s| p.check("slug", parse_slug(&s))),
+            description: self
+                .description
+                .and_then(|s| p.check("description", parse_description(&s))),
+            price: self.price.and_then(|m| p.check("price", parse_price(m))),
+            category_id: self.category_id,
+            attributes: self
+                .attributes
+                .and_then(|a| p.check("attributes", parse_attributes(&a))),
+            active: self.active,
+        };
+        p.into_result().map_err(ApiError::validation)?;
+        let empty = changes.sku.is_none()
+            && changes.name.is_none()
+            && changes.slug.is_none()
+            && changes.description.is_none()
+            && changes.price.is_none()
+            && changes.category_id.is_none()
+            && changes.attributes.is_none()
+            && changes.active.is_none();
+        if empty {
+            return Err(ApiError::validation(vec![
+                agora_kernel::error::FieldError::new("body", "must change at least one field"),
+            ]));
+        }
+        Ok(changes)
+    }
+}
+
+/// Distinguishes a field sent as `null` (`Some(None)`) from one not sent (`None`).
+fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// Change a product (staff).
+#[utoipa::path(
+    patch, path = "/products/{id}", tag = "catalog",
+    params(("id" = ProductId, Path, description = "The product's id")),
+    request_body = UpdateProduct,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The product as it is now.", body = inline(agora_kernel::envelope::Success<Product>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`CATALOG_PRODUCT_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`CATALOG_SKU_TAKEN`, `CATALOG_SLUG_TAKEN`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`, `REQUEST_INVALID_BODY`, `CATALOG_UNKNOWN_CATEGORY`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn update_product(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    AppPath(id): AppPath<ProductId>,
+    AppJson(body): AppJson<UpdateProduct>,
+) -> Result<ApiResponse<Product>, ApiError> {
+    caller.require_staff()?;
+    Ok(ApiResponse::ok(
+        catalog.update_product(id, body.parse()?).await?,
+    ))
+}
+
+/// Delete a product (staff).
+#[utoipa::path(
+    delete, path = "/products/{id}", tag = "catalog",
+    params(("id" = ProductId, Path, description = "The product's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Deleted; `data` is null."),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`CATALOG_PRODUCT_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn delete_product(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    AppPath(id): AppPath<ProductId>,
+) -> Result<ApiResponse<()>, ApiError> {
+    caller.require_staff()?;
+    catalog.delete_product(id).await?;
+    Ok(ApiResponse::ok(()))
+}
+
+/// List every category, by name.
+#[utoipa::path(
+    get, path = "/categories", tag = "catalog",
+    responses((status = 200, description = "All categories.", body = inline(agora_kernel::envelope::Success<Vec<Category>>)))
+)]
+async fn list_categories(
+    State(catalog): State<Catalog>,
+) -> Result<ApiResponse<Vec<Category>>, ApiError> {
+    Ok(ApiResponse::ok(catalog.categories().await?))
+}
+
+/// Get a category.
+#[utoipa::path(
+    get, path = "/categories/{id}", tag = "catalog",
+    params(("id" = CategoryId, Path, description = "The category's id")),
+    responses(
+        (status = 200, description = "The category.", body = inline(agora_kernel::envelope::Success<Category>)),
+        (status = 404, description = "`CATALOG_CATEGORY_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn get_category(
+    State(catalog): State<Catalog>,
+    AppPath(id): AppPath<CategoryId>,
+) -> Result<ApiResponse<Category>, ApiError> {
+    Ok(ApiResponse::ok(catalog.category(id).await?))
+}
+
+/// A new category.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCategory {
+    /// 1–200 characters.
+    #[schema(example = "Audio")]
+    name: String,
+    /// Unique; derived from the name when absent.
+    slug: Option<String>,
+    /// Up to 10,000 characters.
+    description: Option<String>,
+    /// An existing category to nest under.
+    parent_id: Option<CategoryId>,
+}
+
+/// Create a category (staff).
+#[utoipa::path(
+    post, path = "/categories", tag = "catalog",
+    request_body = CreateCategory,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created.", body = inline(agora_kernel::envelope::Success<Category>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`CATALOG_CATEGORY_SLUG_TAKEN`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`, `CATALOG_UNKNOWN_CATEGORY`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn create_category(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    AppJson(body): AppJson<CreateCategory>,
+) -> Result<ApiResponse<Category>, ApiError> {
+    caller.require_staff()?;
+    let mut p = Problems::default();
+    let name = p.check("name", parse_name(&body.name));
+    let slug = match body.slug {
+        Some(s) => p.check("slug", parse_slug(&s)),
+        None => name.as_deref().and_then(slugify).or_else(|| {
+            p.add("slug", "cannot be derived from the name: send one");
+            None
+        }),
+    };
+    let description = p.check(
+        "description",
+        parse_description(body.description.as_deref().unwrap_or("")),
+    );
+    p.into_result().map_err(ApiError::validation)?;
+    let (Some(name), Some(slug), Some(description)) = (name, slug, description) else {
+        return Err(ApiError::internal(
+            "category draft incomplete without a recorded problem",
+        ));
+    };
+    let category = catalog
+        .create_category(CategoryDraft {
+            name,
+            slug,
+            description,
+            parent_id: body.parent_id,
+        })
+        .await?;
+    let location = format!("/api/v1/categories/{}", category.id);
+    Ok(ApiResponse::created(category, &location))
+}
+
+/// Changes to a category; absent fields stay as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCategory {
+    name: Option<String>,
+    slug: Option<String>,
+    description: Option<String>,
+    /// `null` makes it a top-level category.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CategoryId>)]
+    parent_id: Option<Option<CategoryId>>,
+}
+
+/// Change a category (staff).
+#[utoipa::path(
+    patch, path = "/categories/{id}", tag = "catalog",
+    params(("id" = CategoryId, Path, description = "The category's id")),
+    request_body = UpdateCategory,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The category as it is now.", body = inline(agora_kernel::envelope::Success<Category>)),
+        (status = 404, description = "`CATALOG_CATEGORY_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`CATALOG_CATEGORY_SLUG_TAKEN`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`, `CATALOG_UNKNOWN_CATEGORY`, `CATALOG_CATEGORY_CYCLE`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn update_category(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    AppPath(id): AppPath<CategoryId>,
+    AppJson(body): AppJson<UpdateCategory>,
+) -> Result<ApiResponse<Category>, ApiError> {
+    caller.require_staff()?;
+    let mut p = Problems::default();
+    let changes = CategoryChanges {
+        name: body.name.and_then(|s| p.check("name", parse_name(&s))),
+        slug: body.slug.and_then(|s| p.check("slug", parse_slug(&s))),
+        description: body
+            .description
+            .and_then(|s| p.check("description", parse_description(&s))),
+        parent_id: body.parent_id,
+    };
+    p.into_result().map_err(ApiError::validation)?;
+    if changes.name.is_none()
+        && changes.slug.is_none()
+        && changes.description.is_none()
+        && changes.parent_id.is_none()
+    {
+        return Err(ApiError::validation(vec![
+            agora_kernel::error::FieldError::new("body", "must change at least one field"),
+        ]));
+    }
+    Ok(ApiResponse::ok(catalog.update_category(id, changes).await?))
+}
+
+/// Delete a category that has no products and no subcategories (staff).
+#[utoipa::path(
+    delete, path = "/categories/{id}", tag = "catalog",
+    params(("id" = CategoryId, Path, description = "The category's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Deleted; `data` is null."),
+        (status = 404, description = "`CATALOG_CATEGORY_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`CATALOG_CATEGORY_IN_USE`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn delete_category(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    AppPath(id): AppPath<CategoryId>,
+) -> Result<ApiResponse<()>, ApiError> {
+    caller.require_staff()?;
+    catalog.delete_category(id).await?;
+    Ok(ApiResponse::ok(()))
+}
+
+/// The catalog's part of the OpenAPI document (paths relative to `/api/v1`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        list_products, create_product, get_product, update_product, delete_product,
+        list_categories, create_category, get_category, update_category, delete_category
+    ),
+    components(schemas(Product, Category, CreateProduct, UpdateProduct, CreateCategory, UpdateCategory, ProductSort)),
+    tags((name = "catalog", description = "Products and categories"))
+)]
+pub struct CatalogApi;

@@ -1,0 +1,557 @@
+//! The catalog's tables: `catalog_categories` and `catalog_products`.
+//!
+//! The database enforces uniqueness (SKU, slugs), references (category, parent)
+//! and price sign through named constraints; [`write_error`] turns their refusals
+//! into [`CatalogError`]s, so no rule depends on a racy check-then-write.
+
+use agora_kernel::{CategoryId, Currency, Limit, Money, ProductId, Timestamp};
+use agora_platform::Database;
+use agora_platform::db::{SqlBuilder, Violation, contains_pattern, violation};
+use anyhow::{Context, anyhow};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sqlx::any::AnyRow;
+use sqlx::{Any, Executor, Row};
+
+use crate::domain::{
+    Category, CategoryChanges, CategoryDraft, Product, ProductChanges, ProductDraft,
+};
+use crate::error::CatalogError;
+
+/// The columns of a product row, in the order [`product_from_row`] reads them.
+macro_rules! product_columns {
+    () => {
+        "id, sku, slug, name, description, price_minor, currency, category_id, attributes, active, created_at, updated_at"
+    };
+}
+
+/// The columns of a category row, in the order [`category_from_row`] reads them.
+macro_rules! category_columns {
+    () => {
+        "id, name, slug, description, parent_id, created_at, updated_at"
+    };
+}
+
+/// The order of a product listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum ProductSort {
+    /// Newest first (the default).
+    #[default]
+    #[serde(rename = "newest")]
+    Newest,
+    /// Oldest first.
+    #[serde(rename = "oldest")]
+    Oldest,
+    /// Cheapest first.
+    #[serde(rename = "price")]
+    PriceAsc,
+    /// Dearest first.
+    #[serde(rename = "-price")]
+    PriceDesc,
+    /// By name, A to Z.
+    #[serde(rename = "name")]
+    NameAsc,
+    /// By name, Z to A.
+    #[serde(rename = "-name")]
+    NameDesc,
+}
+
+impl ProductSort {
+    /// The sort column, whether it is descending, and the keyset predicate and
+    /// ORDER BY clause that go with it.
+    fn sql(self) -> (&'static str, &'static str) {
+        match self {
+            ProductSort::Newest => ("(created_at, id) < (", " ORDER BY created_at DESC, id DESC"),
+            ProductSort::Oldest => ("(created_at, id) > (", " ORDER BY created_at ASC, id ASC"),
+            ProductSort::PriceAsc => ("(price_minor, id) > (", " ORDER BY price_minor ASC, id ASC"),
+            ProductSort::PriceDesc => (
+                "(price_minor, id) < (",
+                " ORDER BY price_minor DESC, id DESC",
+            ),
+            ProductSort::NameAsc => ("(name, id) > (", " ORDER BY name ASC, id ASC"),
+            ProductSort::NameDesc => ("(name, id) < (", " ORDER BY name DESC, id DESC"),
+        }
+    }
+
+    /// The sort key of `p` under this order, which becomes the page's cursor.
+    pub fn cursor_of(self, p: &Product) -> ProductCursor {
+        let key = match self {
+            ProductSort::Newest | ProductSort::Oldest => SortKey::Int(p.created_at.as_millis()),
+            ProductSort::PriceAsc | ProductSort::PriceDesc => SortKey::Int(p.price.amount_minor()),
+            ProductSort::NameAsc | ProductSort::NameDesc => SortKey::Text(p.name.clone()),
+        };
+        ProductCursor {
+            sort: self,
+            key,
+            id: p.id.to_db(),
+        }
+    }
+}
+
+/// Where the previous page of a product listing ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductCursor {
+    /// The order the cursor belongs to; a cursor of another order is refused.
+    #[serde(rename = "s")]
+    pub sort: ProductSort,
+    /// The sort key of the last item.
+    #[serde(rename = "k")]
+    pub key: SortKey,
+    /// The id of the last item (the tie-breaker).
+    #[serde(rename = "i")]
+    pub id: String,
+}
+
+/// A sort key value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SortKey {
+    /// A number (price, time).
+    Int(i64),
+    /// Text (name).
+    Text(String),
+}
+
+/// What a product listing asks for. All filters are optional and combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct ProductFilter {
+    /// Only products in this category.
+    pub category: Option<CategoryId>,
+    /// Only products costing at least this, in minor units.
+    pub min_price: Option<i64>,
+    /// Only products costing at most this, in minor units.
+    pub max_price: Option<i64>,
+    /// Only products priced in this currency.
+    pub currency: Option<Currency>,
+    /// Only products whose name or description contains this text (any case).
+    pub text: Option<String>,
+    /// Only active (or only inactive) products.
+    pub active: Option<bool>,
+    /// The order.
+    pub sort: ProductSort,
+    /// Continue after this item.
+    pub after: Option<ProductCursor>,
+    /// The page size.
+    pub limit: Limit,
+}
+
+/// The catalog's data access.
+#[derive(Debug, Clone)]
+pub struct CatalogStore {
+    db: Database,
+}
+
+impl CatalogStore {
+    /// A store over `db`.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// One product.
+    pub async fn product(&self, id: ProductId) -> Result<Option<Product>, CatalogError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            product_columns!(),
+            " FROM catalog_products WHERE id = $1"
+        ))
+        .bind(id.to_db())
+        .fetch_optional(self.db.reader())
+        .await?;
+        row.as_ref().map(product_from_row).transpose()
+    }
+
+    /// Up to `filter.limit + 1` products: the extra one tells whether a next page exists.
+    pub async fn list_products(
+        &self,
+        filter: &ProductFilter,
+    ) -> Result<Vec<Product>, CatalogError> {
+        let mut q = SqlBuilder::new(concat!(
+            "SELECT ",
+            product_columns!(),
+            " FROM catalog_products WHERE 1 = 1"
+        ));
+        if let Some(category) = filter.category {
+            q.push(" AND category_id = ").bind(category.to_db())?;
+        }
+        if let Some(min) = filter.min_price {
+            q.push(" AND price_minor >= ").bind(min)?;
+        }
+        if let Some(max) = filter.max_price {
+            q.push(" AND price_minor <= ").bind(max)?;
+        }
+        if let Some(currency) = filter.currency {
+            q.push(" AND currency = ").bind(currency.code())?;
+        }
+        if let Some(text) = &filter.text {
+            let pattern = contains_pattern(&text.to_lowercase());
+            q.push(" AND (LOWER(name) LIKE ").bind(pattern.clone())?;
+            q.push(" ESCAPE '\\' OR LOWER(description) LIKE ")
+                .bind(pattern)?;
+            q.push(" ESCAPE '\\')");
+        }
+        if let Some(active) = filter.active {
+            q.push(" AND active = ").bind(i64::from(active))?;
+        }
+        let (after_predicate, order_by) = filter.sort.sql();
+        if let Some(after) = &filter.after {
+            q.push(" AND ").push(after_predicate);
+            match &after.key {
+                SortKey::Int(n) => q.bind(*n)?,
+                SortKey::Text(s) => q.bind(s.clone())?,
+            };
+            q.push(", ").bind(after.id.clone())?.push(")");
+        }
+        q.push(order_by)
+            .push(" LIMIT ")
+            .bind(i64::from(filter.limit.get()) + 1)?;
+        let rows = q.build().fetch_all(self.db.reader()).await?;
+        rows.iter().map(product_from_row).collect()
+    }
+
+    /// The products among `ids` that exist.
+    pub async fn products_by_ids(&self, ids: &[ProductId]) -> Result<Vec<Product>, CatalogError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = SqlBuilder::new(concat!(
+            "SELECT ",
+            product_columns!(),
+            " FROM catalog_products WHERE id IN ("
+        ));
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.bind(id.to_db())?;
+        }
+        q.push(")");
+        let rows = q.build().fetch_all(self.db.reader()).await?;
+        rows.iter().map(product_from_row).collect()
+    }
+
+    /// Stores a new product.
+    pub async fn insert_product<'e, E>(
+        &self,
+        executor: E,
+        product: &Product,
+    ) -> Result<(), CatalogError>
+    where
+        E: Executor<'e, Database = Any>,
+    {
+        sqlx::query(concat!(
+            "INSERT INTO catalog_products (",
+            product_columns!(),
+            ") \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        ))
+        .bind(product.id.to_db())
+        .bind(product.sku.clone())
+        .bind(product.slug.clone())
+        .bind(product.name.clone())
+        .bind(product.description.clone())
+        .bind(product.price.amount_minor())
+        .bind(product.price.currency().code())
+        .bind(product.category_id.map(|c| c.to_db()))
+        .bind(product.attributes.get().to_string())
+        .bind(i64::from(product.active))
+        .bind(product.created_at.as_millis())
+        .bind(product.updated_at.as_millis())
+        .execute(executor)
+        .await
+        .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
+        Ok(())
+    }
+
+    /// Applies `changes` in one statement and returns the product as it is now;
+    /// `None` when there is no such product.
+    pub async fn update_product(
+        &self,
+        id: ProductId,
+        changes: &ProductChanges,
+        now: Timestamp,
+    ) -> Result<Option<Product>, CatalogError> {
+        let mut q = SqlBuilder::new("UPDATE catalog_products SET updated_at = ");
+        q.bind(now.as_millis())?;
+        if let Some(sku) = &changes.sku {
+            q.push(", sku = ").bind(sku.clone())?;
+        }
+        if let Some(slug) = &changes.slug {
+            q.push(", slug = ").bind(slug.clone())?;
+        }
+        if let Some(name) = &changes.name {
+            q.push(", name = ").bind(name.clone())?;
+        }
+        if let Some(description) = &changes.description {
+            q.push(", description = ").bind(description.clone())?;
+        }
+        if let Some(price) = changes.price {
+            q.push(", price_minor = ").bind(price.amount_minor())?;
+            q.push(", currency = ").bind(price.currency().code())?;
+        }
+        if let Some(category) = changes.category_id {
+            q.push(", category_id = ")
+                .bind(category.map(|c| c.to_db()))?;
+        }
+        if let Some(attributes) = &changes.attributes {
+            q.push(", attributes = ")
+                .bind(attributes.get().to_string())?;
+        }
+        if let Some(active) = changes.active {
+            q.push(", active = ").bind(i64::from(active))?;
+        }
+        q.push(" WHERE id = ").bind(id.to_db())?;
+        q.push(concat!(" RETURNING ", product_columns!()));
+        let row = q
+            .build()
+            .fetch_optional(self.db.writer())
+            .await
+            .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
+        row.as_ref().map(product_from_row).transpose()
+    }
+
+    /// Deletes a product; whether it existed.
+    pub async fn delete_product(&self, id: ProductId) -> Result<bool, CatalogError> {
+        let done = sqlx::query("DELETE FROM catalog_products WHERE id = $1")
+            .bind(id.to_db())
+            .execute(self.db.writer())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// One category.
+    pub async fn category(&self, id: CategoryId) -> Result<Option<Category>, CatalogError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            category_columns!(),
+            " FROM catalog_categories WHERE id = $1"
+        ))
+        .bind(id.to_db())
+        .fetch_optional(self.db.reader())
+        .await?;
+        row.as_ref().map(category_from_row).transpose()
+    }
+
+    /// Every category, by name.
+    pub async fn categories(&self) -> Result<Vec<Category>, CatalogError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            category_columns!(),
+            " FROM catalog_categories ORDER BY name, id"
+        ))
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter().map(category_from_row).collect()
+    }
+
+    /// Stores a new category.
+    pub async fn insert_category<'e, E>(
+        &self,
+        executor: E,
+        c: &Category,
+    ) -> Result<(), CatalogError>
+    where
+        E: Executor<'e, Database = Any>,
+    {
+        sqlx::query(concat!(
+            "INSERT INTO catalog_categories (",
+            category_columns!(),
+            ") \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        ))
+        .bind(c.id.to_db())
+        .bind(c.name.clone())
+        .bind(c.slug.clone())
+        .bind(c.description.clone())
+        .bind(c.parent_id.map(|p| p.to_db()))
+        .bind(c.created_at.as_millis())
+        .bind(c.updated_at.as_millis())
+        .execute(executor)
+        .await
+        .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
+        Ok(())
+    }
+
+    /// Applies `changes` to a category inside one transaction, refusing a parent
+    /// that would make a cycle; `None` when there is no such category.
+    pub async fn update_category(
+        &self,
+        id: CategoryId,
+        changes: &CategoryChanges,
+        now: Timestamp,
+    ) -> Result<Option<Category>, CatalogError> {
+        let mut tx = self.db.begin().await?;
+        if let Some(Some(parent)) = changes.parent_id {
+            // Walk up from the new parent: meeting `id` means a cycle.
+            let mut cursor = Some(parent);
+            let mut depth = 0;
+            while let Some(current) = cursor {
+                if current == id {
+                    return Err(CatalogError::CategoryCycle);
+                }
+                depth += 1;
+                if depth > 1_000 {
+                    return Err(CatalogError::CategoryCycle);
+                }
+                let parent_of: Option<Option<String>> =
+                    sqlx::query_scalar("SELECT parent_id FROM catalog_categories WHERE id = $1")
+                        .bind(current.to_db())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                cursor = match parent_of {
+                    None => return Err(CatalogError::UnknownCategory),
+                    Some(None) => None,
+                    Some(Some(p)) => Some(
+                        CategoryId::from_db(&p)
+                            .map_err(|_| corrupt("catalog_categories.parent_id"))?,
+                    ),
+                };
+            }
+        }
+        let mut q = SqlBuilder::new("UPDATE catalog_categories SET updated_at = ");
+        q.bind(now.as_millis())?;
+        if let Some(name) = &changes.name {
+            q.push(", name = ").bind(name.clone())?;
+        }
+        if let Some(slug) = &changes.slug {
+            q.push(", slug = ").bind(slug.clone())?;
+        }
+        if let Some(description) = &changes.description {
+            q.push(", description = ").bind(description.clone())?;
+        }
+        if let Some(parent) = changes.parent_id {
+            q.push(", parent_id = ").bind(parent.map(|p| p.to_db()))?;
+        }
+        q.push(" WHERE id = ").bind(id.to_db())?;
+        q.push(concat!(" RETURNING ", category_columns!()));
+        let row = q
+            .build()
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
+        let category = row.as_ref().map(category_from_row).transpose()?;
+        tx.commit().await?;
+        Ok(category)
+    }
+
+    /// Deletes a category that nothing refers to; whether it existed.
+    pub async fn delete_category(&self, id: CategoryId) -> Result<bool, CatalogError> {
+        let done = sqlx::query("DELETE FROM catalog_categories WHERE id = $1")
+            .bind(id.to_db())
+            .execute(self.db.writer())
+            .await
+            .map_err(|e| write_error(e, CatalogError::CategoryInUse))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Whether the catalog has neither products nor categories.
+    pub async fn is_empty(&self) -> Result<bool, CatalogError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM catalog_products) + (SELECT COUNT(*) FROM catalog_categories)",
+        )
+        .fetch_one(self.db.writer())
+        .await?;
+        Ok(n == 0)
+    }
+}
+
+/// Builds a product to store from a draft.
+pub fn new_product(draft: ProductDraft, now: Timestamp) -> Product {
+    Product {
+        id: ProductId::new(),
+        sku: draft.sku,
+        slug: draft.slug,
+        name: draft.name,
+        description: draft.description,
+        price: draft.price,
+        category_id: draft.category_id,
+        attributes: draft.attributes,
+        active: draft.active,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Builds a category to store from a draft.
+pub fn new_category(draft: CategoryDraft, now: Timestamp) -> Category {
+    Category {
+        id: CategoryId::new(),
+        name: draft.name,
+        slug: draft.slug,
+        description: draft.description,
+        parent_id: draft.parent_id,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Turns a constraint the database enforced into the error the client sees;
+/// `on_foreign_key` says what a broken reference means for this statement.
+fn write_error(e: sqlx::Error, on_foreign_key: CatalogError) -> CatalogError {
+    match violation(&e) {
+        Some(v) if v.is_unique("catalog_products_sku_key", "catalog_products.sku") => {
+            CatalogError::SkuTaken
+        }
+        Some(v) if v.is_unique("catalog_products_slug_key", "catalog_products.slug") => {
+            CatalogError::SlugTaken
+        }
+        Some(v) if v.is_unique("catalog_categories_slug_key", "catalog_categories.slug") => {
+            CatalogError::CategorySlugTaken
+        }
+        Some(Violation::ForeignKey(_)) => on_foreign_key,
+        _ => CatalogError::Database(e),
+    }
+}
+
+fn corrupt(column: &str) -> CatalogError {
+    CatalogError::Unexpected(anyhow!("corrupt value in {column}"))
+}
+
+fn product_from_row(row: &AnyRow) -> Result<Product, CatalogError> {
+    let id: String = row.try_get(0)?;
+    let currency: String = row.try_get(6)?;
+    let currency = Currency::parse(&currency).map_err(|_| corrupt("catalog_products.currency"))?;
+    let price = Money::new(row.try_get(5)?, currency)
+        .map_err(|_| corrupt("catalog_products.price_minor"))?;
+    let category_id: Option<String> = row.try_get(7)?;
+    let attributes: String = row.try_get(8)?;
+    let active: i64 = row.try_get(9)?;
+    Ok(Product {
+        id: ProductId::from_db(&id).map_err(|_| corrupt("catalog_products.id"))?,
+        sku: row.try_get(1)?,
+        slug: row.try_get(2)?,
+        name: row.try_get(3)?,
+        description: row.try_get(4)?,
+        price,
+        category_id: category_id
+            .map(|c| CategoryId::from_db(&c))
+            .transpose()
+            .map_err(|_| corrupt("catalog_products.category_id"))?,
+        attributes: RawValue::from_string(attributes)
+            .context("corrupt value in catalog_products.attributes")?,
+        active: active != 0,
+        created_at: Timestamp::from_millis(row.try_get(10)?),
+        updated_at: Timestamp::from_millis(row.try_get(11)?),
+    })
+}
+
+fn category_from_row(row: &AnyRow) -> Result<Category, CatalogError> {
+    let id: String = row.try_get(0)?;
+    let parent_id: Option<String> = row.try_get(4)?;
+    Ok(Category {
+        id: CategoryId::from_db(&id).map_err(|_| corrupt("catalog_categories.id"))?,
+        name: row.try_get(1)?,
+        slug: row.try_get(2)?,
+        description: row.try_get(3)?,
+        parent_id: parent_id
+            .map(|p| CategoryId::from_db(&p))
+            .transpose()
+            .map_err(|_| corrupt("catalog_categories.parent_id"))?,
+        created_at: Timestamp::from_millis(row.try_get(5)?),
+        updated_at: Timestamp::from_millis(row.try_get(6)?),
+    })
+}
