@@ -214,9 +214,12 @@ impl CreateProduct {
         let name = p.check("name", parse_name(&self.name));
         let slug = match self.slug {
             Some(s) => p.check("slug", parse_slug(&s)),
-            None => name.as_deref().and_then(slugify).or_else(|| {
-                p.add("slug", "cannot be derived from the name: send one");
-                None
+            // Derived from a valid name; an invalid name is already reported.
+            None => name.as_deref().and_then(|n| {
+                slugify(n).or_else(|| {
+                    p.add("slug", "cannot be derived from the name: send one");
+                    None
+                })
             }),
         };
         let description = p.check(
@@ -458,9 +461,12 @@ async fn create_category(
     let name = p.check("name", parse_name(&body.name));
     let slug = match body.slug {
         Some(s) => p.check("slug", parse_slug(&s)),
-        None => name.as_deref().and_then(slugify).or_else(|| {
-            p.add("slug", "cannot be derived from the name: send one");
-            None
+        // Derived from a valid name; an invalid name is already reported.
+        None => name.as_deref().and_then(|n| {
+            slugify(n).or_else(|| {
+                p.add("slug", "cannot be derived from the name: send one");
+                None
+            })
         }),
     };
     let description = p.check(

@@ -1,11 +1,12 @@
 -- Catalog: categories and products. Ids are UUID text, money BIGINT minor units,
--- times epoch milliseconds, flags 0/1, attributes JSON text.
+-- times epoch milliseconds, flags 0/1, attributes JSON text. References use the
+-- default NO ACTION: SQLite reports RESTRICT as a trigger error, not a foreign-key one.
 CREATE TABLE catalog_categories (
     id          TEXT PRIMARY KEY NOT NULL,
     name        TEXT NOT NULL,
     slug        TEXT NOT NULL CONSTRAINT catalog_categories_slug_key UNIQUE,
     description TEXT NOT NULL DEFAULT '',
-    parent_id   TEXT CONSTRAINT catalog_categories_parent_fkey REFERENCES catalog_categories (id) ON DELETE RESTRICT,
+    parent_id   TEXT CONSTRAINT catalog_categories_parent_fkey REFERENCES catalog_categories (id),
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
@@ -20,7 +21,7 @@ CREATE TABLE catalog_products (
     description TEXT NOT NULL DEFAULT '',
     price_minor INTEGER NOT NULL CONSTRAINT catalog_products_price_check CHECK (price_minor >= 0),
     currency    TEXT NOT NULL,
-    category_id TEXT CONSTRAINT catalog_products_category_fkey REFERENCES catalog_categories (id) ON DELETE RESTRICT,
+    category_id TEXT CONSTRAINT catalog_products_category_fkey REFERENCES catalog_categories (id),
     attributes  TEXT NOT NULL DEFAULT '{}',
     active      INTEGER NOT NULL DEFAULT 1 CONSTRAINT catalog_products_active_check CHECK (active IN (0, 1)),
     created_at  INTEGER NOT NULL,

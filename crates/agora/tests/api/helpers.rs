@@ -1,0 +1,188 @@
+//! `spawn_app` and `TestApp`: the harness every API test uses.
+
+use agora::app::Application;
+use agora_platform::testing::TestDatabase;
+use agora_platform::{Config, Shutdown};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// The staff token configured in every test app.
+pub(crate) const STAFF_TOKEN: &str = "test-staff-token-0123456789";
+
+/// A running application and a client for it.
+pub(crate) struct TestApp {
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub(crate) db: TestDatabase,
+}
+
+/// An answer: status, headers and JSON body (`Value::Null` when not JSON).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: Value,
+}
+
+impl Answer {
+    /// The error code of a failure envelope.
+    pub(crate) fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// `data`.
+    pub(crate) fn data(&self) -> &Value {
+        &self.body["data"]
+    }
+}
+
+/// Starts the application with the default test configuration.
+pub(crate) async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts the application after `configure` has adjusted its configuration.
+pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
+    // `TEST_LOG=1 cargo test …` shows the application's logs (debug and up).
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = agora_platform::telemetry::init(&agora_platform::config::LogConfig {
+            filter: "debug,sqlx=warn,hyper=info".into(),
+            ..Default::default()
+        });
+    }
+    let db = TestDatabase::new().await.expect("a fresh test database");
+    let mut config = db.config.clone();
+    config.server.addr = "127.0.0.1:0".parse().expect("an address");
+    config.auth.bootstrap_token = Some(agora_platform::config::Secret::new(STAFF_TOKEN));
+    config.seed.demo = false;
+    configure(&mut config);
+    let app = Application::build(config)
+        .await
+        .expect("the application builds");
+    let base = format!("http://{}", app.local_addr());
+    let shutdown = app.shutdown_handle();
+    let server = tokio::spawn(app.run_until_stopped());
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        shutdown,
+        server,
+        db,
+    }
+}
+
+/// Who sends a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum As {
+    Anonymous,
+    Staff,
+}
+
+impl TestApp {
+    /// Sends a request with an optional JSON body.
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        who: As,
+    ) -> Answer {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if who == As::Staff {
+            req = req.bearer_auth(STAFF_TOKEN);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let response = req.send().await.expect("the request is answered");
+        Self::answer(response).await
+    }
+
+    /// Turns a response into an [`Answer`].
+    pub(crate) async fn answer(response: reqwest::Response) -> Answer {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.expect("a body");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, None, As::Anonymous).await
+    }
+
+    pub(crate) async fn get_as(&self, path: &str, who: As) -> Answer {
+        self.call(Method::GET, path, None, who).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(body), As::Staff).await
+    }
+
+    pub(crate) async fn patch(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::PATCH, path, Some(body), As::Staff).await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> Answer {
+        self.call(Method::DELETE, path, None, As::Staff).await
+    }
+
+    /// Creates a category as staff and returns its id.
+    pub(crate) async fn create_category(&self, name: &str) -> String {
+        let a = self
+            .post("/api/v1/categories", json!({ "name": name }))
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        a.data()["id"].as_str().expect("an id").to_string()
+    }
+
+    /// Creates a product as staff from `overrides` on top of a valid body; returns it.
+    pub(crate) async fn create_product(&self, overrides: Value) -> Value {
+        let a = self.post("/api/v1/products", product_body(overrides)).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        a.data().clone()
+    }
+
+    /// Every product visible to staff, following cursors.
+    pub(crate) async fn all_products(&self, query: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let mut path = format!("/api/v1/products?limit=100{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let a = self.get_as(&path, As::Staff).await;
+            assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+            out.extend(a.data().as_array().expect("an array").iter().cloned());
+            match a.body["meta"]["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+}
+
+/// A valid product body with `overrides` merged in.
+pub(crate) fn product_body(overrides: Value) -> Value {
+    let n = uuid::Uuid::now_v7().simple().to_string();
+    let mut body = json!({
+        "sku": format!("SKU-{}", &n[20..]),
+        "name": format!("Product {}", &n[20..]),
+        "price": { "amount": 1999, "currency": "USD" },
+    });
+    if let (Some(b), Some(o)) = (body.as_object_mut(), overrides.as_object()) {
+        for (k, v) in o {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}

@@ -1,0 +1,8 @@
+//! Black-box tests of the monolith over HTTP: one test binary (one link) for all.
+//! Each test starts the real application on port 0 with a fresh database — SQLite,
+//! or a fresh PostgreSQL schema when `AGORA_TEST_POSTGRES_URL` is set.
+
+mod catalog;
+mod edge;
+mod helpers;
+mod meta;
