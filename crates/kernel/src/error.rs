@@ -277,6 +277,22 @@ mod tests {
     }
 
     #[test]
+    fn docs_errors_md_is_generated_from_the_table() {
+        // Regenerate with `AGORA_BLESS=1 cargo test -p agora-kernel` (or
+        // `agora errors --markdown > docs/errors.md`).
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/errors.md");
+        let expected = render_error_catalogue_markdown();
+        if std::env::var_os("AGORA_BLESS").is_some() {
+            std::fs::write(&path, &expected).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let actual = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "docs/errors.md differs from the error table: run `AGORA_BLESS=1 cargo test -p agora-kernel`"
+        );
+    }
+
+    #[test]
     fn an_internal_error_hides_its_cause_from_the_client() {
         let response =
             ApiError::internal("connection refused to 10.0.0.5: password=hunter2").into_response();
