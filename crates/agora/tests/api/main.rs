@@ -3,6 +3,7 @@
 //! or a fresh PostgreSQL schema when `AGORA_TEST_POSTGRES_URL` is set.
 
 mod catalog;
+mod cli;
 mod edge;
 mod helpers;
 mod meta;

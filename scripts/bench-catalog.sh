@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Benchmarks the catalog reads of the release build with wrk on loopback, beside a
+# bare-axum ceiling serving the same bytes, in one run. Bounded: fixed durations.
+#
+#   scripts/bench-catalog.sh            # 10 s per load, 64 connections, 2 wrk threads
+#   DURATION=30s CONNECTIONS=128 scripts/bench-catalog.sh
+#
+# Needs wrk (apt-get install wrk) and curl. Prints a Markdown table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-2}"
+PORT="${PORT:-18181}"
+CEILING_PORT="${CEILING_PORT:-18182}"
+target_dir="${CARGO_TARGET_DIR:-target}"
+
+command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
+cargo build --release -q -p agora --bin agora --example ceiling
+bin="$target_dir/release/agora"
+ceiling="$target_dir/release/examples/ceiling"
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_ready() { # url
+  for _ in $(seq 1 500); do
+    curl -fs "$1" >/dev/null 2>&1 && return 0
+    sleep 0.01
+  done
+  echo "not ready: $1" >&2; return 1
+}
+
+# First start creates and seeds the database; it is not what we time.
+AGORA_LOG__FILTER=warn "$bin" serve --data-dir "$work/data" --addr "127.0.0.1:$PORT" &
+pid=$!
+wait_ready "http://127.0.0.1:$PORT/health/ready"
+kill -TERM "$pid"; wait "$pid" || true
+
+# Start-up to ready on the existing database.
+t0=$(date +%s%N)
+AGORA_LOG__FILTER=warn "$bin" serve --data-dir "$work/data" --addr "127.0.0.1:$PORT" &
+pid=$!; pids+=("$pid")
+wait_ready "http://127.0.0.1:$PORT/health/ready"
+startup_ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+sleep 1
+idle_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+
+id=$(curl -fs "http://127.0.0.1:$PORT/api/v1/products?limit=1" | sed -E 's/.*"id":"(prod_[0-9a-f]{32})".*/\1/')
+curl -fs "http://127.0.0.1:$PORT/api/v1/products/$id" > "$work/product.json"
+"$ceiling" "127.0.0.1:$CEILING_PORT" "$work/product.json" &
+pids+=("$!")
+wait_ready "http://127.0.0.1:$CEILING_PORT/"
+
+load() { # name url
+  local out
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2")
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  errors=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  printf '| %s | %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "${errors:-0}"
+}
+
+echo
+echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo); wrk -t$THREADS -c$CONNECTIONS -d$DURATION on the same machine"
+echo
+echo "| load | req/s | p50 | p99 | non-2xx |"
+echo "|---|---|---|---|---|"
+load "ceiling: bare axum, same product JSON" "http://127.0.0.1:$CEILING_PORT/"
+load "GET /api/v1/products/{id} (SQLite)" "http://127.0.0.1:$PORT/api/v1/products/$id"
+load "GET /api/v1/products?limit=20 (SQLite)" "http://127.0.0.1:$PORT/api/v1/products?limit=20"
+echo
+echo "start-up to ready on an existing database: ${startup_ms} ms (includes the curl polling interval of 10 ms)"
+echo "idle RSS of agora serve: $(( idle_rss_kb / 1024 )) MB (${idle_rss_kb} kB)"
+busy_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+echo "RSS after the loads: $(( busy_rss_kb / 1024 )) MB"
