@@ -99,6 +99,20 @@ impl Problems {
         }
     }
 
+    /// The slug sent, checked; or, when none was sent, one derived from `name`
+    /// (already checked: an invalid name is reported on its own, not again here).
+    pub fn slug_or_derived(&mut self, sent: Option<&str>, name: Option<&str>) -> Option<String> {
+        match sent {
+            Some(s) => self.check("slug", parse_slug(s)),
+            None => name.and_then(|n| {
+                slugify(n).or_else(|| {
+                    self.add("slug", "cannot be derived from the name: send one");
+                    None
+                })
+            }),
+        }
+    }
+
     /// The errors, if any.
     pub fn into_result(self) -> Result<(), Vec<FieldError>> {
         if self.0.is_empty() {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Deserializer};
 use crate::domain::{
     self, Category, CategoryChanges, CategoryDraft, Problems, Product, ProductChanges,
     ProductDraft, parse_attributes, parse_description, parse_name, parse_price, parse_sku,
-    parse_slug, slugify,
+    parse_slug,
 };
 use crate::service::Catalog;
 use crate::store::{ProductCursor, ProductFilter, ProductSort};
@@ -212,16 +212,7 @@ impl CreateProduct {
         let mut p = Problems::default();
         let sku = p.check("sku", parse_sku(&self.sku));
         let name = p.check("name", parse_name(&self.name));
-        let slug = match self.slug {
-            Some(s) => p.check("slug", parse_slug(&s)),
-            // Derived from a valid name; an invalid name is already reported.
-            None => name.as_deref().and_then(|n| {
-                slugify(n).or_else(|| {
-                    p.add("slug", "cannot be derived from the name: send one");
-                    None
-                })
-            }),
-        };
+        let slug = p.slug_or_derived(self.slug.as_deref(), name.as_deref());
         let description = p.check(
             "description",
             parse_description(self.description.as_deref().unwrap_or("")),
@@ -335,12 +326,18 @@ impl UpdateProduct {
             && changes.attributes.is_none()
             && changes.active.is_none();
         if empty {
-            return Err(ApiError::validation(vec![
-                agora_kernel::error::FieldError::new("body", "must change at least one field"),
-            ]));
+            return Err(nothing_to_change());
         }
         Ok(changes)
     }
+}
+
+/// The answer to a PATCH that changes nothing.
+fn nothing_to_change() -> ApiError {
+    ApiError::validation(vec![agora_kernel::error::FieldError::new(
+        "body",
+        "must change at least one field",
+    )])
 }
 
 /// Distinguishes a field sent as `null` (`Some(None)`) from one not sent (`None`).
@@ -459,16 +456,7 @@ async fn create_category(
     caller.require_staff()?;
     let mut p = Problems::default();
     let name = p.check("name", parse_name(&body.name));
-    let slug = match body.slug {
-        Some(s) => p.check("slug", parse_slug(&s)),
-        // Derived from a valid name; an invalid name is already reported.
-        None => name.as_deref().and_then(|n| {
-            slugify(n).or_else(|| {
-                p.add("slug", "cannot be derived from the name: send one");
-                None
-            })
-        }),
-    };
+    let slug = p.slug_or_derived(body.slug.as_deref(), name.as_deref());
     let description = p.check(
         "description",
         parse_description(body.description.as_deref().unwrap_or("")),
@@ -539,9 +527,7 @@ async fn update_category(
         && changes.description.is_none()
         && changes.parent_id.is_none()
     {
-        return Err(ApiError::validation(vec![
-            agora_kernel::error::FieldError::new("body", "must change at least one field"),
-        ]));
+        return Err(nothing_to_change());
     }
     Ok(ApiResponse::ok(catalog.update_category(id, changes).await?))
 }

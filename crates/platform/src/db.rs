@@ -72,41 +72,21 @@ impl Database {
                     format!("Failed to create the data directory {}", dir.display())
                 })?;
             }
-            let writer = AnyPoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .acquire_timeout(acquire_timeout)
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        sqlx::raw_sql(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                        )
-                        .execute(conn)
-                        .await
-                        .map(drop)
-                    })
-                })
-                .connect(url)
-                .await
-                .with_context(|| format!("Failed to open the SQLite database {url}"))?;
-            let reader = AnyPoolOptions::new()
-                .max_connections(config.database.max_connections)
-                .acquire_timeout(acquire_timeout)
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        sqlx::raw_sql(
-                            "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; \
-                             PRAGMA query_only = ON;",
-                        )
-                        .execute(conn)
-                        .await
-                        .map(drop)
-                    })
-                })
-                .connect(url)
-                .await
-                .with_context(|| format!("Failed to open the SQLite database {url}"))?;
+            let writer = sqlite_pool(
+                url,
+                1,
+                acquire_timeout,
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                 PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+            )
+            .await?;
+            let reader = sqlite_pool(
+                url,
+                config.database.max_connections,
+                acquire_timeout,
+                "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA query_only = ON;",
+            )
+            .await?;
             Ok(Database {
                 writer,
                 reader,
@@ -180,6 +160,26 @@ impl Database {
         self.reader.close().await;
         self.writer.close().await;
     }
+}
+
+/// A SQLite pool whose every new connection first runs `pragmas`. A pool of one
+/// connection keeps it open, so the WAL stays in place between requests.
+async fn sqlite_pool(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+    pragmas: &'static str,
+) -> anyhow::Result<AnyPool> {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(acquire_timeout)
+        .after_connect(move |conn, _| {
+            Box::pin(async move { sqlx::raw_sql(pragmas).execute(conn).await.map(drop) })
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("Failed to open the SQLite database {url}"))
 }
 
 fn sqlite_file(url: &str) -> Option<&Path> {
