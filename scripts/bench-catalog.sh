@@ -35,14 +35,14 @@ wait_ready() { # url
 }
 
 # First start creates and seeds the database; it is not what we time.
-AGORA_LOG__FILTER=warn "$bin" serve --data-dir "$work/data" --addr "127.0.0.1:$PORT" &
+"$bin" serve --data-dir "$work/data" --addr "127.0.0.1:$PORT" 2>>"$work/agora.log" &
 pid=$!
 wait_ready "http://127.0.0.1:$PORT/health/ready"
 kill -TERM "$pid"; wait "$pid" || true
 
 # Start-up to ready on the existing database.
 t0=$(date +%s%N)
-AGORA_LOG__FILTER=warn "$bin" serve --data-dir "$work/data" --addr "127.0.0.1:$PORT" &
+"$bin" serve --data-dir "$work/data" --addr "127.0.0.1:$PORT" 2>>"$work/agora.log" &
 pid=$!; pids+=("$pid")
 wait_ready "http://127.0.0.1:$PORT/health/ready"
 startup_ms=$(( ($(date +%s%N) - t0) / 1000000 ))

@@ -9,6 +9,11 @@ use agora_platform::config::{Config, LogFormat, Overrides};
 use agora_platform::telemetry;
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc: measurably faster than the system allocator for a server that
+/// allocates small buffers per request (docs/performance.md), and returns memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Agora: a commerce backend — accounts, catalog, inventory, carts, orders and
 /// payments — that runs as one process with embedded defaults.
 #[derive(Debug, Parser)]

@@ -46,12 +46,11 @@ pub struct Edge {
 pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request_id(&req);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        method = %req.method(),
-        path = %req.uri().path(),
-    );
+    // Only the request id on the span: the fmt layer formats span fields when the
+    // span is created, on every request; method and path go on the final line.
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
     let context = RequestContext {
         request_id: request_id.clone(),
     };
@@ -77,11 +76,11 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     let code = response.extensions().get::<ErrorCode>().map(|c| c.as_str());
     span.in_scope(|| {
         if let Some(ErrorReport(cause)) = response.extensions().get::<ErrorReport>() {
-            tracing::error!(status = status.as_u16(), code, elapsed_ms, cause = %cause, "request failed");
+            tracing::error!(%method, path, status = status.as_u16(), code, elapsed_ms, cause = %cause, "request failed");
         } else if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), code, elapsed_ms, "request failed");
+            tracing::warn!(%method, path, status = status.as_u16(), code, elapsed_ms, "request failed");
         } else {
-            tracing::debug!(status = status.as_u16(), code, elapsed_ms, "request finished");
+            tracing::debug!(%method, path, status = status.as_u16(), code, elapsed_ms, "request finished");
         }
     });
     let headers = response.headers_mut();
