@@ -189,14 +189,25 @@ pub fn slugify(name: &str) -> Option<String> {
     (!slug.is_empty()).then_some(slug)
 }
 
-/// A description: at most 10,000 characters.
+/// A description: at most 10,000 characters, no control characters but line
+/// breaks and tabs.
 pub fn parse_description(raw: &str) -> Result<String, String> {
     if raw.chars().count() > MAX_DESCRIPTION_CHARS {
         return Err(format!(
             "must be at most {MAX_DESCRIPTION_CHARS} characters"
         ));
     }
+    if has_control_characters(raw) {
+        return Err("must not contain control characters other than line breaks and tabs".into());
+    }
     Ok(raw.to_string())
+}
+
+/// Whether `text` has control characters other than line breaks and tabs. NUL
+/// above all: PostgreSQL cannot store it.
+pub fn has_control_characters(text: &str) -> bool {
+    text.chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }
 
 /// A unit price: zero or more, at most 100 million in major units.

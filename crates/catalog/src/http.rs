@@ -104,6 +104,12 @@ impl ListProductsQuery {
                 format!("must be at most {} characters", domain::MAX_QUERY_CHARS),
             );
         }
+        if text
+            .as_deref()
+            .is_some_and(|q| q.chars().any(char::is_control))
+        {
+            problems.add("q", "must not contain control characters");
+        }
         problems.into_result().map_err(|fields| {
             ApiError::new(ErrorCode::RequestInvalidQuery, "the query is out of range")
                 .with_details(serde_json::json!({ "fields": fields }))
@@ -122,7 +128,7 @@ impl ListProductsQuery {
         let after = match self.cursor {
             Some(c) => {
                 let cursor: ProductCursor = Cursor::decode(&c)?;
-                if cursor.sort != sort {
+                if !cursor.fits(sort) {
                     return Err(ApiError::from_code(ErrorCode::RequestInvalidCursor));
                 }
                 Some(cursor)

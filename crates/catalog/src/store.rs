@@ -102,6 +102,22 @@ pub struct ProductCursor {
     pub id: String,
 }
 
+impl ProductCursor {
+    /// Whether this cursor can continue a listing in `sort` order: issued for that
+    /// order, with a key of the sort column's type, a real id, and no text the
+    /// database would refuse. Cursors are opaque but not trusted: a forged one must
+    /// be a coded 400, never a database error.
+    pub fn fits(&self, sort: ProductSort) -> bool {
+        let key_fits = match (&self.key, sort) {
+            (SortKey::Text(t), ProductSort::NameAsc | ProductSort::NameDesc) => !t.contains('\0'),
+            (SortKey::Int(_), ProductSort::NameAsc | ProductSort::NameDesc) => false,
+            (SortKey::Int(_), _) => true,
+            (SortKey::Text(_), _) => false,
+        };
+        self.sort == sort && key_fits && ProductId::from_db(&self.id).is_ok()
+    }
+}
+
 /// A sort key value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

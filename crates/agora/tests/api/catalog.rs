@@ -706,3 +706,70 @@ async fn the_demo_catalog_loads_once_into_an_empty_database() {
     .expect("seeding runs");
     assert_eq!(report.products, 0, "a second run adds nothing");
 }
+
+#[tokio::test]
+async fn nul_bytes_and_control_characters_are_refused_not_stored() {
+    // PostgreSQL TEXT cannot hold NUL: without a rule this is a 500 there.
+    let app = spawn_app().await;
+    let a = app
+        .post(
+            "/api/v1/products",
+            product_body(json!({"description": "a\u{0}b"})),
+        )
+        .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "VALIDATION_FAILED")
+    );
+    let ok = app
+        .post(
+            "/api/v1/products",
+            product_body(json!({"description": "line one\nline\ttwo\r\n"})),
+        )
+        .await;
+    assert_eq!(
+        ok.status,
+        StatusCode::CREATED,
+        "newlines and tabs are fine: {:?}",
+        ok.body
+    );
+    let a = app
+        .post(
+            "/api/v1/categories",
+            json!({"name": "Tools", "description": "\u{0}"}),
+        )
+        .await;
+    assert_eq!(a.code(), "VALIDATION_FAILED");
+    let a = app.get("/api/v1/products?q=a%00b").await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::BAD_REQUEST, "REQUEST_INVALID_QUERY")
+    );
+    assert_eq!(app.all_products("").await.len(), 1);
+}
+
+#[tokio::test]
+async fn forged_cursors_are_refused_with_their_code() {
+    let app = spawn_app().await;
+    app.create_product(json!({})).await;
+    let id = "0193a0b1-c2d3-7e4f-8a9b-0c1d2e3f4a5b";
+    for (sort, forged) in [
+        ("name", json!({"s": "name", "k": "a\u{0}", "i": id})),
+        (
+            "price",
+            json!({"s": "price", "k": "text where a number belongs", "i": id}),
+        ),
+        ("name", json!({"s": "name", "k": 42, "i": id})),
+        ("newest", json!({"s": "newest", "k": 1, "i": "not-a-uuid"})),
+    ] {
+        let cursor = agora_kernel::Cursor::encode(&forged);
+        let a = app
+            .get(&format!("/api/v1/products?sort={sort}&cursor={cursor}"))
+            .await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::BAD_REQUEST, "REQUEST_INVALID_CURSOR"),
+            "{forged}"
+        );
+    }
+}
