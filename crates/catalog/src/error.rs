@@ -1,14 +1,10 @@
 //! The catalog's errors and their public codes.
 
-use agora_kernel::error::FieldError;
 use agora_kernel::{ApiError, ErrorCode};
 
 /// Everything that can go wrong in the catalog.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    /// A field breaks a rule.
-    #[error("invalid request")]
-    Invalid(Vec<FieldError>),
     /// No such product (or not visible to this caller).
     #[error("product not found")]
     ProductNotFound,
@@ -44,7 +40,12 @@ pub enum CatalogError {
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         let code = match e {
-            CatalogError::Invalid(fields) => return ApiError::validation(fields),
+            // Every connection busy for the whole acquire timeout: overload, not a bug.
+            CatalogError::Database(sqlx::Error::PoolTimedOut) => {
+                return ApiError::from_code(ErrorCode::ServiceNotReady)
+                    .with_details(serde_json::json!({ "checks": { "database": "busy" } }))
+                    .with_cause("catalog: timed out waiting for a database connection");
+            }
             CatalogError::Database(e) => {
                 return ApiError::internal(format!("catalog database error: {e}"));
             }

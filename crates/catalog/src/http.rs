@@ -14,7 +14,7 @@ use agora_kernel::pagination::Limit;
 use agora_kernel::{
     ApiError, ApiResponse, CategoryId, Currency, Cursor, ErrorCode, Money, ProductId,
 };
-use agora_platform::auth::Caller;
+use agora_platform::auth::{Caller, Staff};
 use agora_platform::http::{AppJson, AppPath, AppQuery};
 use axum::Router;
 use axum::extract::State;
@@ -277,10 +277,9 @@ impl CreateProduct {
 )]
 async fn create_product(
     State(catalog): State<Catalog>,
-    caller: Caller,
+    _staff: Staff,
     AppJson(body): AppJson<CreateProduct>,
 ) -> Result<ApiResponse<Product>, ApiError> {
-    caller.require_staff()?;
     let product = catalog.create_product(body.parse()?).await?;
     let location = format!("/api/v1/products/{}", product.id);
     Ok(ApiResponse::created(product, &location))
@@ -369,11 +368,10 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 )]
 async fn update_product(
     State(catalog): State<Catalog>,
-    caller: Caller,
+    _staff: Staff,
     AppPath(id): AppPath<ProductId>,
     AppJson(body): AppJson<UpdateProduct>,
 ) -> Result<ApiResponse<Product>, ApiError> {
-    caller.require_staff()?;
     Ok(ApiResponse::ok(
         catalog.update_product(id, body.parse()?).await?,
     ))
@@ -392,10 +390,9 @@ async fn update_product(
 )]
 async fn delete_product(
     State(catalog): State<Catalog>,
-    caller: Caller,
+    _staff: Staff,
     AppPath(id): AppPath<ProductId>,
 ) -> Result<ApiResponse<()>, ApiError> {
-    caller.require_staff()?;
     catalog.delete_product(id).await?;
     Ok(ApiResponse::ok(()))
 }
@@ -456,10 +453,9 @@ pub struct CreateCategory {
 )]
 async fn create_category(
     State(catalog): State<Catalog>,
-    caller: Caller,
+    _staff: Staff,
     AppJson(body): AppJson<CreateCategory>,
 ) -> Result<ApiResponse<Category>, ApiError> {
-    caller.require_staff()?;
     let mut p = Problems::default();
     let name = p.check("name", parse_name(&body.name));
     let slug = p.slug_or_derived(body.slug.as_deref(), name.as_deref());
@@ -513,11 +509,10 @@ pub struct UpdateCategory {
 )]
 async fn update_category(
     State(catalog): State<Catalog>,
-    caller: Caller,
+    _staff: Staff,
     AppPath(id): AppPath<CategoryId>,
     AppJson(body): AppJson<UpdateCategory>,
 ) -> Result<ApiResponse<Category>, ApiError> {
-    caller.require_staff()?;
     let mut p = Problems::default();
     let changes = CategoryChanges {
         name: body.name.and_then(|s| p.check("name", parse_name(&s))),
@@ -551,10 +546,9 @@ async fn update_category(
 )]
 async fn delete_category(
     State(catalog): State<Catalog>,
-    caller: Caller,
+    _staff: Staff,
     AppPath(id): AppPath<CategoryId>,
 ) -> Result<ApiResponse<()>, ApiError> {
-    caller.require_staff()?;
     catalog.delete_category(id).await?;
     Ok(ApiResponse::ok(()))
 }

@@ -6,7 +6,7 @@
 
 use agora_kernel::{CategoryId, Currency, Limit, Money, ProductId, Timestamp};
 use agora_platform::Database;
-use agora_platform::db::{SqlBuilder, Violation, contains_pattern, violation};
+use agora_platform::db::{Backend, SqlBuilder, Violation, contains_pattern, violation};
 use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -31,6 +31,9 @@ macro_rules! category_columns {
         "id, name, slug, description, parent_id, created_at, updated_at"
     };
 }
+
+/// The PostgreSQL advisory lock that serialises changes to the category tree.
+const CATEGORY_TREE_LOCK: i64 = 0x6167_6f72_6163_6174; // "agoracat"
 
 /// The order of a product listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -401,6 +404,15 @@ impl CatalogStore {
         now: Timestamp,
     ) -> Result<Option<Category>, CatalogError> {
         let mut tx = self.db.begin().await?;
+        if changes.parent_id.is_some() && self.db.backend() == Backend::Postgres {
+            // The cycle check reads the tree and then writes it: serialise
+            // re-parenting so two crossing moves cannot both pass the check.
+            // (SQLite already serialises writers with BEGIN IMMEDIATE.)
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CATEGORY_TREE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(Some(parent)) = changes.parent_id {
             // Walk up from the new parent: meeting `id` means a cycle.
             let mut cursor = Some(parent);

@@ -20,22 +20,21 @@ impl Timestamp {
         self.0
     }
 
-    /// The RFC 3339 form, e.g. `2026-11-23T09:15:00.123Z`.
+    /// The RFC 3339 form, e.g. `2026-11-23T09:15:00.123Z`. Times before 1970 or
+    /// after 9999 cannot be written in that form and are clamped to those bounds.
     pub fn to_rfc3339(self) -> String {
-        let st = if self.0 >= 0 {
-            UNIX_EPOCH + Duration::from_millis(self.0.unsigned_abs())
-        } else {
-            UNIX_EPOCH - Duration::from_millis(self.0.unsigned_abs())
-        };
-        humantime::format_rfc3339_millis(st).to_string()
+        humantime::format_rfc3339_millis(self.clamped()).to_string()
+    }
+
+    fn clamped(self) -> SystemTime {
+        const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+        UNIX_EPOCH + Duration::from_millis(self.0.clamp(0, MAX_MS).unsigned_abs())
     }
 }
 
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(
-            UNIX_EPOCH + Duration::from_millis(self.0.max(0).unsigned_abs()),
-        ))
+        s.collect_str(&humantime::format_rfc3339_millis(self.clamped()))
     }
 }
 
@@ -107,6 +106,18 @@ mod tests {
         );
         let json = serde_json::to_string(&Timestamp::from_millis(0)).unwrap_or_default();
         assert_eq!(json, "\"1970-01-01T00:00:00.000Z\"");
+    }
+
+    #[test]
+    fn out_of_range_timestamps_are_clamped_not_panicked_on() {
+        assert_eq!(
+            Timestamp::from_millis(-5).to_rfc3339(),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            Timestamp::from_millis(i64::MAX).to_rfc3339(),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

@@ -37,7 +37,11 @@ impl Authenticator {
             return Ok(Caller::Anonymous);
         };
         let invalid = || ApiError::from_code(ErrorCode::AuthInvalidToken);
-        let token = value.strip_prefix(b"Bearer ").ok_or_else(invalid)?;
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
+        let token = match value.split_at_checked(7) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token,
+            _ => return Err(invalid()),
+        };
         match &self.bootstrap_token {
             Some(expected) if constant_time_eq::constant_time_eq(token, expected.as_bytes()) => {
                 Ok(Caller::Staff)
@@ -83,6 +87,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// A caller proven to be staff. As the first extractor of a handler, it refuses
+/// everyone else before the path or body is even parsed, so an anonymous caller
+/// learns nothing about the input rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Staff;
+
+impl<S: Send + Sync> FromRequestParts<S> for Staff {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Caller::from_request_parts(parts, state)
+            .await?
+            .require_staff()?;
+        Ok(Staff)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +126,10 @@ mod tests {
     #[test]
     fn the_bootstrap_token_is_staff() {
         let c = with_token().authenticate(Some(b"Bearer 0123456789abcdef-staff"));
+        assert_eq!(c.ok(), Some(Caller::Staff));
+        let c = with_token().authenticate(Some(b"bEaReR 0123456789abcdef-staff"));
+        assert_eq!(c.ok(), Some(Caller::Staff));
+        let c = with_token().authenticate(Some(b"bEaReR 0123456789abcdef-staff"));
         assert_eq!(c.ok(), Some(Caller::Staff));
     }
 

@@ -292,6 +292,16 @@ impl Config {
                 "must start with sqlite:, postgres:// or postgresql://",
             );
         }
+        if let Some(url) = &self.database.url
+            && url.starts_with("sqlite:")
+            && (url.contains(":memory:") || url.contains("mode=memory"))
+        {
+            // The writer and the read pool would each get a separate empty database.
+            return fail(
+                "database.url",
+                "an in-memory SQLite database is not supported: give a file",
+            );
+        }
         if !(1..=1000).contains(&self.database.max_connections) {
             return fail("database.max_connections", "must be between 1 and 1000");
         }

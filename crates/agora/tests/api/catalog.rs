@@ -773,3 +773,111 @@ async fn forged_cursors_are_refused_with_their_code() {
         );
     }
 }
+
+#[tokio::test]
+async fn anonymous_writes_are_refused_before_their_input_is_read() {
+    let app = spawn_app().await;
+    let url = format!("{}/api/v1/products", app.base);
+    let malformed = app
+        .client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .expect("answered");
+    let malformed = crate::helpers::TestApp::answer(malformed).await;
+    assert_eq!(
+        (malformed.status, malformed.code()),
+        (StatusCode::UNAUTHORIZED, "AUTH_REQUIRED")
+    );
+    let bad_path = app
+        .call(
+            Method::PATCH,
+            "/api/v1/products/not-an-id",
+            Some(json!({"name": "x"})),
+            As::Anonymous,
+        )
+        .await;
+    assert_eq!(
+        (bad_path.status, bad_path.code()),
+        (StatusCode::UNAUTHORIZED, "AUTH_REQUIRED")
+    );
+    let lower = app
+        .client
+        .post(&url)
+        .header(
+            "authorization",
+            format!("bearer {}", crate::helpers::STAFF_TOKEN),
+        )
+        .json(&product_body(json!({})))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(
+        lower.status(),
+        StatusCode::CREATED,
+        "the auth scheme is case-insensitive"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_reparenting_never_makes_a_cycle() {
+    let app = spawn_app().await;
+    for round in 0..10 {
+        let a = app.create_category(&format!("Left {round}")).await;
+        let b = app.create_category(&format!("Right {round}")).await;
+        let (path_a, path_b) = (
+            format!("/api/v1/categories/{a}"),
+            format!("/api/v1/categories/{b}"),
+        );
+        let (x, y) = tokio::join!(
+            app.patch(&path_a, json!({"parent_id": b})),
+            app.patch(&path_b, json!({"parent_id": a})),
+        );
+        let refused = [&x, &y]
+            .iter()
+            .filter(|r| r.code() == "CATALOG_CATEGORY_CYCLE")
+            .count();
+        assert_eq!(refused, 1, "round {round}: {:?} / {:?}", x.body, y.body);
+    }
+}
+
+#[tokio::test]
+async fn names_sort_the_same_on_every_engine() {
+    let app = spawn_app().await;
+    for name in ["banana", "Apple", "cherry", "Banana split", "apple pie"] {
+        app.create_product(json!({"name": name})).await;
+    }
+    let a = app.get("/api/v1/products?sort=name").await;
+    let names: Vec<&str> = a
+        .data()
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    // Byte order (upper case first), as SQLite compares text.
+    assert_eq!(
+        names,
+        ["Apple", "Banana split", "apple pie", "banana", "cherry"]
+    );
+}
+
+#[tokio::test]
+async fn error_messages_do_not_echo_unbounded_input() {
+    let app = spawn_app().await;
+    let a = app
+        .post(
+            "/api/v1/products",
+            product_body(json!({"active": "y".repeat(5_000)})),
+        )
+        .await;
+    assert_eq!(a.code(), "REQUEST_INVALID_BODY");
+    let message = a.body["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.chars().count() <= 300,
+        "{} characters",
+        message.chars().count()
+    );
+}

@@ -87,3 +87,14 @@ fn migrate_then_seed_loads_the_demo_catalog_once() {
         .expect("runs");
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing loaded"));
 }
+
+#[test]
+fn an_in_memory_sqlite_url_is_refused() {
+    let out = agora()
+        .args(["migrate"])
+        .env("AGORA_DATABASE__URL", "sqlite::memory:")
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("database.url"));
+}

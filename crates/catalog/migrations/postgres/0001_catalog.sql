@@ -1,9 +1,10 @@
 -- Catalog: categories and products. Ids are UUID text, money BIGINT minor units,
 -- times epoch milliseconds, flags 0/1, attributes JSON text. References use the
 -- default NO ACTION: SQLite reports RESTRICT as a trigger error, not a foreign-key one.
+-- Names sort in byte order ("C"), as on SQLite, so pages agree on both engines.
 CREATE TABLE catalog_categories (
     id          TEXT PRIMARY KEY NOT NULL,
-    name        TEXT NOT NULL,
+    name        TEXT COLLATE "C" NOT NULL,
     slug        TEXT NOT NULL CONSTRAINT catalog_categories_slug_key UNIQUE,
     description TEXT NOT NULL DEFAULT '',
     parent_id   TEXT CONSTRAINT catalog_categories_parent_fkey REFERENCES catalog_categories (id),
@@ -17,7 +18,7 @@ CREATE TABLE catalog_products (
     id          TEXT PRIMARY KEY NOT NULL,
     sku         TEXT NOT NULL CONSTRAINT catalog_products_sku_key UNIQUE,
     slug        TEXT NOT NULL CONSTRAINT catalog_products_slug_key UNIQUE,
-    name        TEXT NOT NULL,
+    name        TEXT COLLATE "C" NOT NULL,
     description TEXT NOT NULL DEFAULT '',
     price_minor BIGINT NOT NULL CONSTRAINT catalog_products_price_check CHECK (price_minor >= 0),
     currency    TEXT NOT NULL,

@@ -45,18 +45,33 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
         other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::from_code(ErrorCode::RequestBodyTooLarge)
         }
-        other => ApiError::new(ErrorCode::RequestMalformedJson, other.body_text()),
+        other => ApiError::new(
+            ErrorCode::RequestMalformedJson,
+            strip_axum_prefix(&other.body_text()),
+        ),
     }
 }
 
 /// axum prefixes every message with what failed ("Failed to deserialize the JSON
 /// body into the target type: "); the code already says that.
+///
+/// The rest quotes the offending value, which can be as long as the body: it is
+/// cut to [`MAX_MESSAGE_CHARS`].
 fn strip_axum_prefix(text: &str) -> String {
-    text.split_once(": ")
+    let rest = text
+        .split_once(": ")
         .filter(|(head, _)| head.starts_with("Failed to"))
-        .map_or(text, |(_, rest)| rest)
-        .to_string()
+        .map_or(text, |(_, rest)| rest);
+    if rest.chars().count() <= MAX_MESSAGE_CHARS {
+        return rest.to_string();
+    }
+    let mut cut: String = rest.chars().take(MAX_MESSAGE_CHARS).collect();
+    cut.push('…');
+    cut
 }
+
+/// The longest message built from a rejection.
+const MAX_MESSAGE_CHARS: usize = 240;
 
 /// A query string. Malformed, out-of-range or unknown parameters →
 /// `REQUEST_INVALID_QUERY` (400).
@@ -103,7 +118,7 @@ where
                 ErrorCode::RequestInvalidPath,
                 strip_axum_prefix(&e.body_text()),
             )),
-            Err(other) => Err(ApiError::internal(other.body_text())),
+            Err(other) => Err(ApiError::internal(strip_axum_prefix(&other.body_text()))),
         }
     }
 }
@@ -119,5 +134,10 @@ mod tests {
             "unknown field `x`"
         );
         assert_eq!(strip_axum_prefix("name: too long"), "name: too long");
+        let long = format!("Failed to parse: {}", "é".repeat(1000));
+        assert_eq!(
+            strip_axum_prefix(&long).chars().count(),
+            MAX_MESSAGE_CHARS + 1
+        );
     }
 }
