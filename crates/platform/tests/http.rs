@@ -1,5 +1,6 @@
 //! The HTTP foundation end to end: a real server on port 0 with test routes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agora_kernel::ApiResponse;
@@ -8,15 +9,22 @@ use agora_platform::auth::Authenticator;
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, serve};
 use axum::Router;
+use axum::extract::State;
 use axum::routing::get;
 use serde_json::Value;
+use tokio::sync::Notify;
 
-async fn slow() -> ApiResponse<&'static str> {
+/// Told when a handler has started, so tests act on facts, not sleeps.
+type Started = Arc<Notify>;
+
+async fn slow(State(started): State<Started>) -> ApiResponse<&'static str> {
+    started.notify_one();
     tokio::time::sleep(Duration::from_millis(400)).await;
     ApiResponse::ok("done")
 }
 
-async fn hangs() -> ApiResponse<()> {
+async fn hangs(State(started): State<Started>) -> ApiResponse<()> {
+    started.notify_one();
     tokio::time::sleep(Duration::from_secs(60)).await;
     ApiResponse::ok(())
 }
@@ -25,16 +33,19 @@ async fn panics() -> ApiResponse<()> {
     panic!("secret internal detail: password=hunter2")
 }
 
-/// Starts the foundation with `/slow` and `/panic` routes; returns its base URL.
+/// Starts the foundation with test routes; returns its base URL, the server task
+/// and the signal its slow handlers give when they start.
 async fn start(
     timeout: Duration,
     shutdown: Shutdown,
     grace: Duration,
-) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
+) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>, Started) {
+    let started = Started::default();
     let api = Router::new()
         .route("/slow", get(slow))
+        .route("/hang", get(hangs))
         .route("/panic", get(panics))
-        .route("/hang", get(hangs));
+        .with_state(started.clone());
     let edge = Edge {
         authenticator: Authenticator::default(),
         request_timeout: timeout,
@@ -45,20 +56,20 @@ async fn start(
         .expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let server = tokio::spawn(serve(listener, router, shutdown, grace));
-    (base, server)
+    (base, server, started)
 }
 
 #[tokio::test]
 async fn in_flight_requests_finish_when_shutdown_begins() {
     let shutdown = Shutdown::new();
-    let (base, server) = start(
+    let (base, server, started) = start(
         Duration::from_secs(5),
         shutdown.clone(),
         Duration::from_secs(5),
     )
     .await;
     let request = tokio::spawn(async move { reqwest::get(format!("{base}/api/v1/slow")).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    started.notified().await;
     shutdown.trigger();
     let response = request
         .await
@@ -71,26 +82,31 @@ async fn in_flight_requests_finish_when_shutdown_begins() {
 }
 
 #[tokio::test]
-async fn shutdown_gives_up_on_requests_that_outlive_the_grace_period() {
+async fn shutdown_closes_requests_that_outlive_the_grace_period() {
     let shutdown = Shutdown::new();
-    let (base, server) = start(
+    let (base, server, started) = start(
         Duration::from_secs(120),
         shutdown.clone(),
         Duration::from_millis(50),
     )
     .await;
     let request = tokio::spawn(async move { reqwest::get(format!("{base}/api/v1/hang")).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    started.notified().await;
     shutdown.trigger();
-    // The handler would run for a minute; the server stops after its grace period.
+    // The handler would run for a minute; the server stops after its grace period
+    // and closes the connection, so the client sees an error, not a late answer.
     let stopped = tokio::time::timeout(Duration::from_secs(10), server).await;
     assert!(stopped.is_ok(), "the server waited for the hanging request");
-    drop(request);
+    let answer = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("the client is not left hanging")
+        .expect("joined");
+    assert!(answer.is_err(), "the connection was closed: {answer:?}");
 }
 
 #[tokio::test]
 async fn a_slow_request_is_answered_with_server_timeout() {
-    let (base, _server) = start(
+    let (base, _server, _) = start(
         Duration::from_millis(50),
         Shutdown::new(),
         Duration::from_secs(1),
@@ -106,7 +122,7 @@ async fn a_slow_request_is_answered_with_server_timeout() {
 
 #[tokio::test]
 async fn a_panic_is_a_coded_500_without_internal_text() {
-    let (base, _server) = start(
+    let (base, _server, _) = start(
         Duration::from_secs(5),
         Shutdown::new(),
         Duration::from_secs(1),

@@ -4,12 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_kernel::{ApiError, ErrorCode};
-use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::edge::{Edge, edge};
@@ -52,41 +55,71 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     ApiError::internal(format!("handler panicked: {message}")).into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` fires, then lets in-flight
-/// requests finish for at most `grace` before closing what is left.
+/// How long a client may take to send a request's headers before the connection
+/// is closed: slow or idle clients cannot hold connections open for free.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves `router` on `listener` until `shutdown` fires. Then it stops accepting,
+/// asks every connection to finish its in-flight request and close, waits for at
+/// most `grace`, and closes whatever is left.
+///
+/// A hyper-util accept loop rather than `axum::serve`, which offers neither a
+/// header-read timeout nor a way to close connections that outlive the grace
+/// period.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     shutdown: Shutdown,
     grace: Duration,
 ) -> anyhow::Result<()> {
-    // Small JSON answers must not wait for Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let stop = shutdown.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await
-    });
-    tokio::select! {
-        outcome = &mut server => {
-            return outcome.context("The HTTP server task failed")?.context("The HTTP server failed");
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Small JSON answers must not wait for Nagle's algorithm.
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(router.clone());
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                connections.spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = shutdown.wait() => break,
         }
-        () = shutdown.wait() => {}
     }
-    match tokio::time::timeout(grace, &mut server).await {
-        Ok(outcome) => outcome
-            .context("The HTTP server task failed")?
-            .context("The HTTP server failed"),
-        Err(_) => {
-            tracing::warn!(
-                grace_ms = grace.as_millis() as u64,
-                "in-flight requests did not finish in time; closing them"
-            );
-            server.abort();
-            Ok(())
-        }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            open = connections.len(),
+            "in-flight requests did not finish in time; closing their connections"
+        );
+        connections.abort_all();
     }
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
