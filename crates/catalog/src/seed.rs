@@ -82,15 +82,18 @@ pub struct SeedReport {
 /// (and says so) otherwise.
 pub async fn seed_demo(catalog: &Catalog) -> Result<SeedReport, CatalogError> {
     let store = catalog.store();
-    if !store.is_empty().await? {
+    let usd = Currency::parse("USD").map_err(|e| CatalogError::Unexpected(e.into()))?;
+    let now = catalog.now();
+    // Decide and write in one transaction (and, on PostgreSQL, under a lock), so
+    // replicas starting together load the catalog once.
+    let mut tx = store.db().begin().await?;
+    store.lock_for_seeding(&mut tx).await?;
+    if !store.is_empty(&mut *tx).await? {
         return Ok(SeedReport {
             categories: 0,
             products: 0,
         });
     }
-    let usd = Currency::parse("USD").map_err(|e| CatalogError::Unexpected(e.into()))?;
-    let now = catalog.now();
-    let mut tx = store.db().begin().await?;
     let mut report = SeedReport {
         categories: 0,
         products: 0,

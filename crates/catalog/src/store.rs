@@ -35,6 +35,9 @@ macro_rules! category_columns {
 /// The PostgreSQL advisory lock that serialises changes to the category tree.
 const CATEGORY_TREE_LOCK: i64 = 0x6167_6f72_6163_6174; // "agoracat"
 
+/// The PostgreSQL advisory lock that serialises demo seeding.
+const SEED_LOCK: i64 = 0x6167_6f72_6173_6564; // "agorased"
+
 /// The order of a product listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum ProductSort {
@@ -476,14 +479,33 @@ impl CatalogStore {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Whether the catalog has neither products nor categories.
-    pub async fn is_empty(&self) -> Result<bool, CatalogError> {
+    /// Whether the catalog has neither products nor categories, as seen by
+    /// `executor` (inside a transaction, to decide and write atomically).
+    pub async fn is_empty<'e, E>(&self, executor: E) -> Result<bool, CatalogError>
+    where
+        E: Executor<'e, Database = Any>,
+    {
         let n: i64 = sqlx::query_scalar(
             "SELECT (SELECT COUNT(*) FROM catalog_products) + (SELECT COUNT(*) FROM catalog_categories)",
         )
-        .fetch_one(self.db.writer())
+        .fetch_one(executor)
         .await?;
         Ok(n == 0)
+    }
+
+    /// On PostgreSQL, holds the lock that serialises seeding until `tx` ends, so
+    /// two replicas starting together do not both load the demo catalog.
+    pub async fn lock_for_seeding(
+        &self,
+        tx: &mut sqlx::Transaction<'static, Any>,
+    ) -> Result<(), CatalogError> {
+        if self.db.backend() == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(SEED_LOCK)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 }
 

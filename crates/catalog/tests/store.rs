@@ -120,3 +120,26 @@ async fn the_database_refuses_negative_prices_even_past_the_api() {
         "{result:?}"
     );
 }
+
+#[tokio::test]
+async fn two_processes_seeding_at_once_load_the_demo_catalog_once() {
+    let (catalog, test_db) = catalog().await;
+    let other = Catalog::new(
+        CatalogStore::new(
+            agora_platform::Database::connect(&test_db.config)
+                .await
+                .expect("a second connection"),
+        ),
+        Arc::new(agora_kernel::SystemClock),
+    );
+    let (a, b) = tokio::join!(
+        agora_catalog::seed::seed_demo(&catalog),
+        agora_catalog::seed::seed_demo(&other)
+    );
+    let (a, b) = (
+        a.expect("first seeding succeeds"),
+        b.expect("second seeding succeeds"),
+    );
+    assert_eq!(a.products + b.products, 200, "{a:?} {b:?}");
+    assert_eq!(catalog.categories().await.expect("listed").len(), 10);
+}
