@@ -245,25 +245,27 @@ pub fn empty_attributes() -> Box<RawValue> {
     RawValue::from_string("{}".to_string()).expect("`{}` is valid JSON")
 }
 
-/// A valid new product.
+/// A valid new product. Outside this crate it can only be made by parsing a
+/// request (`ProductDraft::try_from(CreateProduct)`), so every draft the store
+/// sees has passed the rules above.
 #[derive(Debug, Clone)]
 pub struct ProductDraft {
     /// See [`Product::sku`].
-    pub sku: String,
+    pub(crate) sku: String,
     /// See [`Product::slug`].
-    pub slug: String,
+    pub(crate) slug: String,
     /// See [`Product::name`].
-    pub name: String,
+    pub(crate) name: String,
     /// See [`Product::description`].
-    pub description: String,
+    pub(crate) description: String,
     /// See [`Product::price`].
-    pub price: Money,
+    pub(crate) price: Money,
     /// See [`Product::category_id`].
-    pub category_id: Option<CategoryId>,
+    pub(crate) category_id: Option<CategoryId>,
     /// See [`Product::attributes`].
-    pub attributes: Box<RawValue>,
+    pub(crate) attributes: Box<RawValue>,
     /// See [`Product::active`].
-    pub active: bool,
+    pub(crate) active: bool,
 }
 
 /// A valid set of changes to a product. `None` leaves a field as it is; for the
@@ -271,47 +273,47 @@ pub struct ProductDraft {
 #[derive(Debug, Clone, Default)]
 pub struct ProductChanges {
     /// New SKU.
-    pub sku: Option<String>,
+    pub(crate) sku: Option<String>,
     /// New slug.
-    pub slug: Option<String>,
+    pub(crate) slug: Option<String>,
     /// New name.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// New description.
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// New price.
-    pub price: Option<Money>,
+    pub(crate) price: Option<Money>,
     /// New category, or none.
-    pub category_id: Option<Option<CategoryId>>,
+    pub(crate) category_id: Option<Option<CategoryId>>,
     /// New attributes (replacing the old ones).
-    pub attributes: Option<Box<RawValue>>,
+    pub(crate) attributes: Option<Box<RawValue>>,
     /// New active flag.
-    pub active: Option<bool>,
+    pub(crate) active: Option<bool>,
 }
 
 /// A valid new category.
 #[derive(Debug, Clone)]
 pub struct CategoryDraft {
     /// See [`Category::name`].
-    pub name: String,
+    pub(crate) name: String,
     /// See [`Category::slug`].
-    pub slug: String,
+    pub(crate) slug: String,
     /// See [`Category::description`].
-    pub description: String,
+    pub(crate) description: String,
     /// See [`Category::parent_id`].
-    pub parent_id: Option<CategoryId>,
+    pub(crate) parent_id: Option<CategoryId>,
 }
 
 /// A valid set of changes to a category.
 #[derive(Debug, Clone, Default)]
 pub struct CategoryChanges {
     /// New name.
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// New slug.
-    pub slug: Option<String>,
+    pub(crate) slug: Option<String>,
     /// New description.
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// New parent, or none.
-    pub parent_id: Option<Option<CategoryId>>,
+    pub(crate) parent_id: Option<Option<CategoryId>>,
 }
 
 #[cfg(test)]

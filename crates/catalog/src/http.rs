@@ -213,6 +213,14 @@ pub struct CreateProduct {
     active: Option<bool>,
 }
 
+impl TryFrom<CreateProduct> for ProductDraft {
+    type Error = ApiError;
+
+    fn try_from(body: CreateProduct) -> Result<Self, Self::Error> {
+        body.parse()
+    }
+}
+
 impl CreateProduct {
     fn parse(self) -> Result<ProductDraft, ApiError> {
         let mut p = Problems::default();
@@ -280,7 +288,9 @@ async fn create_product(
     _staff: Staff,
     AppJson(body): AppJson<CreateProduct>,
 ) -> Result<ApiResponse<Product>, ApiError> {
-    let product = catalog.create_product(body.parse()?).await?;
+    let product = catalog
+        .create_product(ProductDraft::try_from(body)?)
+        .await?;
     let location = format!("/api/v1/products/{}", product.id);
     Ok(ApiResponse::created(product, &location))
 }

@@ -4,11 +4,12 @@
 use std::sync::Arc;
 
 use agora_catalog::Catalog;
-use agora_catalog::domain::{ProductDraft, empty_attributes};
+use agora_catalog::domain::ProductDraft;
 use agora_catalog::error::CatalogError;
+use agora_catalog::http::CreateProduct;
 use agora_catalog::store::CatalogStore;
 use agora_contracts::catalog::CatalogPort;
-use agora_kernel::{Currency, ManualClock, Money, ProductId, Timestamp};
+use agora_kernel::{ManualClock, ProductId, Timestamp};
 use agora_platform::testing::TestDatabase;
 
 async fn catalog() -> (Catalog, TestDatabase) {
@@ -26,16 +27,15 @@ async fn catalog() -> (Catalog, TestDatabase) {
 }
 
 fn draft(sku: &str, amount: i64, active: bool) -> ProductDraft {
-    ProductDraft {
-        sku: sku.into(),
-        slug: sku.to_lowercase(),
-        name: format!("Product {sku}"),
-        description: String::new(),
-        price: Money::new(amount, Currency::parse("USD").expect("USD")).expect("in range"),
-        category_id: None,
-        attributes: empty_attributes(),
-        active,
-    }
+    // Drafts are made only by parsing a request, as the API does.
+    let request: CreateProduct = serde_json::from_value(serde_json::json!({
+        "sku": sku,
+        "name": format!("Product {sku}"),
+        "price": {"amount": amount, "currency": "USD"},
+        "active": active,
+    }))
+    .expect("a well-formed request");
+    ProductDraft::try_from(request).expect("a valid request")
 }
 
 #[tokio::test]
@@ -96,8 +96,12 @@ async fn the_database_enforces_unique_skus() {
         .create_product(draft("DUP-1", 100, true))
         .await
         .expect("created");
-    let mut again = draft("DUP-1", 100, true);
-    again.slug = "other-slug".into();
+    // Same SKU, different name and so a different slug.
+    let request: CreateProduct = serde_json::from_value(serde_json::json!({
+        "sku": "DUP-1", "name": "Another product", "price": {"amount": 100, "currency": "USD"}
+    }))
+    .expect("a well-formed request");
+    let again = ProductDraft::try_from(request).expect("a valid request");
     let err = catalog.create_product(again).await.err();
     assert!(matches!(err, Some(CatalogError::SkuTaken)), "{err:?}");
 }
