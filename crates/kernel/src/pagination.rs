@@ -103,14 +103,6 @@ impl<T> Page<T> {
             next_cursor,
         }
     }
-
-    /// Maps the items, keeping the cursor.
-    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page {
-            items: self.items.into_iter().map(f).collect(),
-            next_cursor: self.next_cursor,
-        }
-    }
 }
 
 #[cfg(test)]
