@@ -47,6 +47,14 @@ struct Meta<'a> {
     next_cursor: Option<&'a str>,
 }
 
+/// What an envelope carries: `data` on success, `error` on failure.
+pub(crate) enum Payload<'a, T> {
+    /// A successful answer's payload.
+    Data(&'a T),
+    /// A failure's description.
+    Error(&'a T),
+}
+
 #[derive(serde::Serialize)]
 struct Envelope<'a, T: serde::Serialize> {
     success: bool,
@@ -57,19 +65,24 @@ struct Envelope<'a, T: serde::Serialize> {
     meta: Meta<'a>,
 }
 
-/// Serializes an envelope around `payload` (as `data` or `error`).
+/// Written when our own types fail to serialize (a bug): says so without detail.
+const SERIALIZATION_FAILED: &str = r#"{"success":false,"error":{"code":"INTERNAL_ERROR","message":"An unexpected fault on the server."},"meta":{"api_version":"1"}}"#;
+
+/// Serializes the envelope around `payload`.
 pub(crate) fn render<T: serde::Serialize>(
     status: StatusCode,
-    success: bool,
-    field: &'static str,
-    payload: &T,
+    payload: Payload<'_, T>,
     next_cursor: Option<&str>,
 ) -> Response {
     let request_id = RequestContext::current_request_id();
+    let (data, error) = match payload {
+        Payload::Data(d) => (Some(d), None),
+        Payload::Error(e) => (None, Some(e)),
+    };
     let envelope = Envelope {
-        success,
-        data: (field == "data").then_some(payload),
-        error: (field == "error").then_some(payload),
+        success: data.is_some(),
+        data,
+        error,
         meta: Meta {
             request_id: request_id.as_deref(),
             api_version: API_VERSION,
@@ -77,30 +90,23 @@ pub(crate) fn render<T: serde::Serialize>(
         },
     };
     let mut buf = Vec::with_capacity(256);
-    match serde_json::to_writer(&mut buf, &envelope) {
-        Ok(()) => {
-            let mut response = Response::new(Body::from(buf));
-            *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+    let (status, body) = match serde_json::to_writer(&mut buf, &envelope) {
+        Ok(()) => (status, Body::from(buf)),
         Err(e) => {
-            // Our own types failed to serialize: a bug. Say so without detail.
             tracing::error!(error = %e, "response serialization failed");
-            let mut response = Response::new(Body::from(
-                r#"{"success":false,"error":{"code":"INTERNAL_ERROR","message":"An unexpected fault on the server."},"meta":{"api_version":"1"}}"#,
-            ));
-            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Body::from(SERIALIZATION_FAILED),
+            )
         }
-    }
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// A successful API answer: `data` wrapped in the envelope.
@@ -144,9 +150,7 @@ impl<T: serde::Serialize> IntoResponse for ApiResponse<T> {
     fn into_response(self) -> Response {
         let mut response = render(
             self.status,
-            true,
-            "data",
-            &self.data,
+            Payload::Data(&self.data),
             self.next_cursor.as_deref(),
         );
         for (name, value) in self.headers {
@@ -204,4 +208,41 @@ pub struct ErrorDoc {
     /// Structured context, such as `fields` for `VALIDATION_FAILED`.
     #[schema(value_type = Option<Object>)]
     details: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ApiError, ErrorCode};
+
+    async fn body_of(response: Response) -> String {
+        use http_body_util::BodyExt;
+        let bytes = response.into_body().collect().await.map(|c| c.to_bytes());
+        String::from_utf8(bytes.map(|b| b.to_vec()).unwrap_or_default()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn success_and_failure_have_their_documented_shapes() {
+        let context = RequestContext {
+            request_id: Arc::from("req-1"),
+        };
+        let (ok, failed) = context
+            .scope(async {
+                let ok = ApiResponse::ok(serde_json::json!({"n": 1}))
+                    .with_next_cursor(Some("c".into()))
+                    .into_response();
+                let failed = ApiError::new(ErrorCode::RouteNotFound, "nope").into_response();
+                (ok, failed)
+            })
+            .await;
+        assert_eq!(failed.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            body_of(ok).await,
+            r#"{"success":true,"data":{"n":1},"meta":{"request_id":"req-1","api_version":"1","next_cursor":"c"}}"#
+        );
+        assert_eq!(
+            body_of(failed).await,
+            r#"{"success":false,"error":{"code":"ROUTE_NOT_FOUND","message":"nope"},"meta":{"request_id":"req-1","api_version":"1"}}"#
+        );
+    }
 }

@@ -244,7 +244,7 @@ impl IntoResponse for ApiError {
             message,
             details,
         };
-        let mut response = envelope::render(status, false, "error", &body, None);
+        let mut response = envelope::render(status, envelope::Payload::Error(&body), None);
         response.extensions_mut().insert(self.code);
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(ErrorReport(cause));
