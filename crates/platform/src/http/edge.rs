@@ -49,8 +49,10 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     // Only the request id on the span: the fmt layer formats span fields when the
     // span is created, on every request; method and path go on the final line.
     let span = tracing::info_span!("request", request_id = %request_id);
+    // Kept for the final log line. Cloning shares the URI's buffer: no copy on a
+    // hot path whose line is usually filtered out.
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let context = RequestContext {
         request_id: request_id.clone(),
     };
@@ -76,11 +78,11 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     let code = response.extensions().get::<ErrorCode>().map(|c| c.as_str());
     span.in_scope(|| {
         if let Some(ErrorReport(cause)) = response.extensions().get::<ErrorReport>() {
-            tracing::error!(%method, path, status = status.as_u16(), code, elapsed_ms, cause = %cause, "request failed");
+            tracing::error!(%method, path = uri.path(), status = status.as_u16(), code, elapsed_ms, cause = %cause, "request failed");
         } else if status.is_server_error() {
-            tracing::warn!(%method, path, status = status.as_u16(), code, elapsed_ms, "request failed");
+            tracing::warn!(%method, path = uri.path(), status = status.as_u16(), code, elapsed_ms, "request failed");
         } else {
-            tracing::debug!(%method, path, status = status.as_u16(), code, elapsed_ms, "request finished");
+            tracing::debug!(%method, path = uri.path(), status = status.as_u16(), code, elapsed_ms, "request finished");
         }
     });
     let headers = response.headers_mut();
@@ -106,7 +108,10 @@ fn request_id(req: &Request) -> Arc<str> {
         });
     match given {
         Some(id) => Arc::from(id),
-        None => Arc::from(uuid::Uuid::now_v7().simple().to_string()),
+        None => {
+            let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+            Arc::from(&*uuid::Uuid::now_v7().simple().encode_lower(&mut buf))
+        }
     }
 }
 
