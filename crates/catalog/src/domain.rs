@@ -5,7 +5,7 @@
 //! anything else.
 
 use agora_kernel::error::FieldError;
-use agora_kernel::{CategoryId, Money, ProductId, Timestamp};
+use agora_kernel::{ApiError, CategoryId, Money, ProductId, Timestamp};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -111,6 +111,16 @@ impl Problems {
                 })
             }),
         }
+    }
+
+    /// Ends parsing: `VALIDATION_FAILED` with every recorded problem, or the value
+    /// `build` assembles from the parsed fields, which are all present when no
+    /// problem was recorded.
+    pub fn finish<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, ApiError> {
+        self.into_result().map_err(ApiError::validation)?;
+        build().ok_or_else(|| {
+            ApiError::internal("a parsed field is missing, yet no problem was recorded")
+        })
     }
 
     /// The errors, if any.
@@ -290,6 +300,20 @@ pub struct ProductChanges {
     pub(crate) active: Option<bool>,
 }
 
+impl ProductChanges {
+    /// Whether these changes would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.sku.is_none()
+            && self.slug.is_none()
+            && self.name.is_none()
+            && self.description.is_none()
+            && self.price.is_none()
+            && self.category_id.is_none()
+            && self.attributes.is_none()
+            && self.active.is_none()
+    }
+}
+
 /// A valid new category.
 #[derive(Debug, Clone)]
 pub struct CategoryDraft {
@@ -314,6 +338,16 @@ pub struct CategoryChanges {
     pub(crate) description: Option<String>,
     /// New parent, or none.
     pub(crate) parent_id: Option<Option<CategoryId>>,
+}
+
+impl CategoryChanges {
+    /// Whether these changes would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.slug.is_none()
+            && self.description.is_none()
+            && self.parent_id.is_none()
+    }
 }
 
 #[cfg(test)]

@@ -236,38 +236,19 @@ impl CreateProduct {
             Some(a) => p.check("attributes", parse_attributes(a)),
             None => Some(domain::empty_attributes()),
         };
-        match (
-            p.into_result(),
-            sku,
-            name,
-            slug,
-            description,
-            price,
-            attributes,
-        ) {
-            (
-                Ok(()),
-                Some(sku),
-                Some(name),
-                Some(slug),
-                Some(description),
-                Some(price),
-                Some(attributes),
-            ) => Ok(ProductDraft {
-                sku,
-                slug,
-                name,
-                description,
-                price,
-                category_id: self.category_id,
-                attributes,
-                active: self.active.unwrap_or(true),
-            }),
-            (Err(fields), ..) => Err(ApiError::validation(fields)),
-            _ => Err(ApiError::internal(
-                "product draft incomplete without a recorded problem",
-            )),
-        }
+        let (category_id, active) = (self.category_id, self.active.unwrap_or(true));
+        p.finish(|| {
+            Some(ProductDraft {
+                sku: sku?,
+                slug: slug?,
+                name: name?,
+                description: description?,
+                price: price?,
+                category_id,
+                attributes: attributes?,
+                active,
+            })
+        })
     }
 }
 
@@ -332,15 +313,7 @@ impl UpdateProduct {
             active: self.active,
         };
         p.into_result().map_err(ApiError::validation)?;
-        let empty = changes.sku.is_none()
-            && changes.name.is_none()
-            && changes.slug.is_none()
-            && changes.description.is_none()
-            && changes.price.is_none()
-            && changes.category_id.is_none()
-            && changes.attributes.is_none()
-            && changes.active.is_none();
-        if empty {
+        if changes.is_empty() {
             return Err(nothing_to_change());
         }
         Ok(changes)
@@ -466,29 +439,30 @@ async fn create_category(
     _staff: Staff,
     AppJson(body): AppJson<CreateCategory>,
 ) -> Result<ApiResponse<Category>, ApiError> {
-    let mut p = Problems::default();
-    let name = p.check("name", parse_name(&body.name));
-    let slug = p.slug_or_derived(body.slug.as_deref(), name.as_deref());
-    let description = p.check(
-        "description",
-        parse_description(body.description.as_deref().unwrap_or("")),
-    );
-    p.into_result().map_err(ApiError::validation)?;
-    let (Some(name), Some(slug), Some(description)) = (name, slug, description) else {
-        return Err(ApiError::internal(
-            "category draft incomplete without a recorded problem",
-        ));
-    };
-    let category = catalog
-        .create_category(CategoryDraft {
-            name,
-            slug,
-            description,
-            parent_id: body.parent_id,
-        })
-        .await?;
+    let category = catalog.create_category(body.parse()?).await?;
     let location = format!("/api/v1/categories/{}", category.id);
     Ok(ApiResponse::created(category, &location))
+}
+
+impl CreateCategory {
+    fn parse(self) -> Result<CategoryDraft, ApiError> {
+        let mut p = Problems::default();
+        let name = p.check("name", parse_name(&self.name));
+        let slug = p.slug_or_derived(self.slug.as_deref(), name.as_deref());
+        let description = p.check(
+            "description",
+            parse_description(self.description.as_deref().unwrap_or("")),
+        );
+        let parent_id = self.parent_id;
+        p.finish(|| {
+            Some(CategoryDraft {
+                name: name?,
+                slug: slug?,
+                description: description?,
+                parent_id,
+            })
+        })
+    }
 }
 
 /// Changes to a category; absent fields stay as they are.
@@ -502,6 +476,25 @@ pub struct UpdateCategory {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<CategoryId>)]
     parent_id: Option<Option<CategoryId>>,
+}
+
+impl UpdateCategory {
+    fn parse(self) -> Result<CategoryChanges, ApiError> {
+        let mut p = Problems::default();
+        let changes = CategoryChanges {
+            name: self.name.and_then(|s| p.check("name", parse_name(&s))),
+            slug: self.slug.and_then(|s| p.check("slug", parse_slug(&s))),
+            description: self
+                .description
+                .and_then(|s| p.check("description", parse_description(&s))),
+            parent_id: self.parent_id,
+        };
+        p.into_result().map_err(ApiError::validation)?;
+        if changes.is_empty() {
+            return Err(nothing_to_change());
+        }
+        Ok(changes)
+    }
 }
 
 /// Change a category (staff).
@@ -523,24 +516,9 @@ async fn update_category(
     AppPath(id): AppPath<CategoryId>,
     AppJson(body): AppJson<UpdateCategory>,
 ) -> Result<ApiResponse<Category>, ApiError> {
-    let mut p = Problems::default();
-    let changes = CategoryChanges {
-        name: body.name.and_then(|s| p.check("name", parse_name(&s))),
-        slug: body.slug.and_then(|s| p.check("slug", parse_slug(&s))),
-        description: body
-            .description
-            .and_then(|s| p.check("description", parse_description(&s))),
-        parent_id: body.parent_id,
-    };
-    p.into_result().map_err(ApiError::validation)?;
-    if changes.name.is_none()
-        && changes.slug.is_none()
-        && changes.description.is_none()
-        && changes.parent_id.is_none()
-    {
-        return Err(nothing_to_change());
-    }
-    Ok(ApiResponse::ok(catalog.update_category(id, changes).await?))
+    Ok(ApiResponse::ok(
+        catalog.update_category(id, body.parse()?).await?,
+    ))
 }
 
 /// Delete a category that has no products and no subcategories (staff).
