@@ -37,7 +37,7 @@ impl Application {
         let started = Instant::now();
         let db = Database::connect(&config).await?;
         migrate(&db).await?;
-        let catalog = Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock));
+        let catalog = catalog(&db);
         if config.seed.demo {
             agora_catalog::seed::seed_demo(&catalog)
                 .await
@@ -88,6 +88,11 @@ impl Application {
     }
 }
 
+/// The catalog over `db`, on the system clock.
+pub fn catalog(db: &Database) -> Catalog {
+    Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock))
+}
+
 /// Every module's migrations, in dependency order.
 async fn migrate(db: &Database) -> anyhow::Result<()> {
     db.migrate(&agora_catalog::MIGRATIONS).await
@@ -119,8 +124,7 @@ pub async fn migrate_only(config: &Config) -> anyhow::Result<()> {
 pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     migrate(&db).await?;
-    let catalog = Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock));
-    let report = agora_catalog::seed::seed_demo(&catalog).await?;
+    let report = agora_catalog::seed::seed_demo(&catalog(&db)).await?;
     db.close().await;
     if report.products == 0 {
         println!("the catalog is not empty: nothing loaded");

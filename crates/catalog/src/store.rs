@@ -63,8 +63,8 @@ pub enum ProductSort {
 }
 
 impl ProductSort {
-    /// The sort column, whether it is descending, and the keyset predicate and
-    /// ORDER BY clause that go with it.
+    /// The keyset predicate (to be closed with the cursor's key and id) and the
+    /// ORDER BY clause of this order.
     fn sql(self) -> (&'static str, &'static str) {
         match self {
             ProductSort::Newest => ("(created_at, id) < (", " ORDER BY created_at DESC, id DESC"),

@@ -57,12 +57,9 @@ impl Database {
     /// Connects with the configuration's database URL, creating the SQLite file
     /// (and the data directory) when needed.
     pub async fn connect(config: &Config) -> anyhow::Result<Database> {
-        Self::connect_url(&config.database_url(), config).await
-    }
-
-    /// Connects to `url` with the pool settings of `config`.
-    pub async fn connect_url(url: &str, config: &Config) -> anyhow::Result<Database> {
         sqlx::any::install_default_drivers();
+        let url = config.database_url();
+        let url = url.as_str();
         let acquire_timeout = Duration::from_millis(config.database.acquire_timeout_ms);
         if url.starts_with("sqlite:") {
             if let Some(dir) = sqlite_file(url).and_then(|p| p.parent().map(Path::to_path_buf))

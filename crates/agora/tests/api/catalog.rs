@@ -698,12 +698,9 @@ async fn the_demo_catalog_loads_once_into_an_empty_database() {
     let products = app.all_products("").await;
     assert_eq!(products.len(), 200);
     assert!(products.iter().any(|p| p["active"] == false));
-    let report = agora_catalog::seed::seed_demo(&agora_catalog::Catalog::new(
-        agora_catalog::store::CatalogStore::new(app.db.db.clone()),
-        std::sync::Arc::new(agora_kernel::SystemClock),
-    ))
-    .await
-    .expect("seeding runs");
+    let report = agora_catalog::seed::seed_demo(&agora::app::catalog(&app.db.db))
+        .await
+        .expect("seeding runs");
     assert_eq!(report.products, 0, "a second run adds nothing");
 }
 

@@ -27,7 +27,7 @@ pub fn routes(db: Database) -> Router {
 }
 
 /// The body of a health answer.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize)]
 pub struct Health {
     /// `live` or `ready`.
     pub status: &'static str,
@@ -37,7 +37,7 @@ pub struct Health {
 }
 
 /// The dependencies checked by readiness.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize)]
 pub struct Checks {
     /// `ok` or `unavailable`.
     pub database: &'static str,
