@@ -6,12 +6,11 @@
 
 use agora_kernel::{CategoryId, Currency, Limit, Money, ProductId, Timestamp};
 use agora_platform::Database;
-use agora_platform::db::{Backend, SqlBuilder, Violation, contains_pattern, violation};
+use agora_platform::db::{Backend, Columns, SqlBuilder, Violation, contains_pattern, violation};
 use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use sqlx::any::AnyRow;
-use sqlx::{Any, Executor, Row};
+use sqlx::{Any, Executor};
 
 use crate::domain::{
     Category, CategoryChanges, CategoryDraft, Product, ProductChanges, ProductDraft,
@@ -176,15 +175,17 @@ impl CatalogStore {
 
     /// One product.
     pub async fn product(&self, id: ProductId) -> Result<Option<Product>, CatalogError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            product_columns!(),
-            " FROM catalog_products WHERE id = $1"
-        ))
-        .bind(id.to_db())
-        .fetch_optional(self.db.reader())
-        .await?;
-        row.as_ref().map(product_from_row).transpose()
+        self.db
+            .fetch_by_key(
+                concat!(
+                    "SELECT ",
+                    product_columns!(),
+                    " FROM catalog_products WHERE id = $1"
+                ),
+                &id.to_db(),
+                product_from_row,
+            )
+            .await
     }
 
     /// Up to `filter.limit + 1` products: the extra one tells whether a next page exists.
@@ -232,7 +233,7 @@ impl CatalogStore {
             .push(" LIMIT ")
             .bind(i64::from(filter.limit.get()) + 1)?;
         let rows = q.build().fetch_all(self.db.reader()).await?;
-        rows.iter().map(product_from_row).collect()
+        rows.iter().map(|row| product_from_row(row)).collect()
     }
 
     /// The products among `ids` that exist.
@@ -253,7 +254,7 @@ impl CatalogStore {
         }
         q.push(")");
         let rows = q.build().fetch_all(self.db.reader()).await?;
-        rows.iter().map(product_from_row).collect()
+        rows.iter().map(|row| product_from_row(row)).collect()
     }
 
     /// Stores a new product.
@@ -333,7 +334,7 @@ impl CatalogStore {
             .fetch_optional(self.db.writer())
             .await
             .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
-        row.as_ref().map(product_from_row).transpose()
+        row.as_ref().map(|row| product_from_row(row)).transpose()
     }
 
     /// Deletes a product; whether it existed.
@@ -355,7 +356,7 @@ impl CatalogStore {
         .bind(id.to_db())
         .fetch_optional(self.db.reader())
         .await?;
-        row.as_ref().map(category_from_row).transpose()
+        row.as_ref().map(|row| category_from_row(row)).transpose()
     }
 
     /// Every category, by name.
@@ -367,7 +368,7 @@ impl CatalogStore {
         ))
         .fetch_all(self.db.reader())
         .await?;
-        rows.iter().map(category_from_row).collect()
+        rows.iter().map(|row| category_from_row(row)).collect()
     }
 
     /// Stores a new category.
@@ -464,7 +465,7 @@ impl CatalogStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
-        let category = row.as_ref().map(category_from_row).transpose()?;
+        let category = row.as_ref().map(|row| category_from_row(row)).transpose()?;
         tx.commit().await?;
         Ok(category)
     }
@@ -561,21 +562,21 @@ fn corrupt(column: &str) -> CatalogError {
     CatalogError::Unexpected(anyhow!("corrupt value in {column}"))
 }
 
-fn product_from_row(row: &AnyRow) -> Result<Product, CatalogError> {
-    let id: String = row.try_get(0)?;
-    let currency: String = row.try_get(6)?;
+fn product_from_row(row: &dyn Columns) -> Result<Product, CatalogError> {
+    let id = row.text(0)?;
+    let currency = row.text(6)?;
     let currency = Currency::parse(&currency).map_err(|_| corrupt("catalog_products.currency"))?;
-    let price = Money::new(row.try_get(5)?, currency)
+    let price = Money::new(row.integer(5)?, currency)
         .map_err(|_| corrupt("catalog_products.price_minor"))?;
-    let category_id: Option<String> = row.try_get(7)?;
-    let attributes: String = row.try_get(8)?;
-    let active: i64 = row.try_get(9)?;
+    let category_id = row.optional_text(7)?;
+    let attributes = row.text(8)?;
+    let active = row.integer(9)?;
     Ok(Product {
         id: ProductId::from_db(&id).map_err(|_| corrupt("catalog_products.id"))?,
-        sku: row.try_get(1)?,
-        slug: row.try_get(2)?,
-        name: row.try_get(3)?,
-        description: row.try_get(4)?,
+        sku: row.text(1)?,
+        slug: row.text(2)?,
+        name: row.text(3)?,
+        description: row.text(4)?,
         price,
         category_id: category_id
             .map(|c| CategoryId::from_db(&c))
@@ -584,24 +585,24 @@ fn product_from_row(row: &AnyRow) -> Result<Product, CatalogError> {
         attributes: RawValue::from_string(attributes)
             .context("corrupt value in catalog_products.attributes")?,
         active: active != 0,
-        created_at: Timestamp::from_millis(row.try_get(10)?),
-        updated_at: Timestamp::from_millis(row.try_get(11)?),
+        created_at: Timestamp::from_millis(row.integer(10)?),
+        updated_at: Timestamp::from_millis(row.integer(11)?),
     })
 }
 
-fn category_from_row(row: &AnyRow) -> Result<Category, CatalogError> {
-    let id: String = row.try_get(0)?;
-    let parent_id: Option<String> = row.try_get(4)?;
+fn category_from_row(row: &dyn Columns) -> Result<Category, CatalogError> {
+    let id = row.text(0)?;
+    let parent_id = row.optional_text(4)?;
     Ok(Category {
         id: CategoryId::from_db(&id).map_err(|_| corrupt("catalog_categories.id"))?,
-        name: row.try_get(1)?,
-        slug: row.try_get(2)?,
-        description: row.try_get(3)?,
+        name: row.text(1)?,
+        slug: row.text(2)?,
+        description: row.text(3)?,
         parent_id: parent_id
             .map(|p| CategoryId::from_db(&p))
             .transpose()
             .map_err(|_| corrupt("catalog_categories.parent_id"))?,
-        created_at: Timestamp::from_millis(row.try_get(5)?),
-        updated_at: Timestamp::from_millis(row.try_get(6)?),
+        created_at: Timestamp::from_millis(row.integer(5)?),
+        updated_at: Timestamp::from_millis(row.integer(6)?),
     })
 }

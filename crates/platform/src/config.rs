@@ -387,7 +387,9 @@ mod tests {
             )?;
             jail.set_env("AGORA_SERVER__REQUEST_TIMEOUT_MS", "3000");
             jail.set_env("AGORA_DATABASE__URL", "postgres://u:pw@localhost/agora");
-            jail.set_env("AGORA_TEST_POSTGRES_URL", "ignored by the application");
+            // Not a real suite variable: the jail sets it process-wide, and other
+            // tests in this binary read AGORA_TEST_POSTGRES_URL.
+            jail.set_env("AGORA_TEST_EXAMPLE_URL", "ignored by the application");
             let flags = Overrides {
                 addr: Some(SocketAddr::from(([0, 0, 0, 0], 7000))),
                 no_demo: true,

@@ -14,14 +14,19 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::any::{AnyArguments, AnyPoolOptions};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Arguments, AssertSqlSafe, Encode, Transaction, Type};
+use sqlx::{Any, AnyPool, Arguments, AssertSqlSafe, Encode, Row, Transaction, Type};
 
 use crate::config::Config;
+
+mod point_reads;
+
+use point_reads::PointReader;
 
 /// Which engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +44,8 @@ pub struct Database {
     writer: AnyPool,
     /// Read-only connections (SQLite), or the same pool (PostgreSQL).
     reader: AnyPool,
+    /// Read-only connections for reads by key on the calling thread (SQLite only).
+    point_reader: Option<Arc<PointReader>>,
     backend: Backend,
 }
 
@@ -62,10 +69,11 @@ impl Database {
         let url = url.as_str();
         let acquire_timeout = Duration::from_millis(config.database.acquire_timeout_ms);
         if url.starts_with("sqlite:") {
-            if let Some(dir) = sqlite_file(url).and_then(|p| p.parent().map(Path::to_path_buf))
+            let file = sqlite_file(url).context("The SQLite database URL names no file")?;
+            if let Some(dir) = file.parent()
                 && !dir.as_os_str().is_empty()
             {
-                std::fs::create_dir_all(&dir).with_context(|| {
+                std::fs::create_dir_all(dir).with_context(|| {
                     format!("Failed to create the data directory {}", dir.display())
                 })?;
             }
@@ -84,9 +92,13 @@ impl Database {
                 "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA query_only = ON;",
             )
             .await?;
+            // Opened after the writer has created the file and switched it to WAL.
+            let point_reader = PointReader::open(file, config.database.max_connections as usize)
+                .with_context(|| format!("Failed to open the SQLite database {url} for reading"))?;
             Ok(Database {
                 writer,
                 reader,
+                point_reader: Some(Arc::new(point_reader)),
                 backend: Backend::Sqlite,
             })
         } else {
@@ -99,6 +111,7 @@ impl Database {
             Ok(Database {
                 writer: pool.clone(),
                 reader: pool,
+                point_reader: None,
                 backend: Backend::Postgres,
             })
         }
@@ -117,6 +130,38 @@ impl Database {
     /// The pool for writes, and for reads that must see the latest commit.
     pub fn writer(&self) -> &AnyPool {
         &self.writer
+    }
+
+    /// Reads the row whose key is `key` (bound to `$1` in `sql`), if any, and maps it.
+    ///
+    /// Only for reads whose cost is one index lookup: on SQLite they run on the
+    /// calling thread, without the driver's thread hop (ADR 0002).
+    pub async fn fetch_by_key<T, E>(
+        &self,
+        sql: &'static str,
+        key: &str,
+        map: impl Fn(&dyn Columns) -> Result<T, E>,
+    ) -> Result<Option<T>, E>
+    where
+        E: From<sqlx::Error>,
+    {
+        match &self.point_reader {
+            Some(reader) => reader
+                .read(|conn| {
+                    let mut statement = conn.prepare_cached(sql)?;
+                    let mut rows = statement.query([key])?;
+                    Ok(rows.next()?.map(|row| map(row)))
+                })
+                .map_err(driver_error)?
+                .transpose(),
+            None => {
+                let row = sqlx::query(sql)
+                    .bind(key)
+                    .fetch_optional(&self.reader)
+                    .await?;
+                row.as_ref().map(|row| map(row)).transpose()
+            }
+        }
     }
 
     /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
@@ -157,6 +202,56 @@ impl Database {
         self.reader.close().await;
         self.writer.close().await;
     }
+}
+
+/// A row's columns by position, read the same way from either driver, so that a
+/// store maps a row to its domain type in one place.
+pub trait Columns {
+    /// A non-null TEXT column.
+    fn text(&self, index: usize) -> Result<String, sqlx::Error>;
+    /// A nullable TEXT column.
+    fn optional_text(&self, index: usize) -> Result<Option<String>, sqlx::Error>;
+    /// A non-null INTEGER/BIGINT column.
+    fn integer(&self, index: usize) -> Result<i64, sqlx::Error>;
+}
+
+impl Columns for AnyRow {
+    fn text(&self, index: usize) -> Result<String, sqlx::Error> {
+        self.try_get(index)
+    }
+
+    fn optional_text(&self, index: usize) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(index)
+    }
+
+    fn integer(&self, index: usize) -> Result<i64, sqlx::Error> {
+        self.try_get(index)
+    }
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, index: usize) -> Result<String, sqlx::Error> {
+        self.get(index).map_err(|e| column_error(index, e))
+    }
+
+    fn optional_text(&self, index: usize) -> Result<Option<String>, sqlx::Error> {
+        self.get(index).map_err(|e| column_error(index, e))
+    }
+
+    fn integer(&self, index: usize) -> Result<i64, sqlx::Error> {
+        self.get(index).map_err(|e| column_error(index, e))
+    }
+}
+
+fn column_error(index: usize, source: rusqlite::Error) -> sqlx::Error {
+    sqlx::Error::ColumnDecode {
+        index: index.to_string(),
+        source: Box::new(source),
+    }
+}
+
+fn driver_error(e: rusqlite::Error) -> sqlx::Error {
+    sqlx::Error::AnyDriverError(Box::new(e))
 }
 
 /// A SQLite pool whose every new connection first runs `pragmas`. A pool of one
@@ -299,6 +394,62 @@ pub fn contains_pattern(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TestDatabase;
+
+    fn note(row: &dyn Columns) -> Result<(i64, Option<String>), sqlx::Error> {
+        Ok((row.integer(1)?, row.optional_text(2)?))
+    }
+
+    const NOTE_BY_ID: &str = "SELECT id, n, note FROM notes WHERE id = $1";
+
+    /// Runs on SQLite (the thread-local path) and, with `AGORA_TEST_POSTGRES_URL`,
+    /// on PostgreSQL (the pool path).
+    #[tokio::test]
+    async fn reads_by_key_see_the_latest_commit_and_map_rows() -> anyhow::Result<()> {
+        let test = TestDatabase::new().await?;
+        let db = &test.db;
+        sqlx::raw_sql("CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL, note TEXT)")
+            .execute(db.writer())
+            .await?;
+        assert_eq!(db.fetch_by_key(NOTE_BY_ID, "a", note).await?, None);
+
+        sqlx::query("INSERT INTO notes (id, n, note) VALUES ($1, $2, NULL)")
+            .bind("a")
+            .bind(7_i64)
+            .execute(db.writer())
+            .await?;
+        assert_eq!(
+            db.fetch_by_key(NOTE_BY_ID, "a", note).await?,
+            Some((7, None))
+        );
+
+        sqlx::query("UPDATE notes SET n = n + 1, note = $1 WHERE id = $2")
+            .bind("changed")
+            .bind("a")
+            .execute(db.writer())
+            .await?;
+        assert_eq!(
+            db.fetch_by_key(NOTE_BY_ID, "a", note).await?,
+            Some((8, Some("changed".to_string())))
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_column_of_the_wrong_type_is_an_error_not_a_panic() -> anyhow::Result<()> {
+        let test = TestDatabase::new().await?;
+        let db = &test.db;
+        sqlx::raw_sql(
+            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL, note TEXT); \
+             INSERT INTO notes (id, n, note) VALUES ('a', 1, 'x');",
+        )
+        .execute(db.writer())
+        .await?;
+        let read_note_as_integer = |row: &dyn Columns| row.integer(2);
+        let result = db.fetch_by_key(NOTE_BY_ID, "a", read_note_as_integer).await;
+        assert!(result.is_err(), "{result:?}");
+        Ok(())
+    }
 
     #[test]
     fn the_sqlite_file_is_found_in_its_url() {

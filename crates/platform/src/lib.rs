@@ -20,7 +20,7 @@ pub mod db;
 pub mod http;
 pub mod shutdown;
 pub mod telemetry;
-#[cfg(feature = "test-support")]
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 
 pub use config::Config;
