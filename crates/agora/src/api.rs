@@ -97,7 +97,15 @@ impl utoipa::Modify for Security {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "An access token from `POST /api/v1/auth/login`. Public keys: `/.well-known/jwks.json`.",
+                    ))
+                    .build(),
+            ),
         );
     }
 }
@@ -105,6 +113,7 @@ impl utoipa::Modify for Security {
 /// The whole OpenAPI document.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut v1 = MetaApi::openapi();
+    v1.merge(agora_identity::http::IdentityApi::openapi());
     v1.merge(agora_catalog::http::CatalogApi::openapi());
     RootApi::openapi().nest("/api/v1", v1)
 }

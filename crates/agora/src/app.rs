@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 
 use agora_catalog::Catalog;
 use agora_catalog::store::CatalogStore;
-use agora_kernel::SystemClock;
+use agora_identity::Identity;
+use agora_identity::keys::KeyRing;
+use agora_identity::store::IdentityStore;
+use agora_kernel::{Clock, SystemClock};
 use agora_platform::auth::Authenticator;
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
@@ -37,13 +40,15 @@ impl Application {
         let started = Instant::now();
         let db = Database::connect(&config).await?;
         migrate(&db).await?;
+        let authenticator = Authenticator::new(&config.auth);
+        let identity = identity(&config, &db, authenticator.clone()).await?;
         let catalog = catalog(&db);
         if config.seed.demo {
             agora_catalog::seed::seed_demo(&catalog)
                 .await
                 .context("Failed to load the demo catalog")?;
         }
-        let router = router(&config, &db, catalog);
+        let router = router(&config, &db, authenticator, identity, catalog);
         let listener = TcpListener::bind(config.server.addr)
             .await
             .with_context(|| {
@@ -88,6 +93,33 @@ impl Application {
     }
 }
 
+/// The identity module over `db`, with its signing keys, on the system clock. It
+/// hands the public keys and the disabled accounts to `authenticator`.
+pub async fn identity(
+    config: &Config,
+    db: &Database,
+    authenticator: Authenticator,
+) -> anyhow::Result<Identity> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let keys = match &config.auth.signing_key {
+        Some(key) => KeyRing::from_config(key.expose())?,
+        None => KeyRing::load_or_create(&config.data_dir, clock.now(), access_ttl_ms(config))?,
+    };
+    Identity::start(
+        IdentityStore::new(db.clone()),
+        keys,
+        authenticator,
+        clock,
+        &config.auth,
+    )
+    .await
+    .context("Failed to start the identity module")
+}
+
+fn access_ttl_ms(config: &Config) -> i64 {
+    i64::try_from(config.auth.access_token_ttl_secs).unwrap_or(i64::MAX / 1000) * 1000
+}
+
 /// The catalog over `db`, on the system clock.
 pub fn catalog(db: &Database) -> Catalog {
     Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock))
@@ -95,17 +127,27 @@ pub fn catalog(db: &Database) -> Catalog {
 
 /// Every module's migrations, in dependency order.
 async fn migrate(db: &Database) -> anyhow::Result<()> {
+    db.migrate(&agora_identity::MIGRATIONS).await?;
     db.migrate(&agora_catalog::MIGRATIONS).await
 }
 
 /// Builds the full router of the monolith.
-fn router(config: &Config, db: &Database, catalog: Catalog) -> Router {
+fn router(
+    config: &Config,
+    db: &Database,
+    authenticator: Authenticator,
+    identity: Identity,
+    catalog: Catalog,
+) -> Router {
     let api = Router::new()
         .merge(api::router())
+        .merge(agora_identity::http::router(identity.clone()))
         .merge(agora_catalog::http::router(catalog));
-    let root = health::routes(db.clone()).merge(api::docs_router());
+    let root = health::routes(db.clone())
+        .merge(agora_identity::http::well_known_router(identity))
+        .merge(api::docs_router());
     let edge = Edge {
-        authenticator: Authenticator::new(&config.auth),
+        authenticator,
         request_timeout: Duration::from_millis(config.server.request_timeout_ms),
     };
     build_router(api, root, edge, config.server.body_limit_bytes)
@@ -135,4 +177,52 @@ pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `agora admin create-user`: an account with `roles`, for the first administrator.
+pub async fn create_user(
+    config: &Config,
+    email: &str,
+    name: &str,
+    password: String,
+    roles: Vec<agora_kernel::Role>,
+) -> anyhow::Result<agora_identity::domain::User> {
+    use agora_identity::domain::{Email, NewPassword, parse_name};
+    use agora_identity::service::Registration;
+    let email = Email::parse(email).map_err(|e| anyhow::anyhow!("--email {e}"))?;
+    let name = parse_name(name).map_err(|e| anyhow::anyhow!("--name {e}"))?;
+    let password = NewPassword::parse(password, config.auth.password_min_length, Some(&email))
+        .map_err(|e| anyhow::anyhow!("the password {e}"))?;
+    let db = Database::connect(config).await?;
+    migrate(&db).await?;
+    let identity = identity(config, &db, Authenticator::new(&config.auth)).await?;
+    let user = identity
+        .create_user(
+            Registration {
+                email,
+                password,
+                name,
+            },
+            roles,
+        )
+        .await
+        .map_err(|e| match e {
+            agora_identity::IdentityError::EmailTaken => {
+                anyhow::anyhow!("an account with this email already exists")
+            }
+            other => anyhow::Error::new(other).context("Failed to create the account"),
+        });
+    db.close().await;
+    user
+}
+
+/// `agora admin rotate-signing-key`: a new key signs from the next start; the
+/// previous one keeps verifying until its tokens have expired.
+pub fn rotate_signing_key(config: &Config) -> anyhow::Result<String> {
+    if config.auth.signing_key.is_some() {
+        anyhow::bail!(
+            "`auth.signing_key` is set: rotate by changing it (tokens of the old key stop working)"
+        );
+    }
+    KeyRing::rotate(&config.data_dir, SystemClock.now(), access_ttl_ms(config))
 }

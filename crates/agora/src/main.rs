@@ -42,6 +42,9 @@ enum Command {
     Seed(SeedArgs),
     /// Print the effective configuration (secrets masked).
     Config,
+    /// Administration: accounts and signing keys.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Print the catalogue of error codes.
     Errors {
         /// As the Markdown page docs/errors.md.
@@ -58,6 +61,51 @@ struct ServeArgs {
     /// Do not load the demo catalog into an empty database.
     #[arg(long)]
     no_demo: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Create an account with chosen roles, such as the first administrator. The
+    /// password is asked for on the terminal (never an argument).
+    CreateUser(CreateUserArgs),
+    /// Add a new token signing key to the key file; servers use it after a restart,
+    /// and the previous key keeps verifying until its tokens have expired.
+    RotateSigningKey,
+}
+
+#[derive(Debug, Args)]
+struct CreateUserArgs {
+    /// The account's email.
+    #[arg(long)]
+    email: String,
+    /// The display name [default: the part of the email before the @].
+    #[arg(long)]
+    name: Option<String>,
+    /// A role: customer, staff or admin. Repeat for several.
+    #[arg(long = "role", value_name = "ROLE", required = true, value_parser = parse_role)]
+    roles: Vec<agora_kernel::Role>,
+    /// Read the password from the first line of standard input instead of a prompt.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+fn parse_role(s: &str) -> Result<agora_kernel::Role, String> {
+    agora_kernel::Role::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a role: customer, staff or admin"))
+}
+
+fn read_password(from_stdin: bool) -> anyhow::Result<String> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let first = rpassword::prompt_password("password: ")?;
+    let again = rpassword::prompt_password("password (again): ")?;
+    if first != again {
+        anyhow::bail!("the passwords differ");
+    }
+    Ok(first)
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +171,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     Command::Migrate => agora::app::migrate_only(&config).await,
                     Command::Seed(_) => agora::app::seed_demo(&config).await,
+                    Command::Admin(AdminCommand::CreateUser(args)) => {
+                        let password = read_password(args.password_stdin)?;
+                        let name = args.name.unwrap_or_else(|| {
+                            args.email.split('@').next().unwrap_or_default().to_string()
+                        });
+                        let user = agora::app::create_user(
+                            &config,
+                            &args.email,
+                            &name,
+                            password,
+                            args.roles,
+                        )
+                        .await?;
+                        println!(
+                            "created {} ({}) with roles {:?}",
+                            user.id, user.email, user.roles
+                        );
+                        Ok(())
+                    }
+                    Command::Admin(AdminCommand::RotateSigningKey) => {
+                        let kid = agora::app::rotate_signing_key(&config)?;
+                        println!("new signing key {kid}: restart the servers to sign with it");
+                        Ok(())
+                    }
                     Command::Config | Command::Errors { .. } => Ok(()),
                 }
             })

@@ -4,8 +4,8 @@
 //! [`ProductDraft`] exists only if every field is valid, and the store never sees
 //! anything else.
 
-use agora_kernel::error::FieldError;
-use agora_kernel::{ApiError, CategoryId, Money, ProductId, Timestamp};
+use agora_kernel::validation::{Problems, has_control_characters};
+use agora_kernel::{CategoryId, Money, ProductId, Timestamp};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -78,58 +78,21 @@ pub struct Category {
     pub updated_at: Timestamp,
 }
 
-/// Collects field errors while a request is parsed.
-#[derive(Debug, Default)]
-pub struct Problems(Vec<FieldError>);
-
-impl Problems {
-    /// Records what is wrong with `field`.
-    pub fn add(&mut self, field: &'static str, message: impl Into<String>) {
-        self.0.push(FieldError::new(field, message.into()));
-    }
-
-    /// Keeps `result`'s value, or records its error against `field`.
-    pub fn check<T>(&mut self, field: &'static str, result: Result<T, String>) -> Option<T> {
-        match result {
-            Ok(v) => Some(v),
-            Err(message) => {
-                self.add(field, message);
+/// The slug sent, checked; or, when none was sent, one derived from `name`
+/// (already checked: an invalid name is reported on its own, not again here).
+pub fn slug_or_derived(
+    problems: &mut Problems,
+    sent: Option<&str>,
+    name: Option<&str>,
+) -> Option<String> {
+    match sent {
+        Some(s) => problems.check("slug", parse_slug(s)),
+        None => name.and_then(|n| {
+            slugify(n).or_else(|| {
+                problems.add("slug", "cannot be derived from the name: send one");
                 None
-            }
-        }
-    }
-
-    /// The slug sent, checked; or, when none was sent, one derived from `name`
-    /// (already checked: an invalid name is reported on its own, not again here).
-    pub fn slug_or_derived(&mut self, sent: Option<&str>, name: Option<&str>) -> Option<String> {
-        match sent {
-            Some(s) => self.check("slug", parse_slug(s)),
-            None => name.and_then(|n| {
-                slugify(n).or_else(|| {
-                    self.add("slug", "cannot be derived from the name: send one");
-                    None
-                })
-            }),
-        }
-    }
-
-    /// Ends parsing: `VALIDATION_FAILED` with every recorded problem, or the value
-    /// `build` assembles from the parsed fields, which are all present when no
-    /// problem was recorded.
-    pub fn finish<T>(self, build: impl FnOnce() -> Option<T>) -> Result<T, ApiError> {
-        self.into_result().map_err(ApiError::validation)?;
-        build().ok_or_else(|| {
-            ApiError::internal("a parsed field is missing, yet no problem was recorded")
-        })
-    }
-
-    /// The errors, if any.
-    pub fn into_result(self) -> Result<(), Vec<FieldError>> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(self.0)
-        }
+            })
+        }),
     }
 }
 
@@ -211,13 +174,6 @@ pub fn parse_description(raw: &str) -> Result<String, String> {
         return Err("must not contain control characters other than line breaks and tabs".into());
     }
     Ok(raw.to_string())
-}
-
-/// Whether `text` has control characters other than line breaks and tabs. NUL
-/// above all: PostgreSQL cannot store it.
-pub fn has_control_characters(text: &str) -> bool {
-    text.chars()
-        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }
 
 /// A unit price: zero or more, at most 100 million in major units.

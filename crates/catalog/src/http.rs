@@ -10,11 +10,14 @@
 //! | POST | /categories | staff |
 //! | PATCH, DELETE | /categories/{id} | staff |
 
+use agora_kernel::Permission;
+use agora_kernel::access::require::CatalogWrite;
 use agora_kernel::pagination::Limit;
+use agora_kernel::validation::Problems;
 use agora_kernel::{
     ApiError, ApiResponse, CategoryId, Currency, Cursor, ErrorCode, Money, ProductId,
 };
-use agora_platform::auth::{Caller, Staff};
+use agora_platform::auth::{Authorized, Caller};
 use agora_platform::http::{AppJson, AppPath, AppQuery};
 use axum::Router;
 use axum::extract::State;
@@ -22,9 +25,8 @@ use axum::routing::get;
 use serde::{Deserialize, Deserializer};
 
 use crate::domain::{
-    self, Category, CategoryChanges, CategoryDraft, Problems, Product, ProductChanges,
-    ProductDraft, parse_attributes, parse_description, parse_name, parse_price, parse_sku,
-    parse_slug,
+    self, Category, CategoryChanges, CategoryDraft, Product, ProductChanges, ProductDraft,
+    parse_attributes, parse_description, parse_name, parse_price, parse_sku, parse_slug,
 };
 use crate::service::Catalog;
 use crate::store::{ProductCursor, ProductFilter, ProductSort};
@@ -114,7 +116,7 @@ impl ListProductsQuery {
             ApiError::new(ErrorCode::RequestInvalidQuery, "the query is out of range")
                 .with_details(serde_json::json!({ "fields": fields }))
         })?;
-        let active = match (self.active, caller.is_staff()) {
+        let active = match (self.active, caller.can(Permission::CatalogWrite)) {
             (active, true) => active,
             (Some(false), false) => {
                 return Err(ApiError::new(
@@ -184,7 +186,9 @@ async fn get_product(
     AppPath(id): AppPath<ProductId>,
 ) -> Result<ApiResponse<Product>, ApiError> {
     Ok(ApiResponse::ok(
-        catalog.product(id, caller.is_staff()).await?,
+        catalog
+            .product(id, caller.can(Permission::CatalogWrite))
+            .await?,
     ))
 }
 
@@ -226,7 +230,7 @@ impl CreateProduct {
         let mut p = Problems::default();
         let sku = p.check("sku", parse_sku(&self.sku));
         let name = p.check("name", parse_name(&self.name));
-        let slug = p.slug_or_derived(self.slug.as_deref(), name.as_deref());
+        let slug = domain::slug_or_derived(&mut p, self.slug.as_deref(), name.as_deref());
         let description = p.check(
             "description",
             parse_description(self.description.as_deref().unwrap_or("")),
@@ -266,7 +270,7 @@ impl CreateProduct {
 )]
 async fn create_product(
     State(catalog): State<Catalog>,
-    _staff: Staff,
+    _staff: Authorized<CatalogWrite>,
     AppJson(body): AppJson<CreateProduct>,
 ) -> Result<ApiResponse<Product>, ApiError> {
     let product = catalog
@@ -351,7 +355,7 @@ fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
 )]
 async fn update_product(
     State(catalog): State<Catalog>,
-    _staff: Staff,
+    _staff: Authorized<CatalogWrite>,
     AppPath(id): AppPath<ProductId>,
     AppJson(body): AppJson<UpdateProduct>,
 ) -> Result<ApiResponse<Product>, ApiError> {
@@ -373,7 +377,7 @@ async fn update_product(
 )]
 async fn delete_product(
     State(catalog): State<Catalog>,
-    _staff: Staff,
+    _staff: Authorized<CatalogWrite>,
     AppPath(id): AppPath<ProductId>,
 ) -> Result<ApiResponse<()>, ApiError> {
     catalog.delete_product(id).await?;
@@ -436,7 +440,7 @@ pub struct CreateCategory {
 )]
 async fn create_category(
     State(catalog): State<Catalog>,
-    _staff: Staff,
+    _staff: Authorized<CatalogWrite>,
     AppJson(body): AppJson<CreateCategory>,
 ) -> Result<ApiResponse<Category>, ApiError> {
     let category = catalog.create_category(body.parse()?).await?;
@@ -448,7 +452,7 @@ impl CreateCategory {
     fn parse(self) -> Result<CategoryDraft, ApiError> {
         let mut p = Problems::default();
         let name = p.check("name", parse_name(&self.name));
-        let slug = p.slug_or_derived(self.slug.as_deref(), name.as_deref());
+        let slug = domain::slug_or_derived(&mut p, self.slug.as_deref(), name.as_deref());
         let description = p.check(
             "description",
             parse_description(self.description.as_deref().unwrap_or("")),
@@ -512,7 +516,7 @@ impl UpdateCategory {
 )]
 async fn update_category(
     State(catalog): State<Catalog>,
-    _staff: Staff,
+    _staff: Authorized<CatalogWrite>,
     AppPath(id): AppPath<CategoryId>,
     AppJson(body): AppJson<UpdateCategory>,
 ) -> Result<ApiResponse<Category>, ApiError> {
@@ -534,7 +538,7 @@ async fn update_category(
 )]
 async fn delete_category(
     State(catalog): State<Catalog>,
-    _staff: Staff,
+    _staff: Authorized<CatalogWrite>,
     AppPath(id): AppPath<CategoryId>,
 ) -> Result<ApiResponse<()>, ApiError> {
     catalog.delete_category(id).await?;

@@ -62,11 +62,19 @@ error_codes! {
     ApiVersionUnsupported = ("API_VERSION_UNSUPPORTED", 400, "The `Api-Version` header names a version this server does not serve, or contradicts the version in the path. Supported: `1`.");
     // Authentication and authorization.
     AuthRequired = ("AUTH_REQUIRED", 401, "This operation needs credentials: send `Authorization: Bearer <token>`.");
-    AuthInvalidToken = ("AUTH_INVALID_TOKEN", 401, "The credentials sent are not valid.");
+    AuthInvalidToken = ("AUTH_INVALID_TOKEN", 401, "The credentials sent are not valid: malformed, signed by an unknown key, for another issuer or audience, or not yet valid.");
+    AuthTokenExpired = ("AUTH_TOKEN_EXPIRED", 401, "The access token has expired. Get a new one with `POST /api/v1/auth/refresh`.");
+    AuthForbidden = ("AUTH_FORBIDDEN", 403, "The caller is authenticated but may not do this: the operation needs the permission in `details.permission`, or the resource belongs to someone else.");
+    AuthAccountDisabled = ("AUTH_ACCOUNT_DISABLED", 403, "An administrator has disabled the account. Its tokens no longer work and it cannot log in.");
     // Server side. A 5xx body never contains internal detail: quote `meta.request_id` to the operator, who finds the cause in the logs.
     InternalError = ("INTERNAL_ERROR", 500, "An unexpected fault on the server. The request id in `meta.request_id` finds it in the logs.");
     ServerTimeout = ("SERVER_TIMEOUT", 503, "The server could not finish the request in time (`server.request_timeout_ms`). It may or may not have taken effect; retry only idempotent requests.");
     ServiceNotReady = ("SERVICE_NOT_READY", 503, "A dependency the service needs (such as the database) is not answering. `details` says which.");
+    // Identity.
+    IdentityEmailTaken = ("IDENTITY_EMAIL_TAKEN", 409, "An account with this email already exists. Emails are compared after trimming and lower-casing.");
+    IdentityInvalidCredentials = ("IDENTITY_INVALID_CREDENTIALS", 401, "The email and password do not match an account. The answer is the same whether or not the email exists.");
+    IdentityRefreshTokenInvalid = ("IDENTITY_REFRESH_TOKEN_INVALID", 401, "The refresh token is unknown or expired, or its session has ended (logout, password change, disabled account). Log in again.");
+    IdentityRefreshTokenReused = ("IDENTITY_REFRESH_TOKEN_REUSED", 401, "The refresh token was already used once. As a precaution against theft its whole session has been revoked: log in again.");
     // Catalog.
     CatalogProductNotFound = ("CATALOG_PRODUCT_NOT_FOUND", 404, "No product has this id (or it is inactive and the caller is not staff).");
     CatalogCategoryNotFound = ("CATALOG_CATEGORY_NOT_FOUND", 404, "No category has this id.");

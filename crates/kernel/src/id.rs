@@ -132,6 +132,16 @@ typed_id!(
     CategoryId,
     "cat"
 );
+typed_id!(
+    /// Identifies a user account.
+    UserId,
+    "usr"
+);
+typed_id!(
+    /// Identifies a login session: one chain (family) of refresh tokens.
+    SessionId,
+    "ses"
+);
 
 #[cfg(test)]
 mod tests {

@@ -1,34 +1,141 @@
-//! Who is calling.
+//! Who is calling, and whether they may.
 //!
-//! Until the identity module lands, there are two kinds of caller: anonymous, and
-//! staff holding the bootstrap token from configuration (`auth.bootstrap_token`).
-//! Handlers take a [`Caller`] and ask it for the permission they need; the edge
-//! middleware puts the [`Authenticator`] into every request's extensions.
+//! Callers prove who they are with an access token: an EdDSA (Ed25519) JWT issued
+//! by the identity module. Any process can check one with the public keys alone
+//! (published at `/.well-known/jwks.json`), so verification lives here, beside the
+//! edge middleware, and not in the identity module. The [`Authenticator`] holds those
+//! keys and a deny list of disabled accounts; the edge middleware puts it into every
+//! request's extensions, and three extractors read it:
+//!
+//! - [`Caller`]: anyone, anonymous or not (public reads that show more to staff);
+//! - [`Authenticated`]: any signed-in caller (`AUTH_REQUIRED` otherwise);
+//! - [`Authorized<P>`]: a caller holding the permission `P`
+//!   (`AUTH_FORBIDDEN` otherwise). As the first extractor of a handler it refuses
+//!   the caller before the path or body is parsed, so they learn nothing about the
+//!   input rules.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::marker::PhantomData;
+use std::sync::{Arc, PoisonError, RwLock};
 
-use agora_kernel::{ApiError, ErrorCode};
+use agora_kernel::access::Requirement;
+use agora_kernel::{ApiError, ErrorCode, Permissions, Principal, Role, SessionId, UserId};
 use axum::extract::FromRequestParts;
 use http::header::AUTHORIZATION;
 use http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
 
 use crate::config::AuthConfig;
 
-/// Checks credentials. Cheap to clone.
-#[derive(Clone, Debug, Default)]
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+const LEEWAY_SECS: u64 = 30;
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// Issuer (`auth.issuer`).
+    pub iss: String,
+    /// Audience (`auth.audience`).
+    pub aud: String,
+    /// The user, as a wire id (`usr_…`).
+    pub sub: String,
+    /// The login session, as a wire id (`ses_…`).
+    pub sid: String,
+    /// The user's roles when the token was issued.
+    pub roles: Vec<Role>,
+    /// A unique token id.
+    pub jti: String,
+    /// Issued at, seconds since the epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the epoch.
+    pub exp: u64,
+}
+
+/// Checks credentials. Cheap to clone; clones share keys and the deny list.
+#[derive(Clone)]
 pub struct Authenticator {
-    bootstrap_token: Option<Arc<str>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    validation: Validation,
+    /// Public keys by key id. Replaced whole on rotation.
+    keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
+    /// Disabled accounts: their access tokens are refused until they expire.
+    denied: RwLock<HashSet<UserId>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = self.keys();
+        f.debug_struct("Authenticator")
+            .field("key_ids", &keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Authenticator {
-    /// An authenticator for the configured credentials.
+    /// An authenticator for tokens of the configured issuer and audience. It knows
+    /// no key yet: until [`Self::set_keys`] runs, every token is refused.
     pub fn new(config: &AuthConfig) -> Self {
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.algorithms = vec![Algorithm::EdDSA];
+        validation.leeway = LEEWAY_SECS;
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_audience(&[&config.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         Self {
-            bootstrap_token: config
-                .bootstrap_token
-                .as_ref()
-                .map(|t| Arc::from(t.expose())),
+            inner: Arc::new(Inner {
+                validation,
+                keys: RwLock::new(Arc::new(HashMap::new())),
+                denied: RwLock::new(HashSet::new()),
+            }),
         }
+    }
+
+    /// Replaces the public keys tokens may be signed with, by key id.
+    pub fn set_keys(&self, keys: HashMap<String, DecodingKey>) {
+        *self
+            .inner
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    fn keys(&self) -> Arc<HashMap<String, DecodingKey>> {
+        self.inner
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Refuses the access tokens of `user` from now on (a disabled account).
+    pub fn deny(&self, user: UserId) {
+        self.inner
+            .denied
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(user);
+    }
+
+    /// Accepts the access tokens of `user` again (a re-enabled account).
+    pub fn allow(&self, user: UserId) {
+        self.inner
+            .denied
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&user);
+    }
+
+    fn is_denied(&self, user: UserId) -> bool {
+        self.inner
+            .denied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&user)
     }
 
     /// Who sent `authorization` (the header's value, if any).
@@ -36,40 +143,72 @@ impl Authenticator {
         let Some(value) = authorization else {
             return Ok(Caller::Anonymous);
         };
-        let invalid = || ApiError::from_code(ErrorCode::AuthInvalidToken);
         // The scheme is case-insensitive (RFC 9110, section 11.1).
         let token = match value.split_at_checked(7) {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token,
             _ => return Err(invalid()),
         };
-        match &self.bootstrap_token {
-            Some(expected) if constant_time_eq::constant_time_eq(token, expected.as_bytes()) => {
-                Ok(Caller::Staff)
-            }
-            _ => Err(invalid()),
-        }
+        let token = std::str::from_utf8(token).map_err(|_| invalid())?;
+        self.verify(token).map(Caller::Authenticated)
     }
+
+    /// Checks an access token: signature by a known key, algorithm, issuer,
+    /// audience, expiry, and that the account is not disabled.
+    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
+        // Only EdDSA: an `alg: none` or HS256 header never reaches a key.
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid());
+        }
+        let keys = self.keys();
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| keys.get(kid))
+            .ok_or_else(invalid)?;
+        let claims = jsonwebtoken::decode::<AccessClaims>(token, key, &self.inner.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => ApiError::from_code(ErrorCode::AuthTokenExpired),
+                _ => invalid(),
+            })?
+            .claims;
+        let user_id = UserId::parse(&claims.sub).map_err(|_| invalid())?;
+        let session_id = SessionId::parse(&claims.sid).map_err(|_| invalid())?;
+        if self.is_denied(user_id) {
+            return Err(ApiError::from_code(ErrorCode::AuthAccountDisabled));
+        }
+        Ok(Principal {
+            user_id,
+            session_id: Some(session_id),
+            permissions: Permissions::of_roles(&claims.roles),
+            roles: claims.roles,
+        })
+    }
+}
+
+fn invalid() -> ApiError {
+    ApiError::from_code(ErrorCode::AuthInvalidToken)
 }
 
 /// The caller of a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// No credentials.
     Anonymous,
-    /// Staff, through the bootstrap token.
-    Staff,
+    /// Valid credentials.
+    Authenticated(Principal),
 }
 
 impl Caller {
-    /// Whether the caller may see and change what only staff may.
-    pub fn is_staff(self) -> bool {
-        matches!(self, Caller::Staff)
+    /// Whether the caller holds `permission`.
+    pub fn can(&self, permission: agora_kernel::Permission) -> bool {
+        matches!(self, Caller::Authenticated(p) if p.can(permission))
     }
 
-    /// Refuses callers that are not staff: `AUTH_REQUIRED` for anonymous ones.
-    pub fn require_staff(self) -> Result<(), ApiError> {
+    /// The principal, or `AUTH_REQUIRED`.
+    pub fn require_authenticated(self) -> Result<Principal, ApiError> {
         match self {
-            Caller::Staff => Ok(()),
+            Caller::Authenticated(p) => Ok(p),
             Caller::Anonymous => Err(ApiError::from_code(ErrorCode::AuthRequired)),
         }
     }
@@ -87,74 +226,227 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// A caller proven to be staff. As the first extractor of a handler, it refuses
-/// everyone else before the path or body is even parsed, so an anonymous caller
-/// learns nothing about the input rules.
-#[derive(Debug, Clone, Copy)]
-pub struct Staff;
+/// A signed-in caller.
+#[derive(Debug, Clone)]
+pub struct Authenticated(pub Principal);
 
-impl<S: Send + Sync> FromRequestParts<S> for Staff {
+impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Caller::from_request_parts(parts, state)
-            .await?
-            .require_staff()?;
-        Ok(Staff)
+        let caller = Caller::from_request_parts(parts, state).await?;
+        caller.require_authenticated().map(Authenticated)
     }
+}
+
+/// A caller holding the permission `P` (from [`agora_kernel::access::require`]).
+#[derive(Debug, Clone)]
+pub struct Authorized<P>(pub Principal, PhantomData<P>);
+
+impl<S: Send + Sync, P: Requirement> FromRequestParts<S> for Authorized<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Authenticated(principal) = Authenticated::from_request_parts(parts, state).await?;
+        if !principal.can(P::PERMISSION) {
+            return Err(forbidden(P::PERMISSION));
+        }
+        Ok(Authorized(principal, PhantomData))
+    }
+}
+
+/// `AUTH_FORBIDDEN`, naming the permission that was missing.
+pub fn forbidden(permission: agora_kernel::Permission) -> ApiError {
+    ApiError::from_code(ErrorCode::AuthForbidden)
+        .with_details(serde_json::json!({ "permission": permission.as_str() }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Secret;
+    use jsonwebtoken::{EncodingKey, Header};
 
-    fn with_token() -> Authenticator {
-        Authenticator::new(&AuthConfig {
-            bootstrap_token: Some(Secret::new("0123456789abcdef-staff")),
-        })
+    // A fixed Ed25519 key pair (RFC 8032, test 1): PKCS#8 DER of the secret key,
+    // and the public key as the JWK `x` value.
+    const SECRET_PKCS8: &[u8] = &[
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20, 0x9d, 0x61, 0xb1, 0x9d, 0xef, 0xfd, 0x5a, 0x60, 0xba, 0x84, 0x4a, 0xf4, 0x92, 0xec,
+        0x2c, 0xc4, 0x44, 0x49, 0xc5, 0x69, 0x7b, 0x32, 0x69, 0x19, 0x70, 0x3b, 0xac, 0x03, 0x1c,
+        0xae, 0x7f, 0x60,
+    ];
+    const PUBLIC_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+    fn authenticator() -> Authenticator {
+        let a = Authenticator::new(&AuthConfig::default());
+        let key = DecodingKey::from_ed_components(PUBLIC_X).expect("valid key");
+        a.set_keys(HashMap::from([("k1".to_string(), key)]));
+        a
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    }
+
+    fn claims(user: UserId) -> AccessClaims {
+        AccessClaims {
+            iss: "agora".into(),
+            aud: "agora".into(),
+            sub: user.to_string(),
+            sid: SessionId::new().to_string(),
+            roles: vec![Role::Staff],
+            jti: "j1".into(),
+            iat: now(),
+            exp: now() + 900,
+        }
+    }
+
+    fn sign(claims: &AccessClaims, kid: &str) -> String {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(SECRET_PKCS8))
+            .expect("signs")
+    }
+
+    fn code(result: Result<Caller, ApiError>) -> Option<ErrorCode> {
+        result.err().map(|e| e.code())
+    }
+
+    fn bearer(token: &str) -> Vec<u8> {
+        format!("Bearer {token}").into_bytes()
     }
 
     #[test]
     fn no_header_is_anonymous() {
         assert_eq!(
-            with_token().authenticate(None).ok(),
+            authenticator().authenticate(None).ok(),
             Some(Caller::Anonymous)
         );
     }
 
     #[test]
-    fn the_bootstrap_token_is_staff() {
-        let c = with_token().authenticate(Some(b"Bearer 0123456789abcdef-staff"));
-        assert_eq!(c.ok(), Some(Caller::Staff));
-        let c = with_token().authenticate(Some(b"bEaReR 0123456789abcdef-staff"));
-        assert_eq!(c.ok(), Some(Caller::Staff));
-        let c = with_token().authenticate(Some(b"bEaReR 0123456789abcdef-staff"));
-        assert_eq!(c.ok(), Some(Caller::Staff));
+    fn a_valid_token_gives_the_user_and_the_permissions_of_their_roles() {
+        let user = UserId::new();
+        let token = sign(&claims(user), "k1");
+        let caller = authenticator().authenticate(Some(format!("bEaReR {token}").as_bytes()));
+        let Ok(Caller::Authenticated(p)) = caller else {
+            panic!("{caller:?}")
+        };
+        assert_eq!(p.user_id, user);
+        assert!(p.can(agora_kernel::Permission::CatalogWrite));
+        assert!(!p.can(agora_kernel::Permission::UsersManage));
     }
 
     #[test]
-    fn a_wrong_or_malformed_credential_is_refused() {
-        for bad in [
-            &b"Bearer nope"[..],
-            b"Basic abc",
-            b"0123456789abcdef-staff",
-            b"Bearer ",
+    fn an_expired_token_says_so() {
+        let mut c = claims(UserId::new());
+        c.iat = now() - 3600;
+        c.exp = now() - 600;
+        let got = authenticator().authenticate(Some(&bearer(&sign(&c, "k1"))));
+        assert_eq!(code(got), Some(ErrorCode::AuthTokenExpired));
+    }
+
+    #[test]
+    fn wrong_issuer_audience_key_or_subject_is_invalid() {
+        let a = authenticator();
+        let mut wrong_iss = claims(UserId::new());
+        wrong_iss.iss = "someone-else".into();
+        let mut wrong_aud = claims(UserId::new());
+        wrong_aud.aud = "another-api".into();
+        let mut wrong_sub = claims(UserId::new());
+        wrong_sub.sub = "prod_0193a9c07b5a7f4e8d6a0c1b2e3f4a5b".into();
+        for token in [
+            sign(&wrong_iss, "k1"),
+            sign(&wrong_aud, "k1"),
+            sign(&wrong_sub, "k1"),
+            sign(&claims(UserId::new()), "unknown-kid"),
         ] {
-            let err = with_token().authenticate(Some(bad)).err().map(|e| e.code());
-            assert_eq!(err, Some(ErrorCode::AuthInvalidToken));
+            assert_eq!(
+                code(a.authenticate(Some(&bearer(&token)))),
+                Some(ErrorCode::AuthInvalidToken)
+            );
         }
     }
 
     #[test]
-    fn without_a_configured_token_nobody_is_staff() {
-        let err = Authenticator::default()
-            .authenticate(Some(b"Bearer anything-at-all-long"))
-            .err()
-            .map(|e| e.code());
-        assert_eq!(err, Some(ErrorCode::AuthInvalidToken));
+    fn tampered_claims_break_the_signature() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let token = sign(&claims(UserId::new()), "k1");
+        let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+        let mut c = claims(UserId::new());
+        c.roles = vec![Role::Admin];
+        parts[1] = b64.encode(serde_json::to_vec(&c).expect("json"));
+        let forged = parts.join(".");
         assert_eq!(
-            Caller::Anonymous.require_staff().err().map(|e| e.code()),
+            code(authenticator().authenticate(Some(&bearer(&forged)))),
+            Some(ErrorCode::AuthInvalidToken)
+        );
+    }
+
+    #[test]
+    fn alg_none_and_hs256_confusion_are_refused() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let body = b64.encode(serde_json::to_vec(&claims(UserId::new())).expect("json"));
+        let none = format!(
+            "{}.{body}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#)
+        );
+        // HS256 keyed with the public key: the classic confusion attack.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let hs256 = jsonwebtoken::encode(
+            &header,
+            &claims(UserId::new()),
+            &EncodingKey::from_secret(PUBLIC_X.as_bytes()),
+        )
+        .expect("signs");
+        let a = authenticator();
+        for token in [none, hs256, "not.a.jwt".into(), String::new()] {
+            assert_eq!(
+                code(a.authenticate(Some(&bearer(&token)))),
+                Some(ErrorCode::AuthInvalidToken),
+                "{token}"
+            );
+        }
+        for header in [&b"Basic abc"[..], b"Bearer", b"\xff\xfe"] {
+            assert_eq!(
+                code(a.authenticate(Some(header))),
+                Some(ErrorCode::AuthInvalidToken)
+            );
+        }
+    }
+
+    #[test]
+    fn a_denied_account_is_refused_until_allowed_again() {
+        let a = authenticator();
+        let user = UserId::new();
+        let token = bearer(&sign(&claims(user), "k1"));
+        a.deny(user);
+        assert_eq!(
+            code(a.authenticate(Some(&token))),
+            Some(ErrorCode::AuthAccountDisabled)
+        );
+        a.allow(user);
+        assert!(a.authenticate(Some(&token)).is_ok());
+    }
+
+    #[test]
+    fn without_keys_every_token_is_refused() {
+        let a = Authenticator::new(&AuthConfig::default());
+        let token = bearer(&sign(&claims(UserId::new()), "k1"));
+        assert_eq!(
+            code(a.authenticate(Some(&token))),
+            Some(ErrorCode::AuthInvalidToken)
+        );
+        assert_eq!(
+            Caller::Anonymous
+                .require_authenticated()
+                .err()
+                .map(|e| e.code()),
             Some(ErrorCode::AuthRequired)
         );
     }

@@ -135,13 +135,63 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Authentication.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Authentication: tokens and passwords. See `docs/security.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// A static staff token for the catalog's write endpoints until accounts
-    /// exist. Sent as `Authorization: Bearer <token>`. At least 16 characters.
-    pub bootstrap_token: Option<Secret>,
+    /// The `iss` claim of access tokens, checked on every request.
+    pub issuer: String,
+    /// The `aud` claim of access tokens, checked on every request.
+    pub audience: String,
+    /// How long an access token is valid.
+    pub access_token_ttl_secs: u64,
+    /// How long a refresh token is valid if it is not used.
+    pub refresh_token_ttl_secs: u64,
+    /// The Ed25519 signing key as base64 of its PKCS#8 DER form
+    /// (`openssl genpkey -algorithm ed25519 -outform DER | base64 -w0`). When absent,
+    /// keys are generated and kept in `<data_dir>/identity-signing-keys.json`.
+    pub signing_key: Option<Secret>,
+    /// The shortest password accepted at registration and password change.
+    pub password_min_length: usize,
+    /// argon2id cost parameters for password hashes.
+    pub argon2: Argon2Config,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: "agora".into(),
+            audience: "agora".into(),
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 60 * 60,
+            signing_key: None,
+            password_min_length: 10,
+            argon2: Argon2Config::default(),
+        }
+    }
+}
+
+/// argon2id cost parameters. The defaults are OWASP's recommended minimum
+/// (19 MiB, 2 passes, 1 lane); `docs/security.md` has the measured hash time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Argon2Config {
+    /// Memory per hash, in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+}
+
+impl Default for Argon2Config {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+        }
+    }
 }
 
 /// Demo data.
@@ -311,10 +361,38 @@ impl Config {
                 "must be between 1 and 600000",
             );
         }
-        if let Some(token) = &self.auth.bootstrap_token
-            && token.expose().len() < 16
+        if self.auth.issuer.is_empty() {
+            return fail("auth.issuer", "must not be empty");
+        }
+        if self.auth.audience.is_empty() {
+            return fail("auth.audience", "must not be empty");
+        }
+        if !(60..=86_400).contains(&self.auth.access_token_ttl_secs) {
+            return fail("auth.access_token_ttl_secs", "must be between 60 and 86400");
+        }
+        if !(self.auth.access_token_ttl_secs..=31_536_000)
+            .contains(&self.auth.refresh_token_ttl_secs)
         {
-            return fail("auth.bootstrap_token", "must be at least 16 characters");
+            return fail(
+                "auth.refresh_token_ttl_secs",
+                "must be at least auth.access_token_ttl_secs and at most 31536000 (a year)",
+            );
+        }
+        if !(8..=256).contains(&self.auth.password_min_length) {
+            return fail("auth.password_min_length", "must be between 8 and 256");
+        }
+        let argon2 = &self.auth.argon2;
+        if !(1..=16).contains(&argon2.parallelism) {
+            return fail("auth.argon2.parallelism", "must be between 1 and 16");
+        }
+        if !(8 * argon2.parallelism..=4 * 1024 * 1024).contains(&argon2.memory_kib) {
+            return fail(
+                "auth.argon2.memory_kib",
+                "must be at least 8 × parallelism and at most 4194304 (4 GiB)",
+            );
+        }
+        if !(1..=100).contains(&argon2.iterations) {
+            return fail("auth.argon2.iterations", "must be between 1 and 100");
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             return fail("log.filter", "is not a valid tracing filter");
@@ -440,13 +518,20 @@ mod tests {
     #[test]
     fn rules_beyond_types_name_their_key() {
         Jail::expect_with(|jail| {
-            jail.set_env("AGORA_AUTH__BOOTSTRAP_TOKEN", "short");
+            jail.set_env("AGORA_AUTH__ACCESS_TOKEN_TTL_SECS", "5");
             let err = load(&Overrides::default())
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();
-            assert!(err.contains("auth.bootstrap_token"), "{err}");
-            jail.set_env("AGORA_AUTH__BOOTSTRAP_TOKEN", "long-enough-staff-token");
+            assert!(err.contains("auth.access_token_ttl_secs"), "{err}");
+            jail.set_env("AGORA_AUTH__ACCESS_TOKEN_TTL_SECS", "900");
+            jail.set_env("AGORA_AUTH__ARGON2__MEMORY_KIB", "4");
+            let err = load(&Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("auth.argon2.memory_kib"), "{err}");
+            jail.set_env("AGORA_AUTH__ARGON2__MEMORY_KIB", "19456");
             jail.set_env("AGORA_DATABASE__URL", "mysql://x");
             let err = load(&Overrides::default())
                 .err()
@@ -469,7 +554,7 @@ mod tests {
     #[test]
     fn printed_configuration_masks_secrets() {
         let mut c = Config::default();
-        c.auth.bootstrap_token = Some(Secret::new("super-secret-staff-token"));
+        c.auth.signing_key = Some(Secret::new("super-secret-signing-key"));
         c.database.url = Some("postgres://agora:hunter2@db:5432/agora".into());
         let shown = c.to_masked_toml();
         assert!(!shown.contains("super-secret"), "{shown}");

@@ -47,7 +47,7 @@ async fn start(
         .route("/panic", get(panics))
         .with_state(started.clone());
     let edge = Edge {
-        authenticator: Authenticator::default(),
+        authenticator: Authenticator::new(&agora_platform::config::AuthConfig::default()),
         request_timeout: timeout,
     };
     let router = build_router(api, Router::new(), edge, 1024 * 1024);

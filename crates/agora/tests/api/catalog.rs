@@ -255,7 +255,7 @@ async fn malformed_requests_get_coded_errors() {
         let mut req = app
             .client
             .post(&url)
-            .bearer_auth(crate::helpers::STAFF_TOKEN)
+            .bearer_auth(&app.staff_token)
             .body(body);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
@@ -803,10 +803,7 @@ async fn anonymous_writes_are_refused_before_their_input_is_read() {
     let lower = app
         .client
         .post(&url)
-        .header(
-            "authorization",
-            format!("bearer {}", crate::helpers::STAFF_TOKEN),
-        )
+        .header("authorization", format!("bearer {}", app.staff_token))
         .json(&product_body(json!({})))
         .send()
         .await

@@ -17,7 +17,7 @@ fn agora() -> Command {
 fn config_prints_the_effective_configuration_with_secrets_masked() {
     let out = agora()
         .args(["config", "--data-dir", "/srv/agora"])
-        .env("AGORA_AUTH__BOOTSTRAP_TOKEN", "very-secret-staff-token")
+        .env("AGORA_AUTH__SIGNING_KEY", "very-secret-signing-key")
         .env(
             "AGORA_DATABASE__URL",
             "postgres://agora:hunter2@db:5432/agora",

@@ -6,8 +6,8 @@ use agora_platform::{Config, Shutdown};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// The staff token configured in every test app.
-pub(crate) const STAFF_TOKEN: &str = "test-staff-token-0123456789";
+/// The password of every account the harness creates.
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 /// A running application and a client for it.
 pub(crate) struct TestApp {
@@ -16,6 +16,9 @@ pub(crate) struct TestApp {
     pub(crate) shutdown: Shutdown,
     pub(crate) server: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub(crate) db: TestDatabase,
+    pub(crate) config: Config,
+    /// An access token of a staff account made for this app.
+    pub(crate) staff_token: String,
 }
 
 /// An answer: status, headers and JSON body (`Value::Null` when not JSON).
@@ -55,29 +58,40 @@ pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestA
     let db = TestDatabase::new().await.expect("a fresh test database");
     let mut config = db.config.clone();
     config.server.addr = "127.0.0.1:0".parse().expect("an address");
-    config.auth.bootstrap_token = Some(agora_platform::config::Secret::new(STAFF_TOKEN));
     config.seed.demo = false;
+    // Cheap hashes: the suites log in hundreds of times. The real cost is measured
+    // in docs/security.md.
+    config.auth.argon2.memory_kib = 64;
+    config.auth.argon2.iterations = 1;
     configure(&mut config);
-    let app = Application::build(config)
+    let app = Application::build(config.clone())
         .await
         .expect("the application builds");
     let base = format!("http://{}", app.local_addr());
     let shutdown = app.shutdown_handle();
     let server = tokio::spawn(app.run_until_stopped());
-    TestApp {
+    let mut app = TestApp {
         base,
         client: reqwest::Client::new(),
         shutdown,
         server,
         db,
-    }
+        config,
+        staff_token: String::new(),
+    };
+    app.staff_token = app
+        .create_user_and_login("staff@agora.test", &[agora_kernel::Role::Staff])
+        .await;
+    app
 }
 
 /// Who sends a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum As {
+pub(crate) enum As<'t> {
     Anonymous,
     Staff,
+    /// Whoever holds this access token.
+    Token(&'t str),
 }
 
 impl TestApp {
@@ -87,13 +101,15 @@ impl TestApp {
         method: Method,
         path: &str,
         body: Option<Value>,
-        who: As,
+        who: As<'_>,
     ) -> Answer {
         let mut req = self
             .client
             .request(method, format!("{}{}", self.base, path));
-        if who == As::Staff {
-            req = req.bearer_auth(STAFF_TOKEN);
+        match who {
+            As::Anonymous => {}
+            As::Staff => req = req.bearer_auth(&self.staff_token),
+            As::Token(token) => req = req.bearer_auth(token),
         }
         if let Some(body) = body {
             req = req.json(&body);
@@ -119,7 +135,7 @@ impl TestApp {
         self.call(Method::GET, path, None, As::Anonymous).await
     }
 
-    pub(crate) async fn get_as(&self, path: &str, who: As) -> Answer {
+    pub(crate) async fn get_as(&self, path: &str, who: As<'_>) -> Answer {
         self.call(Method::GET, path, None, who).await
     }
 
@@ -133,6 +149,60 @@ impl TestApp {
 
     pub(crate) async fn delete(&self, path: &str) -> Answer {
         self.call(Method::DELETE, path, None, As::Staff).await
+    }
+
+    /// Creates an account with `roles` the way an operator does
+    /// (`agora admin create-user`) and logs it in; returns the access token.
+    pub(crate) async fn create_user_and_login(
+        &self,
+        email: &str,
+        roles: &[agora_kernel::Role],
+    ) -> String {
+        agora::app::create_user(
+            &self.config,
+            email,
+            "Test User",
+            PASSWORD.into(),
+            roles.to_vec(),
+        )
+        .await
+        .expect("the account is created");
+        self.login(email).await
+    }
+
+    /// Registers a customer through the API and logs them in; returns the access token.
+    pub(crate) async fn register_and_login(&self, email: &str) -> String {
+        let a = self
+            .call(
+                Method::POST,
+                "/api/v1/auth/register",
+                Some(json!({ "email": email, "password": PASSWORD, "name": "Customer" })),
+                As::Anonymous,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        self.login(email).await
+    }
+
+    /// Logs in with [`PASSWORD`]; returns the access token.
+    pub(crate) async fn login(&self, email: &str) -> String {
+        let a = self.login_answer(email, PASSWORD).await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        a.data()["access_token"]
+            .as_str()
+            .expect("an access token")
+            .to_string()
+    }
+
+    /// The answer to a login attempt.
+    pub(crate) async fn login_answer(&self, email: &str, password: &str) -> Answer {
+        self.call(
+            Method::POST,
+            "/api/v1/auth/login",
+            Some(json!({ "email": email, "password": password })),
+            As::Anonymous,
+        )
+        .await
     }
 
     /// Creates a category as staff and returns its id.

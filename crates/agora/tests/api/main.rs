@@ -6,4 +6,5 @@ mod catalog;
 mod cli;
 mod edge;
 mod helpers;
+mod identity;
 mod meta;

@@ -1,0 +1,65 @@
+//! The identity module's errors and their public codes.
+
+use agora_kernel::{ApiError, ErrorCode};
+
+/// Everything that can go wrong in the identity module.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// Another account has this email.
+    #[error("email taken")]
+    EmailTaken,
+    /// Unknown email or wrong password (deliberately not told apart).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The refresh token is unknown, expired, or its session has ended.
+    #[error("refresh token invalid")]
+    RefreshTokenInvalid,
+    /// The refresh token was used before: its session has been revoked.
+    #[error("refresh token reused")]
+    RefreshTokenReused,
+    /// The account is disabled.
+    #[error("account disabled")]
+    AccountDisabled,
+    /// The account behind valid credentials no longer exists.
+    #[error("account not found")]
+    UserNotFound,
+    /// The current password given for a change is wrong.
+    #[error("current password wrong")]
+    CurrentPasswordWrong,
+    /// The database failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Anything else unexpected.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(e: IdentityError) -> Self {
+        let code = match e {
+            IdentityError::Database(sqlx::Error::PoolTimedOut) => {
+                return ApiError::from_code(ErrorCode::ServiceNotReady)
+                    .with_details(serde_json::json!({ "checks": { "database": "busy" } }))
+                    .with_cause("identity: timed out waiting for a database connection");
+            }
+            IdentityError::Database(e) => {
+                return ApiError::internal(format!("identity database error: {e}"));
+            }
+            IdentityError::Unexpected(e) => return ApiError::internal(format!("{e:#}")),
+            IdentityError::CurrentPasswordWrong => {
+                return ApiError::validation(vec![agora_kernel::error::FieldError::new(
+                    "current_password",
+                    "is not the account's password",
+                )]);
+            }
+            IdentityError::EmailTaken => ErrorCode::IdentityEmailTaken,
+            IdentityError::InvalidCredentials => ErrorCode::IdentityInvalidCredentials,
+            IdentityError::RefreshTokenInvalid => ErrorCode::IdentityRefreshTokenInvalid,
+            IdentityError::RefreshTokenReused => ErrorCode::IdentityRefreshTokenReused,
+            IdentityError::AccountDisabled => ErrorCode::AuthAccountDisabled,
+            // Valid credentials for an account that is gone: treat them as invalid.
+            IdentityError::UserNotFound => ErrorCode::AuthInvalidToken,
+        };
+        ApiError::from_code(code)
+    }
+}

@@ -1,0 +1,263 @@
+//! The identity module's REST routes (under `/api/v1`) and the JWKS document.
+
+use agora_kernel::validation::Problems;
+use agora_kernel::{ApiError, ApiResponse};
+use agora_platform::auth::Authenticated;
+use agora_platform::http::AppJson;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::domain::{Email, NewPassword, Password, User, parse_name};
+use crate::service::{Identity, Registration, TokenPair};
+
+/// The routes under `/api/v1`.
+pub fn router(identity: Identity) -> Router {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/users/me", get(me).patch(update_me))
+        .route("/users/me/password", post(change_password))
+        .with_state(identity)
+}
+
+/// The routes outside `/api/v1`: the public keys, where JWT libraries look for them.
+pub fn well_known_router(identity: Identity) -> Router {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .with_state(identity)
+}
+
+/// A new account.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// Compared after trimming and lower-casing.
+    #[schema(example = "ada@example.com")]
+    email: String,
+    /// At least `auth.password_min_length` characters (10 by default), not a
+    /// common password, not the email.
+    #[schema(example = "correct horse battery staple")]
+    password: String,
+    /// The display name, 1 to 100 characters.
+    #[schema(example = "Ada Lovelace")]
+    name: String,
+}
+
+/// Create a customer account.
+#[utoipa::path(
+    post, path = "/auth/register", tag = "identity",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The account; log in to get tokens.", body = inline(agora_kernel::envelope::Success<User>)),
+        (status = 409, description = "`IDENTITY_EMAIL_TAKEN`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED` (email, password rules, name), `REQUEST_INVALID_BODY`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn register(
+    State(identity): State<Identity>,
+    AppJson(body): AppJson<RegisterRequest>,
+) -> Result<ApiResponse<User>, ApiError> {
+    let mut p = Problems::default();
+    let email = p.check("email", Email::parse(&body.email));
+    let password = p.check(
+        "password",
+        NewPassword::parse(
+            body.password,
+            identity.password_min_length(),
+            email.as_ref(),
+        ),
+    );
+    let name = p.check("name", parse_name(&body.name));
+    let registration = p.finish(|| {
+        Some(Registration {
+            email: email?,
+            password: password?,
+            name: name?,
+        })
+    })?;
+    let user = identity.register(registration).await?;
+    Ok(ApiResponse::created(user, "/api/v1/users/me"))
+}
+
+/// Credentials.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "ada@example.com")]
+    email: String,
+    #[schema(example = "correct horse battery staple")]
+    password: String,
+}
+
+/// Log in with email and password.
+#[utoipa::path(
+    post, path = "/auth/login", tag = "identity",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "An access token and a refresh token.", body = inline(agora_kernel::envelope::Success<TokenPair>)),
+        (status = 401, description = "`IDENTITY_INVALID_CREDENTIALS` (the same whether or not the email exists)", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_ACCOUNT_DISABLED`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn login(
+    State(identity): State<Identity>,
+    AppJson(body): AppJson<LoginRequest>,
+) -> Result<ApiResponse<TokenPair>, ApiError> {
+    let password = Password::new(body.password);
+    Ok(ApiResponse::ok(
+        identity.login(&body.email, &password).await?,
+    ))
+}
+
+/// A refresh token.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    refresh_token: String,
+}
+
+/// Exchange a refresh token for new tokens. Each refresh token works once.
+#[utoipa::path(
+    post, path = "/auth/refresh", tag = "identity",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new access token and a new refresh token.", body = inline(agora_kernel::envelope::Success<TokenPair>)),
+        (status = 401, description = "`IDENTITY_REFRESH_TOKEN_INVALID`, `IDENTITY_REFRESH_TOKEN_REUSED` (the session is now revoked)", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_ACCOUNT_DISABLED`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn refresh(
+    State(identity): State<Identity>,
+    AppJson(body): AppJson<RefreshRequest>,
+) -> Result<ApiResponse<TokenPair>, ApiError> {
+    Ok(ApiResponse::ok(
+        identity.refresh(&body.refresh_token).await?,
+    ))
+}
+
+/// End the session of a refresh token (all its successors stop working).
+#[utoipa::path(
+    post, path = "/auth/logout", tag = "identity",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "The session has ended (or had already); `data` is null."),
+    )
+)]
+async fn logout(
+    State(identity): State<Identity>,
+    AppJson(body): AppJson<RefreshRequest>,
+) -> Result<ApiResponse<()>, ApiError> {
+    identity.logout(&body.refresh_token).await?;
+    Ok(ApiResponse::ok(()))
+}
+
+/// The caller's account.
+#[utoipa::path(
+    get, path = "/users/me", tag = "identity",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account.", body = inline(agora_kernel::envelope::Success<User>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn me(
+    State(identity): State<Identity>,
+    Authenticated(who): Authenticated,
+) -> Result<ApiResponse<User>, ApiError> {
+    Ok(ApiResponse::ok(identity.me(&who).await?))
+}
+
+/// Changes to the caller's account.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMe {
+    /// The display name, 1 to 100 characters.
+    name: String,
+}
+
+/// Change the caller's account.
+#[utoipa::path(
+    patch, path = "/users/me", tag = "identity",
+    security(("bearer" = [])),
+    request_body = UpdateMe,
+    responses(
+        (status = 200, description = "The account as it is now.", body = inline(agora_kernel::envelope::Success<User>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`, `REQUEST_INVALID_BODY`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn update_me(
+    State(identity): State<Identity>,
+    Authenticated(who): Authenticated,
+    AppJson(body): AppJson<UpdateMe>,
+) -> Result<ApiResponse<User>, ApiError> {
+    let mut p = Problems::default();
+    let name = p.check("name", parse_name(&body.name));
+    let name = p.finish(|| name)?;
+    Ok(ApiResponse::ok(identity.rename(&who, &name).await?))
+}
+
+/// A password change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    current_password: String,
+    /// Follows the same rules as at registration.
+    new_password: String,
+}
+
+/// Change the caller's password; every other session of the account ends.
+#[utoipa::path(
+    post, path = "/users/me/password", tag = "identity",
+    security(("bearer" = [])),
+    request_body = ChangePassword,
+    responses(
+        (status = 200, description = "Changed; `data` is null. This session goes on."),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`: the current password is wrong, or the new one breaks a rule", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn change_password(
+    State(identity): State<Identity>,
+    Authenticated(who): Authenticated,
+    AppJson(body): AppJson<ChangePassword>,
+) -> Result<ApiResponse<()>, ApiError> {
+    let me = identity.me(&who).await?;
+    let email = Email::parse(&me.email).ok();
+    let mut p = Problems::default();
+    let new = p.check(
+        "new_password",
+        NewPassword::parse(
+            body.new_password,
+            identity.password_min_length(),
+            email.as_ref(),
+        ),
+    );
+    let new = p.finish(|| new)?;
+    identity
+        .change_password(&who, &Password::new(body.current_password), new)
+        .await?;
+    Ok(ApiResponse::ok(()))
+}
+
+/// The public keys that verify access tokens (RFC 7517), for any service or gateway.
+async fn jwks(State(identity): State<Identity>) -> impl IntoResponse {
+    (
+        [(http::header::CACHE_CONTROL, "public, max-age=300")],
+        Json(identity.jwks()),
+    )
+}
+
+/// The identity module's part of the OpenAPI document (paths relative to `/api/v1`).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(register, login, refresh, logout, me, update_me, change_password),
+    components(schemas(User, TokenPair, RegisterRequest, LoginRequest, RefreshRequest, UpdateMe, ChangePassword)),
+    tags((name = "identity", description = "Accounts, logins and tokens"))
+)]
+pub struct IdentityApi;

@@ -1,0 +1,270 @@
+//! The identity module's operations: accounts, logins, sessions and tokens.
+
+use std::sync::Arc;
+
+use agora_kernel::{Clock, Principal, Role, SessionId, Timestamp, UserId};
+use agora_platform::auth::{AccessClaims, Authenticator};
+use agora_platform::config::AuthConfig;
+use anyhow::anyhow;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::domain::{Email, NewPassword, Password, User};
+use crate::error::IdentityError;
+use crate::keys::KeyRing;
+use crate::password::PasswordHasher;
+use crate::store::{IdentityStore, NewRefreshToken, RevokeReason, Rotation};
+
+/// What a successful login or refresh returns.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenPair {
+    /// An EdDSA JWT to send as `Authorization: Bearer …`.
+    pub access_token: String,
+    /// An opaque token for `POST /api/v1/auth/refresh`; single use.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+/// A new account's fields, parsed.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The normalised email.
+    pub email: Email,
+    /// The password, which passed the rules.
+    pub password: NewPassword,
+    /// The display name.
+    pub name: String,
+}
+
+/// The identity module. Cheap to clone.
+#[derive(Clone)]
+pub struct Identity {
+    store: IdentityStore,
+    hasher: PasswordHasher,
+    keys: Arc<KeyRing>,
+    clock: Arc<dyn Clock>,
+    settings: Arc<AuthConfig>,
+}
+
+impl Identity {
+    /// The module over `store`, signing with `keys`. The `authenticator` is the one
+    /// the edge uses: this module gives it the verification keys now, and tells it
+    /// about disabled accounts.
+    pub async fn start(
+        store: IdentityStore,
+        keys: KeyRing,
+        authenticator: Authenticator,
+        clock: Arc<dyn Clock>,
+        settings: &AuthConfig,
+    ) -> Result<Identity, IdentityError> {
+        authenticator.set_keys(keys.verification_keys()?);
+        for user in store.disabled_users().await? {
+            authenticator.deny(user);
+        }
+        Ok(Identity {
+            store,
+            hasher: PasswordHasher::new(&settings.argon2)?,
+            keys: Arc::new(keys),
+            clock,
+            settings: Arc::new(settings.clone()),
+        })
+    }
+
+    /// The shortest password accepted.
+    pub fn password_min_length(&self) -> usize {
+        self.settings.password_min_length
+    }
+
+    /// The public keys, as a JSON Web Key Set.
+    pub fn jwks(&self) -> serde_json::Value {
+        self.keys.jwks()
+    }
+
+    /// Creates a customer account.
+    pub async fn register(&self, registration: Registration) -> Result<User, IdentityError> {
+        self.create_user(registration, vec![Role::Customer]).await
+    }
+
+    /// Creates an account with `roles` (the first administrator, from the CLI).
+    pub async fn create_user(
+        &self,
+        registration: Registration,
+        roles: Vec<Role>,
+    ) -> Result<User, IdentityError> {
+        let password = registration.password.into_password();
+        let hash = self.hasher.hash(&password).await?;
+        let now = self.clock.now();
+        let user = User {
+            id: UserId::new(),
+            email: registration.email.as_str().to_string(),
+            name: registration.name,
+            roles,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_user(&user, Some(&hash)).await?;
+        tracing::info!(user_id = %user.id, "account created");
+        Ok(user)
+    }
+
+    /// Checks an email and password and starts a session. An unknown email, a
+    /// malformed one and a wrong password all get the same answer, after the same
+    /// amount of hashing.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &Password,
+    ) -> Result<TokenPair, IdentityError> {
+        let found = match Email::parse(email) {
+            Ok(email) => self.store.user_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let hash = found.as_ref().and_then(|(_, hash)| hash.as_deref());
+        let matches = self.hasher.verify(password, hash).await?;
+        let Some((user, _)) = found.filter(|_| matches) else {
+            return Err(IdentityError::InvalidCredentials);
+        };
+        if user.disabled {
+            return Err(IdentityError::AccountDisabled);
+        }
+        let now = self.clock.now();
+        let (refresh_token, stored) = self.new_refresh_token(now)?;
+        let session = self.store.start_session(user.id, &stored, now).await?;
+        tracing::info!(user_id = %user.id, session_id = %session, "logged in");
+        self.token_pair(&user, session, refresh_token, now)
+    }
+
+    /// Exchanges a refresh token for a new pair. A token used twice ends its
+    /// session.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, IdentityError> {
+        let now = self.clock.now();
+        let (next_token, next) = self.new_refresh_token(now)?;
+        match self
+            .store
+            .rotate_refresh_token(&token_hash(refresh_token), &next, now)
+            .await?
+        {
+            Rotation::Rotated { user, session_id } => {
+                self.token_pair(&user, session_id, next_token, now)
+            }
+            Rotation::Invalid => Err(IdentityError::RefreshTokenInvalid),
+            Rotation::Reused => {
+                tracing::warn!("a rotated refresh token was used again: its session is revoked");
+                Err(IdentityError::RefreshTokenReused)
+            }
+            Rotation::Disabled => Err(IdentityError::AccountDisabled),
+        }
+    }
+
+    /// Ends the session of `refresh_token`. Unknown or already ended: nothing to do.
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), IdentityError> {
+        self.store
+            .end_session_of_token(
+                &token_hash(refresh_token),
+                RevokeReason::Logout,
+                self.clock.now(),
+            )
+            .await
+    }
+
+    /// The caller's account.
+    pub async fn me(&self, who: &Principal) -> Result<User, IdentityError> {
+        self.store
+            .user(who.user_id)
+            .await?
+            .ok_or(IdentityError::UserNotFound)
+    }
+
+    /// Renames the caller's account.
+    pub async fn rename(&self, who: &Principal, name: &str) -> Result<User, IdentityError> {
+        self.store
+            .update_name(who.user_id, name, self.clock.now())
+            .await?
+            .ok_or(IdentityError::UserNotFound)
+    }
+
+    /// Changes the caller's password after checking the current one, and ends
+    /// every other session of the account.
+    pub async fn change_password(
+        &self,
+        who: &Principal,
+        current: &Password,
+        new: NewPassword,
+    ) -> Result<(), IdentityError> {
+        let hash = self
+            .store
+            .password_hash(who.user_id)
+            .await?
+            .ok_or(IdentityError::UserNotFound)?;
+        if !self.hasher.verify(current, hash.as_deref()).await? {
+            return Err(IdentityError::CurrentPasswordWrong);
+        }
+        let new_hash = self.hasher.hash(&new.into_password()).await?;
+        let changed = self
+            .store
+            .change_password(who.user_id, &new_hash, who.session_id, self.clock.now())
+            .await?;
+        if !changed {
+            return Err(IdentityError::UserNotFound);
+        }
+        tracing::info!(user_id = %who.user_id, "password changed; other sessions ended");
+        Ok(())
+    }
+
+    fn new_refresh_token(
+        &self,
+        now: Timestamp,
+    ) -> Result<(String, NewRefreshToken), IdentityError> {
+        let mut bytes = [0_u8; 32];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow!("no randomness for a token: {e}"))?;
+        let token = format!("rt_{}", URL_SAFE_NO_PAD.encode(bytes));
+        let ttl_ms = i64::try_from(self.settings.refresh_token_ttl_secs)
+            .map_err(|e| anyhow!("refresh ttl: {e}"))?
+            * 1000;
+        let stored = NewRefreshToken {
+            hash: token_hash(&token),
+            expires_at: Timestamp::from_millis(now.as_millis().saturating_add(ttl_ms)),
+        };
+        Ok((token, stored))
+    }
+
+    fn token_pair(
+        &self,
+        user: &User,
+        session: SessionId,
+        refresh_token: String,
+        now: Timestamp,
+    ) -> Result<TokenPair, IdentityError> {
+        let iat = u64::try_from(now.as_millis() / 1000).unwrap_or_default();
+        let ttl = self.settings.access_token_ttl_secs;
+        let claims = AccessClaims {
+            iss: self.settings.issuer.clone(),
+            aud: self.settings.audience.clone(),
+            sub: user.id.to_string(),
+            sid: session.to_string(),
+            roles: user.roles.clone(),
+            jti: uuid::Uuid::now_v7().simple().to_string(),
+            iat,
+            exp: iat + ttl,
+        };
+        Ok(TokenPair {
+            access_token: self.keys.sign(&claims)?,
+            refresh_token,
+            token_type: "Bearer",
+            expires_in: ttl,
+        })
+    }
+}
+
+/// What is stored of a refresh token: its SHA-256, hex. The token has 256 bits of
+/// randomness, so a fast hash is enough (no salt or stretching needed).
+fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
