@@ -1,0 +1,59 @@
+//! The cost of authentication: verifying an access token (paid on every
+//! authenticated request) and hashing a password with the default argon2id
+//! parameters (paid on every login). `cargo bench -p agora-identity`; the figures
+//! are in docs/security.md.
+
+use std::hint::black_box;
+
+use agora_identity::domain::Password;
+use agora_identity::keys::KeyRing;
+use agora_identity::password::PasswordHasher;
+use agora_kernel::{Clock, Role, SessionId, SystemClock, UserId};
+use agora_platform::auth::{AccessClaims, Authenticator};
+use agora_platform::config::AuthConfig;
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn verify_access_token(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("a directory");
+    let config = AuthConfig::default();
+    let keys = KeyRing::load_or_create(dir.path(), SystemClock.now(), 900_000).expect("keys");
+    let authenticator = Authenticator::new(&config);
+    authenticator.set_keys(keys.verification_keys().expect("public keys"));
+    let iat = u64::try_from(SystemClock.now().as_millis() / 1000).expect("after 1970");
+    let claims = AccessClaims {
+        iss: config.issuer.clone(),
+        aud: config.audience.clone(),
+        sub: UserId::new().to_string(),
+        sid: SessionId::new().to_string(),
+        roles: vec![Role::Customer],
+        jti: "bench".into(),
+        iat,
+        exp: iat + 3600,
+    };
+    let header = format!("Bearer {}", keys.sign(&claims).expect("signed"));
+    c.bench_function("verify an access token (Authorization header to Principal)", |b| {
+        b.iter(|| {
+            authenticator
+                .authenticate(Some(black_box(header.as_bytes())))
+                .expect("valid")
+        })
+    });
+}
+
+fn hash_password(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let hasher = PasswordHasher::new(&AuthConfig::default().argon2).expect("parameters");
+    let password = Password::new("correct horse battery staple".into());
+    let mut group = c.benchmark_group("argon2id");
+    group.sample_size(10);
+    group.bench_function("hash a password (19 MiB, 2 passes, 1 lane)", |b| {
+        b.iter(|| runtime.block_on(hasher.hash(&password)).expect("hashed"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, verify_access_token, hash_password);
+criterion_main!(benches);
