@@ -31,7 +31,25 @@ fn verify_access_token(c: &mut Criterion) {
         exp: iat + 3600,
     };
     let header = format!("Bearer {}", keys.sign(&claims).expect("signed"));
-    c.bench_function("verify an access token (Authorization header to Principal)", |b| {
+    let public_keys = keys.verification_keys().expect("public keys");
+    // First sight of a token: the signature and the claims are checked.
+    c.bench_function("access token, first request (signature checked)", |b| {
+        b.iter_batched(
+            || {
+                let fresh = Authenticator::new(&config);
+                fresh.set_keys(public_keys.clone());
+                fresh
+            },
+            |fresh| {
+                fresh
+                    .authenticate(Some(black_box(header.as_bytes())))
+                    .expect("valid")
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    // Later requests with the same token: remembered.
+    c.bench_function("access token, later requests (remembered)", |b| {
         b.iter(|| {
             authenticator
                 .authenticate(Some(black_box(header.as_bytes())))

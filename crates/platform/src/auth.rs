@@ -32,6 +32,13 @@ use crate::config::AuthConfig;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 const LEEWAY_SECS: u64 = 30;
 
+/// How many verified tokens are remembered. A token is a few hundred bytes, so
+/// this bounds the cache to a few MiB.
+const VERIFIED_CAPACITY: u64 = 10_000;
+
+/// How long a verified token is remembered at most (its own expiry still applies).
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
@@ -65,6 +72,17 @@ struct Inner {
     keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
     /// Disabled accounts: their access tokens are refused until they expire.
     denied: RwLock<HashSet<UserId>>,
+    /// Tokens whose signature and claims were checked recently, by their exact
+    /// text: a client sends the same token for many requests, and the signature
+    /// check is most of the cost of authentication. Emptied when the keys change.
+    verified: moka::sync::Cache<Box<str>, Arc<Verified>>,
+}
+
+/// A token that passed verification.
+struct Verified {
+    principal: Principal,
+    /// The token's `exp`, seconds since the epoch.
+    exp: u64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -91,6 +109,10 @@ impl Authenticator {
                 validation,
                 keys: RwLock::new(Arc::new(HashMap::new())),
                 denied: RwLock::new(HashSet::new()),
+                verified: moka::sync::Cache::builder()
+                    .max_capacity(VERIFIED_CAPACITY)
+                    .time_to_live(VERIFIED_TTL)
+                    .build(),
             }),
         }
     }
@@ -102,6 +124,8 @@ impl Authenticator {
             .keys
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        // A key that is gone must not keep vouching for its tokens.
+        self.inner.verified.invalidate_all();
     }
 
     fn keys(&self) -> Arc<HashMap<String, DecodingKey>> {
@@ -155,6 +179,25 @@ impl Authenticator {
     /// Checks an access token: signature by a known key, algorithm, issuer,
     /// audience, expiry, and that the account is not disabled.
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        let principal = match self.inner.verified.get(token) {
+            Some(seen) if now_secs() < seen.exp + LEEWAY_SECS => seen.principal.clone(),
+            _ => {
+                let (principal, exp) = self.verify_signature_and_claims(token)?;
+                let verified = Arc::new(Verified {
+                    principal: principal.clone(),
+                    exp,
+                });
+                self.inner.verified.insert(token.into(), verified);
+                principal
+            }
+        };
+        if self.is_denied(principal.user_id) {
+            return Err(ApiError::from_code(ErrorCode::AuthAccountDisabled));
+        }
+        Ok(principal)
+    }
+
+    fn verify_signature_and_claims(&self, token: &str) -> Result<(Principal, u64), ApiError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid())?;
         // Only EdDSA: an `alg: none` or HS256 header never reaches a key.
         if header.alg != Algorithm::EdDSA {
@@ -174,16 +217,21 @@ impl Authenticator {
             .claims;
         let user_id = UserId::parse(&claims.sub).map_err(|_| invalid())?;
         let session_id = SessionId::parse(&claims.sid).map_err(|_| invalid())?;
-        if self.is_denied(user_id) {
-            return Err(ApiError::from_code(ErrorCode::AuthAccountDisabled));
-        }
-        Ok(Principal {
+        let principal = Principal {
             user_id,
             session_id: Some(session_id),
             permissions: Permissions::of_roles(&claims.roles),
             roles: claims.roles,
-        })
+        };
+        Ok((principal, claims.exp))
     }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 fn invalid() -> ApiError {
@@ -283,13 +331,6 @@ mod tests {
         a
     }
 
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default()
-    }
-
     fn claims(user: UserId) -> AccessClaims {
         AccessClaims {
             iss: "agora".into(),
@@ -298,8 +339,8 @@ mod tests {
             sid: SessionId::new().to_string(),
             roles: vec![Role::Staff],
             jti: "j1".into(),
-            iat: now(),
-            exp: now() + 900,
+            iat: now_secs(),
+            exp: now_secs() + 900,
         }
     }
 
@@ -342,8 +383,8 @@ mod tests {
     #[test]
     fn an_expired_token_says_so() {
         let mut c = claims(UserId::new());
-        c.iat = now() - 3600;
-        c.exp = now() - 600;
+        c.iat = now_secs() - 3600;
+        c.exp = now_secs() - 600;
         let got = authenticator().authenticate(Some(&bearer(&sign(&c, "k1"))));
         assert_eq!(code(got), Some(ErrorCode::AuthTokenExpired));
     }
@@ -425,6 +466,10 @@ mod tests {
         let a = authenticator();
         let user = UserId::new();
         let token = bearer(&sign(&claims(user), "k1"));
+        assert!(
+            a.authenticate(Some(&token)).is_ok(),
+            "verified, and remembered"
+        );
         a.deny(user);
         assert_eq!(
             code(a.authenticate(Some(&token))),
@@ -432,6 +477,18 @@ mod tests {
         );
         a.allow(user);
         assert!(a.authenticate(Some(&token)).is_ok());
+    }
+
+    #[test]
+    fn a_remembered_token_is_refused_once_its_key_is_withdrawn() {
+        let a = authenticator();
+        let token = bearer(&sign(&claims(UserId::new()), "k1"));
+        assert!(a.authenticate(Some(&token)).is_ok());
+        a.set_keys(HashMap::new());
+        assert_eq!(
+            code(a.authenticate(Some(&token))),
+            Some(ErrorCode::AuthInvalidToken)
+        );
     }
 
     #[test]
