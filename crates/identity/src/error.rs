@@ -26,6 +26,9 @@ pub enum IdentityError {
     /// The current password given for a change is wrong.
     #[error("current password wrong")]
     CurrentPasswordWrong,
+    /// An administrator tried to disable or demote their own account.
+    #[error("self lockout")]
+    SelfLockout,
     /// The database failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -52,13 +55,18 @@ impl From<IdentityError> for ApiError {
                     "is not the account's password",
                 )]);
             }
+            IdentityError::SelfLockout => {
+                return ApiError::validation(vec![agora_kernel::error::FieldError::new(
+                    "id",
+                    "is your own account: another administrator must disable or demote it",
+                )]);
+            }
             IdentityError::EmailTaken => ErrorCode::IdentityEmailTaken,
             IdentityError::InvalidCredentials => ErrorCode::IdentityInvalidCredentials,
             IdentityError::RefreshTokenInvalid => ErrorCode::IdentityRefreshTokenInvalid,
             IdentityError::RefreshTokenReused => ErrorCode::IdentityRefreshTokenReused,
             IdentityError::AccountDisabled => ErrorCode::AuthAccountDisabled,
-            // Valid credentials for an account that is gone: treat them as invalid.
-            IdentityError::UserNotFound => ErrorCode::AuthInvalidToken,
+            IdentityError::UserNotFound => ErrorCode::IdentityUserNotFound,
         };
         ApiError::from_code(code)
     }

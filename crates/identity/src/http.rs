@@ -1,9 +1,11 @@
 //! The identity module's REST routes (under `/api/v1`) and the JWKS document.
 
+use agora_kernel::access::require::UsersManage;
+use agora_kernel::pagination::Limit;
 use agora_kernel::validation::Problems;
-use agora_kernel::{ApiError, ApiResponse};
-use agora_platform::auth::Authenticated;
-use agora_platform::http::AppJson;
+use agora_kernel::{ApiError, ApiResponse, Cursor, Role, UserId};
+use agora_platform::auth::{Authenticated, Authorized};
+use agora_platform::http::{AppJson, AppPath, AppQuery};
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -12,6 +14,7 @@ use serde::Deserialize;
 
 use crate::domain::{Email, NewPassword, Password, User, parse_name};
 use crate::service::{Identity, Registration, TokenPair};
+use crate::store::UserCursor;
 
 /// The routes under `/api/v1`.
 pub fn router(identity: Identity) -> Router {
@@ -22,6 +25,8 @@ pub fn router(identity: Identity) -> Router {
         .route("/auth/logout", post(logout))
         .route("/users/me", get(me).patch(update_me))
         .route("/users/me/password", post(change_password))
+        .route("/users", get(list_users))
+        .route("/users/{id}", get(get_user).patch(update_user))
         .with_state(identity)
 }
 
@@ -245,6 +250,102 @@ async fn change_password(
     Ok(ApiResponse::ok(()))
 }
 
+/// A page of the user list.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListUsersQuery {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    limit: Option<Limit>,
+    /// `meta.next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// List accounts, oldest first (`users:manage`).
+#[utoipa::path(
+    get, path = "/users", tag = "identity",
+    params(ListUsersQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of accounts; `meta.next_cursor` when there are more.", body = inline(agora_kernel::envelope::Success<Vec<User>>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn list_users(
+    State(identity): State<Identity>,
+    _admin: Authorized<UsersManage>,
+    AppQuery(query): AppQuery<ListUsersQuery>,
+) -> Result<ApiResponse<Vec<User>>, ApiError> {
+    let after: Option<UserCursor> = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let page = identity
+        .list_users(after, query.limit.unwrap_or_default())
+        .await?;
+    Ok(ApiResponse::ok(page.items).with_next_cursor(page.next_cursor))
+}
+
+/// One account (`users:manage`).
+#[utoipa::path(
+    get, path = "/users/{id}", tag = "identity",
+    params(("id" = String, Path, description = "The account's id, `usr_…`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account.", body = inline(agora_kernel::envelope::Success<User>)),
+        (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`IDENTITY_USER_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn get_user(
+    State(identity): State<Identity>,
+    _admin: Authorized<UsersManage>,
+    AppPath(id): AppPath<UserId>,
+) -> Result<ApiResponse<User>, ApiError> {
+    Ok(ApiResponse::ok(identity.user(id).await?))
+}
+
+/// An administrator's changes to an account; absent fields stay as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    /// Replaces the account's roles: `customer`, `staff`, `admin`; at least one.
+    #[schema(value_type = Option<Vec<String>>, example = json!(["staff"]))]
+    roles: Option<Vec<Role>>,
+    /// `true` ends every session at once and refuses the account's tokens.
+    disabled: Option<bool>,
+}
+
+/// Change an account's roles, or disable or enable it (`users:manage`).
+#[utoipa::path(
+    patch, path = "/users/{id}", tag = "identity",
+    params(("id" = String, Path, description = "The account's id, `usr_…`")),
+    request_body = UpdateUser,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account as it is now.", body = inline(agora_kernel::envelope::Success<User>)),
+        (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`IDENTITY_USER_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`: no roles, or disabling or demoting yourself", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn update_user(
+    State(identity): State<Identity>,
+    Authorized(admin, _): Authorized<UsersManage>,
+    AppPath(id): AppPath<UserId>,
+    AppJson(body): AppJson<UpdateUser>,
+) -> Result<ApiResponse<User>, ApiError> {
+    let mut p = Problems::default();
+    if body.roles.as_ref().is_some_and(Vec::is_empty) {
+        p.add("roles", "must name at least one role");
+    }
+    p.into_result().map_err(ApiError::validation)?;
+    Ok(ApiResponse::ok(
+        identity
+            .update_account(&admin, id, body.roles, body.disabled)
+            .await?,
+    ))
+}
+
 /// The public keys that verify access tokens (RFC 7517), for any service or gateway.
 async fn jwks(State(identity): State<Identity>) -> impl IntoResponse {
     (
@@ -256,8 +357,8 @@ async fn jwks(State(identity): State<Identity>) -> impl IntoResponse {
 /// The identity module's part of the OpenAPI document (paths relative to `/api/v1`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(register, login, refresh, logout, me, update_me, change_password),
-    components(schemas(User, TokenPair, RegisterRequest, LoginRequest, RefreshRequest, UpdateMe, ChangePassword)),
+    paths(register, login, refresh, logout, me, update_me, change_password, list_users, get_user, update_user),
+    components(schemas(User, TokenPair, RegisterRequest, LoginRequest, RefreshRequest, UpdateMe, ChangePassword, UpdateUser)),
     tags((name = "identity", description = "Accounts, logins and tokens"))
 )]
 pub struct IdentityApi;

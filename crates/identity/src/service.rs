@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use agora_kernel::{Clock, Principal, Role, SessionId, Timestamp, UserId};
+use agora_kernel::{Clock, Limit, Page, Principal, Role, SessionId, Timestamp, UserId};
 use agora_platform::auth::{AccessClaims, Authenticator};
 use agora_platform::config::AuthConfig;
 use anyhow::anyhow;
@@ -15,7 +15,7 @@ use crate::domain::{Email, NewPassword, Password, User};
 use crate::error::IdentityError;
 use crate::keys::KeyRing;
 use crate::password::PasswordHasher;
-use crate::store::{IdentityStore, NewRefreshToken, RevokeReason, Rotation};
+use crate::store::{IdentityStore, NewRefreshToken, RevokeReason, Rotation, UserCursor};
 
 /// What a successful login or refresh returns.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -47,6 +47,8 @@ pub struct Identity {
     store: IdentityStore,
     hasher: PasswordHasher,
     keys: Arc<KeyRing>,
+    /// The edge's authenticator: told at once when an account is disabled.
+    authenticator: Authenticator,
     clock: Arc<dyn Clock>,
     settings: Arc<AuthConfig>,
 }
@@ -70,6 +72,7 @@ impl Identity {
             store,
             hasher: PasswordHasher::new(&settings.argon2)?,
             keys: Arc::new(keys),
+            authenticator,
             clock,
             settings: Arc::new(settings.clone()),
         })
@@ -215,6 +218,60 @@ impl Identity {
         }
         tracing::info!(user_id = %who.user_id, "password changed; other sessions ended");
         Ok(())
+    }
+
+    /// A page of accounts, oldest first (administrators).
+    pub async fn list_users(
+        &self,
+        after: Option<UserCursor>,
+        limit: Limit,
+    ) -> Result<Page<User>, IdentityError> {
+        let rows = self
+            .store
+            .list_users(after.as_ref(), i64::from(limit.get()) + 1)
+            .await?;
+        Ok(Page::from_overfetch(rows, limit, |u| UserCursor {
+            created_at: u.created_at.as_millis(),
+            id: u.id.to_db(),
+        }))
+    }
+
+    /// One account (administrators).
+    pub async fn user(&self, id: UserId) -> Result<User, IdentityError> {
+        self.store
+            .user(id)
+            .await?
+            .ok_or(IdentityError::UserNotFound)
+    }
+
+    /// Changes an account's roles or disables it (administrators). A disabled
+    /// account's sessions end at once and its access tokens are refused from the
+    /// next request. An administrator cannot disable or demote themselves, so the
+    /// last one cannot lock everyone out by accident.
+    pub async fn update_account(
+        &self,
+        by: &Principal,
+        id: UserId,
+        roles: Option<Vec<Role>>,
+        disabled: Option<bool>,
+    ) -> Result<User, IdentityError> {
+        if by.user_id == id
+            && (disabled == Some(true) || roles.as_ref().is_some_and(|r| !r.contains(&Role::Admin)))
+        {
+            return Err(IdentityError::SelfLockout);
+        }
+        let user = self
+            .store
+            .update_account(id, roles.as_deref(), disabled, self.clock.now())
+            .await?
+            .ok_or(IdentityError::UserNotFound)?;
+        match disabled {
+            Some(true) => self.authenticator.deny(id),
+            Some(false) => self.authenticator.allow(id),
+            None => {}
+        }
+        tracing::info!(user_id = %id, by = %by.user_id, roles = ?user.roles, disabled = user.disabled, "account changed");
+        Ok(user)
     }
 
     fn new_refresh_token(

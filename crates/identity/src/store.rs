@@ -58,6 +58,15 @@ pub enum Rotation {
     Disabled,
 }
 
+/// Where a page of the user list ends.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct UserCursor {
+    /// The last account's creation time, epoch milliseconds.
+    pub created_at: i64,
+    /// The last account's id, as stored.
+    pub id: String,
+}
+
 /// A new refresh token, as stored.
 #[derive(Debug, Clone)]
 pub struct NewRefreshToken {
@@ -321,6 +330,80 @@ impl IdentityStore {
         .execute(self.db.writer())
         .await?;
         Ok(())
+    }
+
+    /// Up to `limit` accounts, oldest first, after the account `after` (its
+    /// creation time and id).
+    pub async fn list_users(
+        &self,
+        after: Option<&UserCursor>,
+        limit: i64,
+    ) -> Result<Vec<User>, IdentityError> {
+        let rows = match after {
+            Some(after) => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM identity_users WHERE (created_at, id) > ($1, $2) \
+                     ORDER BY created_at, id LIMIT $3"
+                ))
+                .bind(after.created_at)
+                .bind(after.id.clone())
+                .bind(limit)
+                .fetch_all(self.db.reader())
+                .await?
+            }
+            None => {
+                sqlx::query(concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    " FROM identity_users ORDER BY created_at, id LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(self.db.reader())
+                .await?
+            }
+        };
+        rows.iter().map(|r| user_from_row(r)).collect()
+    }
+
+    /// Changes an account's roles and whether it is disabled; disabling it ends
+    /// every session, in the same transaction. `None` when there is no such account.
+    pub async fn update_account(
+        &self,
+        id: UserId,
+        roles: Option<&[Role]>,
+        disabled: Option<bool>,
+        now: Timestamp,
+    ) -> Result<Option<User>, IdentityError> {
+        let mut tx = self.db.begin().await?;
+        let row = sqlx::query(concat!(
+            "UPDATE identity_users SET roles = COALESCE($1, roles), \
+             disabled = COALESCE($2, disabled), updated_at = $3 WHERE id = $4 RETURNING ",
+            user_columns!()
+        ))
+        .bind(roles.map(roles_to_db))
+        .bind(disabled.map(i64::from))
+        .bind(now.as_millis())
+        .bind(id.to_db())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user) = row.as_ref().map(|r| user_from_row(r)).transpose()? else {
+            return Ok(None);
+        };
+        if disabled == Some(true) {
+            sqlx::query(
+                "UPDATE identity_sessions SET revoked_at = $1, revoked_reason = $2 \
+                 WHERE user_id = $3 AND revoked_at IS NULL",
+            )
+            .bind(now.as_millis())
+            .bind(RevokeReason::AccountDisabled.as_str())
+            .bind(id.to_db())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Some(user))
     }
 
     /// The ids of disabled accounts.

@@ -74,6 +74,7 @@ error_codes! {
     IdentityEmailTaken = ("IDENTITY_EMAIL_TAKEN", 409, "An account with this email already exists. Emails are compared after trimming and lower-casing.");
     IdentityInvalidCredentials = ("IDENTITY_INVALID_CREDENTIALS", 401, "The email and password do not match an account. The answer is the same whether or not the email exists.");
     IdentityRefreshTokenInvalid = ("IDENTITY_REFRESH_TOKEN_INVALID", 401, "The refresh token is unknown or expired, or its session has ended (logout, password change, disabled account). Log in again.");
+    IdentityUserNotFound = ("IDENTITY_USER_NOT_FOUND", 404, "No account has this id (or the signed-in account no longer exists).");
     IdentityRefreshTokenReused = ("IDENTITY_REFRESH_TOKEN_REUSED", 401, "The refresh token was already used once. As a precaution against theft its whole session has been revoked: log in again.");
     // Catalog.
     CatalogProductNotFound = ("CATALOG_PRODUCT_NOT_FOUND", 404, "No product has this id (or it is inactive and the caller is not staff).");

@@ -289,7 +289,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
 
 /// A caller holding the permission `P` (from [`agora_kernel::access::require`]).
 #[derive(Debug, Clone)]
-pub struct Authorized<P>(pub Principal, PhantomData<P>);
+pub struct Authorized<P>(pub Principal, pub PhantomData<P>);
 
 impl<S: Send + Sync, P: Requirement> FromRequestParts<S> for Authorized<P> {
     type Rejection = ApiError;

@@ -514,3 +514,196 @@ async fn the_first_administrator_is_created_from_the_command_line() {
     let me = app.get_as("/api/v1/users/me", As::Token(&token)).await;
     assert_eq!(me.data()["roles"], json!(["staff", "admin"]));
 }
+
+#[tokio::test]
+async fn administrators_list_accounts_page_by_page_and_others_may_not() {
+    let app = spawn_app().await;
+    let admin = app
+        .create_user_and_login("admin@example.com", &[Role::Admin])
+        .await;
+    let customer = app.register_and_login("kim@example.com").await;
+
+    let first = app.get_as("/api/v1/users?limit=2", As::Token(&admin)).await;
+    assert_eq!(first.status, StatusCode::OK, "{:?}", first.body);
+    let emails: Vec<&str> = first
+        .data()
+        .as_array()
+        .map(|a| a.iter().filter_map(|u| u["email"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(emails, ["staff@agora.test", "admin@example.com"]);
+    let cursor = first.body["meta"]["next_cursor"]
+        .as_str()
+        .unwrap_or_default();
+    let second = app
+        .get_as(
+            &format!("/api/v1/users?limit=2&cursor={cursor}"),
+            As::Token(&admin),
+        )
+        .await;
+    assert_eq!(second.data()[0]["email"], "kim@example.com");
+    assert!(second.body["meta"]["next_cursor"].is_null());
+
+    for token in [customer.as_str(), app.staff_token.as_str()] {
+        let a = app.get_as("/api/v1/users", As::Token(token)).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::FORBIDDEN, "AUTH_FORBIDDEN")
+        );
+        assert_eq!(a.body["error"]["details"]["permission"], "users:manage");
+    }
+    let forged = app
+        .get_as("/api/v1/users?cursor=not-a-cursor", As::Token(&admin))
+        .await;
+    assert_eq!(forged.code(), "REQUEST_INVALID_CURSOR");
+}
+
+#[tokio::test]
+async fn a_disabled_account_loses_its_tokens_and_sessions_at_once() {
+    let app = spawn_app().await;
+    let admin = app
+        .create_user_and_login("admin@example.com", &[Role::Admin])
+        .await;
+    app.register_and_login("lou@example.com").await;
+    let login = app.login_answer("lou@example.com", PASSWORD).await;
+    let access = login.data()["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let me = app.get_as("/api/v1/users/me", As::Token(&access)).await;
+    let path = format!(
+        "/api/v1/users/{}",
+        me.data()["id"].as_str().unwrap_or_default()
+    );
+    let set = |disabled: bool| {
+        app.call(
+            Method::PATCH,
+            &path,
+            Some(json!({ "disabled": disabled })),
+            As::Token(&admin),
+        )
+    };
+
+    let a = set(true).await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    assert_eq!(a.data()["disabled"], true);
+    let refused = app.get_as("/api/v1/users/me", As::Token(&access)).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (StatusCode::FORBIDDEN, "AUTH_ACCOUNT_DISABLED")
+    );
+    assert_eq!(
+        refresh(&app, &refresh_token(&login)).await.code(),
+        "IDENTITY_REFRESH_TOKEN_INVALID"
+    );
+    assert_eq!(
+        app.login_answer("lou@example.com", PASSWORD).await.code(),
+        "AUTH_ACCOUNT_DISABLED"
+    );
+
+    assert_eq!(set(false).await.status, StatusCode::OK);
+    assert_eq!(
+        app.login_answer("lou@example.com", PASSWORD).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get_as("/api/v1/users/me", As::Token(&access))
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn roles_changed_by_an_administrator_take_effect_at_the_next_login() {
+    let app = spawn_app().await;
+    let admin = app
+        .create_user_and_login("admin@example.com", &[Role::Admin])
+        .await;
+    let before = app.register_and_login("max@example.com").await;
+    let id = app
+        .get_as("/api/v1/users/me", As::Token(&before))
+        .await
+        .data()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let path = format!("/api/v1/users/{id}");
+
+    let empty = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({ "roles": [] })),
+            As::Token(&admin),
+        )
+        .await;
+    assert_eq!(empty.code(), "VALIDATION_FAILED");
+    let unknown = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({ "roles": ["root"] })),
+            As::Token(&admin),
+        )
+        .await;
+    assert_eq!(unknown.code(), "REQUEST_INVALID_BODY");
+
+    let a = app
+        .call(
+            Method::PATCH,
+            &path,
+            Some(json!({ "roles": ["staff"] })),
+            As::Token(&admin),
+        )
+        .await;
+    assert_eq!(a.data()["roles"], json!(["staff"]));
+    let after = app.login("max@example.com").await;
+    let created = app
+        .call(
+            Method::POST,
+            "/api/v1/products",
+            Some(product_body(json!({}))),
+            As::Token(&after),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+}
+
+#[tokio::test]
+async fn an_administrator_cannot_lock_themselves_out() {
+    let app = spawn_app().await;
+    let admin = app
+        .create_user_and_login("admin@example.com", &[Role::Admin])
+        .await;
+    let id = app
+        .get_as("/api/v1/users/me", As::Token(&admin))
+        .await
+        .data()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let path = format!("/api/v1/users/{id}");
+    for body in [json!({ "disabled": true }), json!({ "roles": ["staff"] })] {
+        let a = app
+            .call(Method::PATCH, &path, Some(body), As::Token(&admin))
+            .await;
+        assert_eq!(a.code(), "VALIDATION_FAILED", "{:?}", a.body);
+    }
+    let missing = app
+        .get_as(
+            "/api/v1/users/usr_0193a9c07b5a7f4e8d6a0c1b2e3f4a5b",
+            As::Token(&admin),
+        )
+        .await;
+    assert_eq!(
+        (missing.status, missing.code()),
+        (StatusCode::NOT_FOUND, "IDENTITY_USER_NOT_FOUND")
+    );
+    let wrong_kind = app
+        .get_as(
+            "/api/v1/users/prod_0193a9c07b5a7f4e8d6a0c1b2e3f4a5b",
+            As::Token(&admin),
+        )
+        .await;
+    assert_eq!(wrong_kind.code(), "REQUEST_INVALID_PATH");
+}
