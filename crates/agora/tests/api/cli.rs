@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-fn agora() -> Command {
+/// The binary, with no `AGORA_` variable of this process leaking into it.
+pub(crate) fn agora() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agora"));
     // Only what a test sets may configure the process.
     for (key, _) in std::env::vars() {

@@ -459,13 +459,7 @@ async fn the_first_administrator_is_created_from_the_command_line() {
     use std::io::Write as _;
     let app = spawn_app().await;
     let run = |password: &'static str| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_agora"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("AGORA_") {
-                cmd.env_remove(key);
-            }
-        }
-        let mut child = cmd
+        let mut child = crate::cli::agora()
             .args([
                 "admin",
                 "create-user",
