@@ -1,6 +1,7 @@
 //! The catalog's errors and their public codes.
 
 use agora_kernel::{ApiError, ErrorCode};
+use agora_platform::db::database_failure;
 
 /// Everything that can go wrong in the catalog.
 #[derive(Debug, thiserror::Error)]
@@ -40,15 +41,7 @@ pub enum CatalogError {
 impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         let code = match e {
-            // Every connection busy for the whole acquire timeout: overload, not a bug.
-            CatalogError::Database(sqlx::Error::PoolTimedOut) => {
-                return ApiError::from_code(ErrorCode::ServiceNotReady)
-                    .with_details(serde_json::json!({ "checks": { "database": "busy" } }))
-                    .with_cause("catalog: timed out waiting for a database connection");
-            }
-            CatalogError::Database(e) => {
-                return ApiError::internal(format!("catalog database error: {e}"));
-            }
+            CatalogError::Database(e) => return database_failure("catalog", &e),
             CatalogError::Unexpected(e) => return ApiError::internal(format!("{e:#}")),
             CatalogError::ProductNotFound => ErrorCode::CatalogProductNotFound,
             CatalogError::CategoryNotFound => ErrorCode::CatalogCategoryNotFound,

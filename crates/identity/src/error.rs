@@ -1,6 +1,7 @@
 //! The identity module's errors and their public codes.
 
 use agora_kernel::{ApiError, ErrorCode};
+use agora_platform::db::database_failure;
 
 /// Everything that can go wrong in the identity module.
 #[derive(Debug, thiserror::Error)]
@@ -40,14 +41,7 @@ pub enum IdentityError {
 impl From<IdentityError> for ApiError {
     fn from(e: IdentityError) -> Self {
         let code = match e {
-            IdentityError::Database(sqlx::Error::PoolTimedOut) => {
-                return ApiError::from_code(ErrorCode::ServiceNotReady)
-                    .with_details(serde_json::json!({ "checks": { "database": "busy" } }))
-                    .with_cause("identity: timed out waiting for a database connection");
-            }
-            IdentityError::Database(e) => {
-                return ApiError::internal(format!("identity database error: {e}"));
-            }
+            IdentityError::Database(e) => return database_failure("identity", &e),
             IdentityError::Unexpected(e) => return ApiError::internal(format!("{e:#}")),
             IdentityError::CurrentPasswordWrong => {
                 return ApiError::validation(vec![agora_kernel::error::FieldError::new(

@@ -333,6 +333,22 @@ impl SqlBuilder {
     }
 }
 
+/// The API's answer to a database failure that no domain rule explains, in
+/// `module`: every connection busy for the whole acquire timeout is overload
+/// (`SERVICE_NOT_READY`, 503), anything else a fault (`INTERNAL_ERROR`, with the
+/// cause kept for the log only).
+pub fn database_failure(module: &str, e: &sqlx::Error) -> agora_kernel::ApiError {
+    use agora_kernel::{ApiError, ErrorCode};
+    match e {
+        sqlx::Error::PoolTimedOut => ApiError::from_code(ErrorCode::ServiceNotReady)
+            .with_details(serde_json::json!({ "checks": { "database": "busy" } }))
+            .with_cause(format!(
+                "{module}: timed out waiting for a database connection"
+            )),
+        e => ApiError::internal(format!("{module} database error: {e}")),
+    }
+}
+
 /// A broken integrity constraint, as reported by either engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Violation {
@@ -459,6 +475,15 @@ mod tests {
         );
         assert_eq!(sqlite_file("sqlite:b.db"), Some(Path::new("b.db")));
         assert_eq!(sqlite_file("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn a_busy_pool_is_overload_and_other_failures_are_faults() {
+        use agora_kernel::ErrorCode;
+        let busy = database_failure("catalog", &sqlx::Error::PoolTimedOut);
+        assert_eq!(busy.code(), ErrorCode::ServiceNotReady);
+        let other = database_failure("catalog", &sqlx::Error::RowNotFound);
+        assert_eq!(other.code(), ErrorCode::InternalError);
     }
 
     #[test]
