@@ -28,11 +28,10 @@ struct KeyPair {
     /// The public key, base64url: the JWK `x` value.
     x: String,
     encoding: EncodingKey,
-    created_at: Timestamp,
 }
 
 impl KeyPair {
-    fn from_pkcs8(der: &[u8], created_at: Timestamp) -> anyhow::Result<KeyPair> {
+    fn from_pkcs8(der: &[u8]) -> anyhow::Result<KeyPair> {
         let signing = SigningKey::from_pkcs8_der(der)
             .map_err(|e| anyhow!("not an Ed25519 PKCS#8 private key: {e}"))?;
         let x = URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
@@ -40,7 +39,6 @@ impl KeyPair {
             kid: thumbprint(&x),
             x,
             encoding: EncodingKey::from_ed_der(der),
-            created_at,
         })
     }
 }
@@ -98,8 +96,7 @@ impl KeyRing {
         let der = STANDARD
             .decode(base64_pkcs8.trim())
             .context("`auth.signing_key` is not base64")?;
-        let key =
-            KeyPair::from_pkcs8(&der, Timestamp::from_millis(0)).context("`auth.signing_key`")?;
+        let key = KeyPair::from_pkcs8(&der).context("`auth.signing_key`")?;
         Ok(KeyRing { keys: vec![key] })
     }
 
@@ -114,28 +111,22 @@ impl KeyRing {
         let path = data_dir.join(KEY_FILE);
         if !path.exists() {
             let file = KeyFile {
-                keys: vec![stored(generate()?, now)],
+                keys: vec![StoredKey::new(generate()?, now)?],
             };
             write_key_file(&path, &file)?;
             tracing::info!(path = %path.display(), "created a new token signing key");
         }
         let file = read_key_file(&path)?;
-        let mut keys = Vec::new();
-        let mut successor_created: Option<i64> = None;
-        for key in &file.keys {
-            let retired_long_ago =
-                successor_created.is_some_and(|s| s + access_ttl_ms < now.as_millis());
-            successor_created = Some(key.created_at);
-            if retired_long_ago {
-                continue;
-            }
-            let der = STANDARD
-                .decode(&key.pkcs8)
-                .with_context(|| format!("{}: key {} is not base64", path.display(), key.kid))?;
-            let pair = KeyPair::from_pkcs8(&der, Timestamp::from_millis(key.created_at))
-                .with_context(|| format!("{}: key {}", path.display(), key.kid))?;
-            keys.push(pair);
-        }
+        let keys = still_needed(file.keys, now, access_ttl_ms)
+            .iter()
+            .map(|key| {
+                let der = STANDARD.decode(&key.pkcs8).with_context(|| {
+                    format!("{}: key {} is not base64", path.display(), key.kid)
+                })?;
+                KeyPair::from_pkcs8(&der)
+                    .with_context(|| format!("{}: key {}", path.display(), key.kid))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         if keys.is_empty() {
             bail!("{} holds no key", path.display());
         }
@@ -147,27 +138,14 @@ impl KeyRing {
     /// Returns the new key's id.
     pub fn rotate(data_dir: &Path, now: Timestamp, access_ttl_ms: i64) -> anyhow::Result<String> {
         let path = data_dir.join(KEY_FILE);
-        let mut file = if path.exists() {
-            read_key_file(&path)?
-        } else {
-            KeyFile { keys: Vec::new() }
-        };
-        // Keep the keys that are still needed: the current one (it retires now) and
-        // any retired less than a token lifetime ago.
-        let mut kept = Vec::new();
-        let mut successor_created = now.as_millis();
-        for key in file.keys.drain(..) {
-            if successor_created + access_ttl_ms >= now.as_millis() {
-                successor_created = key.created_at;
-                kept.push(key);
-            } else {
-                break;
-            }
-        }
-        let new = stored(generate()?, now);
+        let new = StoredKey::new(generate()?, now)?;
         let kid = new.kid.clone();
-        kept.insert(0, new);
-        write_key_file(&path, &KeyFile { keys: kept })?;
+        let mut keys = vec![new];
+        if path.exists() {
+            keys.extend(read_key_file(&path)?.keys);
+        }
+        let keys = still_needed(keys, now, access_ttl_ms);
+        write_key_file(&path, &KeyFile { keys })?;
         Ok(kid)
     }
 
@@ -214,23 +192,30 @@ impl KeyRing {
             .collect();
         serde_json::json!({ "keys": keys })
     }
+}
 
-    /// When the newest key was made.
-    pub fn current_created_at(&self) -> Timestamp {
-        self.keys[0].created_at
+impl StoredKey {
+    fn new(der: Vec<u8>, now: Timestamp) -> anyhow::Result<StoredKey> {
+        Ok(StoredKey {
+            kid: KeyPair::from_pkcs8(&der)?.kid,
+            created_at: now.as_millis(),
+            pkcs8: STANDARD.encode(der),
+        })
     }
 }
 
-fn stored(der: Vec<u8>, now: Timestamp) -> StoredKey {
-    let signing = SigningKey::from_pkcs8_der(&der).ok();
-    let x = signing
-        .map(|s| URL_SAFE_NO_PAD.encode(s.verifying_key().as_bytes()))
-        .unwrap_or_default();
-    StoredKey {
-        kid: thumbprint(&x),
-        created_at: now.as_millis(),
-        pkcs8: STANDARD.encode(der),
-    }
+/// The keys (newest first) still needed at `now`: the newest, and each older one
+/// whose successor was made less than a token lifetime ago, as tokens it signed
+/// may still be valid.
+fn still_needed(keys: Vec<StoredKey>, now: Timestamp, access_ttl_ms: i64) -> Vec<StoredKey> {
+    let mut successor_created: Option<i64> = None;
+    keys.into_iter()
+        .take_while(|key| {
+            let needed = successor_created.is_none_or(|s| s + access_ttl_ms >= now.as_millis());
+            successor_created = Some(key.created_at);
+            needed
+        })
+        .collect()
 }
 
 fn read_key_file(path: &Path) -> anyhow::Result<KeyFile> {
