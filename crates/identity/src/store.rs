@@ -2,7 +2,7 @@
 
 use agora_kernel::{Role, SessionId, Timestamp, UserId};
 use agora_platform::Database;
-use agora_platform::db::{Columns, violation};
+use agora_platform::db::{Columns, SqlBuilder, violation};
 use anyhow::anyhow;
 use sqlx::{Any, Executor, Row, Transaction};
 
@@ -339,31 +339,16 @@ impl IdentityStore {
         after: Option<&UserCursor>,
         limit: i64,
     ) -> Result<Vec<User>, IdentityError> {
-        let rows = match after {
-            Some(after) => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    user_columns!(),
-                    " FROM identity_users WHERE (created_at, id) > ($1, $2) \
-                     ORDER BY created_at, id LIMIT $3"
-                ))
-                .bind(after.created_at)
-                .bind(after.id.clone())
-                .bind(limit)
-                .fetch_all(self.db.reader())
-                .await?
-            }
-            None => {
-                sqlx::query(concat!(
-                    "SELECT ",
-                    user_columns!(),
-                    " FROM identity_users ORDER BY created_at, id LIMIT $1"
-                ))
-                .bind(limit)
-                .fetch_all(self.db.reader())
-                .await?
-            }
-        };
+        let mut q = SqlBuilder::new(concat!("SELECT ", user_columns!(), " FROM identity_users"));
+        if let Some(after) = after {
+            q.push(" WHERE (created_at, id) > (")
+                .bind(after.created_at)?
+                .push(", ")
+                .bind(after.id.clone())?
+                .push(")");
+        }
+        q.push(" ORDER BY created_at, id LIMIT ").bind(limit)?;
+        let rows = q.build().fetch_all(self.db.reader()).await?;
         rows.iter().map(|r| user_from_row(r)).collect()
     }
 
