@@ -24,6 +24,9 @@ pub enum IdentityError {
     /// The account behind valid credentials no longer exists.
     #[error("account not found")]
     UserNotFound,
+    /// The new password breaks a password rule (the message says which).
+    #[error("weak new password")]
+    WeakPassword(String),
     /// The current password given for a change is wrong.
     #[error("current password wrong")]
     CurrentPasswordWrong,
@@ -47,6 +50,12 @@ impl From<IdentityError> for ApiError {
                 return ApiError::validation(vec![agora_kernel::error::FieldError::new(
                     "current_password",
                     "is not the account's password",
+                )]);
+            }
+            IdentityError::WeakPassword(why) => {
+                return ApiError::validation(vec![agora_kernel::error::FieldError::new(
+                    "new_password",
+                    why,
                 )]);
             }
             IdentityError::SelfLockout => {

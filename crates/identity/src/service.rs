@@ -192,19 +192,23 @@ impl Identity {
             .ok_or(IdentityError::UserNotFound)
     }
 
-    /// Changes the caller's password after checking the current one, and ends
-    /// every other session of the account.
+    /// Changes the caller's password after checking the new one against the
+    /// password rules and the current one against the account, and ends every
+    /// other session of the account.
     pub async fn change_password(
         &self,
         who: &Principal,
         current: &Password,
-        new: NewPassword,
+        new: String,
     ) -> Result<(), IdentityError> {
-        let hash = self
+        let (user, hash) = self
             .store
-            .password_hash(who.user_id)
+            .user_with_hash(who.user_id)
             .await?
             .ok_or(IdentityError::UserNotFound)?;
+        let email = Email::parse(&user.email).ok();
+        let new = NewPassword::parse(new, self.settings.password_min_length, email.as_ref())
+            .map_err(IdentityError::WeakPassword)?;
         if !self.hasher.verify(current, hash.as_deref()).await? {
             return Err(IdentityError::CurrentPasswordWrong);
         }

@@ -146,18 +146,25 @@ impl IdentityStore {
                     ", password_hash FROM identity_users WHERE email = $1"
                 ),
                 email.as_str(),
-                |row| Ok((user_from_row(row)?, row.optional_text(7)?)),
+                user_and_hash_from_row,
             )
             .await
     }
 
-    /// The account's password hash (`None` inside when it has no password).
-    pub async fn password_hash(&self, id: UserId) -> Result<Option<Option<String>>, IdentityError> {
+    /// The account, and its password hash.
+    pub async fn user_with_hash(
+        &self,
+        id: UserId,
+    ) -> Result<Option<(User, Option<String>)>, IdentityError> {
         self.db
             .fetch_by_key(
-                "SELECT password_hash FROM identity_users WHERE id = $1",
+                concat!(
+                    "SELECT ",
+                    user_columns!(),
+                    ", password_hash FROM identity_users WHERE id = $1"
+                ),
                 &id.to_db(),
-                |row| Ok(row.optional_text(0)?),
+                user_and_hash_from_row,
             )
             .await
     }
@@ -453,6 +460,10 @@ fn parse_user(db: &str) -> Result<UserId, IdentityError> {
 
 fn parse_session(db: &str) -> Result<SessionId, IdentityError> {
     SessionId::from_db(db).map_err(|_| corrupt("identity_sessions.id"))
+}
+
+fn user_and_hash_from_row(row: &dyn Columns) -> Result<(User, Option<String>), IdentityError> {
+    Ok((user_from_row(row)?, row.optional_text(7)?))
 }
 
 fn user_from_row(row: &dyn Columns) -> Result<User, IdentityError> {
