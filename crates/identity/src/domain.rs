@@ -5,7 +5,6 @@
 
 use std::fmt;
 
-use agora_kernel::validation::has_control_characters;
 use agora_kernel::{Role, Timestamp, UserId};
 use serde::Serialize;
 
@@ -87,7 +86,7 @@ pub fn parse_name(raw: &str) -> Result<String, String> {
     if name.chars().count() > MAX_NAME_CHARS {
         return Err(format!("must be at most {MAX_NAME_CHARS} characters"));
     }
-    if has_control_characters(name) || name.contains(['\n', '\r', '\t']) {
+    if name.chars().any(char::is_control) {
         return Err("must be one line without control characters".into());
     }
     Ok(name.to_string())

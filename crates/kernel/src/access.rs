@@ -74,11 +74,6 @@ macro_rules! permissions {
             pub const fn as_str(self) -> &'static str {
                 match self { $(Permission::$variant => $name,)* }
             }
-
-            /// What the permission allows.
-            pub const fn description(self) -> &'static str {
-                match self { $(Permission::$variant => $doc,)* }
-            }
         }
 
         /// Type-level permissions, for extractors that check one before the handler
