@@ -30,6 +30,12 @@ pub enum IdentityError {
     /// The current password given for a change is wrong.
     #[error("current password wrong")]
     CurrentPasswordWrong,
+    /// No API key has this id.
+    #[error("API key not found")]
+    ApiKeyNotFound,
+    /// The caller tried to grant an API key a permission they do not hold.
+    #[error("cannot grant {0}")]
+    CannotGrant(agora_kernel::Permission),
     /// An administrator tried to disable or demote their own account.
     #[error("self lockout")]
     SelfLockout,
@@ -64,6 +70,10 @@ impl From<IdentityError> for ApiError {
                     "is your own account: another administrator must disable or demote it",
                 )]);
             }
+            IdentityError::CannotGrant(permission) => {
+                return agora_platform::auth::forbidden(permission);
+            }
+            IdentityError::ApiKeyNotFound => ErrorCode::IdentityApiKeyNotFound,
             IdentityError::EmailTaken => ErrorCode::IdentityEmailTaken,
             IdentityError::InvalidCredentials => ErrorCode::IdentityInvalidCredentials,
             IdentityError::RefreshTokenInvalid => ErrorCode::IdentityRefreshTokenInvalid,

@@ -1,10 +1,10 @@
 //! The identity module's REST routes (under `/api/v1`) and the JWKS document.
 
-use agora_kernel::access::require::UsersManage;
+use agora_kernel::access::require::{ApiKeysManage, UsersManage};
 use agora_kernel::pagination::Limit;
 use agora_kernel::validation::Problems;
-use agora_kernel::{ApiError, ApiResponse, Cursor, Role, UserId};
-use agora_platform::auth::{Authenticated, Authorized};
+use agora_kernel::{ApiError, ApiKeyId, ApiResponse, Cursor, Permission, Role, UserId};
+use agora_platform::auth::{Authorized, SignedInUser};
 use agora_platform::http::{AppJson, AppPath, AppQuery};
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -12,9 +12,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
+use crate::api_keys::{ApiKey, CreatedApiKey};
 use crate::domain::{Email, NewPassword, Password, User, parse_name};
 use crate::service::{Identity, Registration, TokenPair};
-use crate::store::UserCursor;
+use crate::store::CreationCursor;
 
 /// The routes under `/api/v1`.
 pub fn router(identity: Identity) -> Router {
@@ -27,6 +28,8 @@ pub fn router(identity: Identity) -> Router {
         .route("/users/me/password", post(change_password))
         .route("/users", get(list_users))
         .route("/users/{id}", get(get_user).patch(update_user))
+        .route("/api-keys", get(list_api_keys).post(create_api_key))
+        .route("/api-keys/{id}", get(get_api_key).delete(revoke_api_key))
         .with_state(identity)
 }
 
@@ -168,13 +171,14 @@ async fn logout(
     responses(
         (status = 200, description = "The account.", body = inline(agora_kernel::envelope::Success<User>)),
         (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_USER_REQUIRED` (an API key)", body = agora_kernel::envelope::Failure),
     )
 )]
 async fn me(
     State(identity): State<Identity>,
-    Authenticated(who): Authenticated,
+    SignedInUser(user, _): SignedInUser,
 ) -> Result<ApiResponse<User>, ApiError> {
-    Ok(ApiResponse::ok(identity.me(&who).await?))
+    Ok(ApiResponse::ok(identity.user(user).await?))
 }
 
 /// Changes to the caller's account.
@@ -193,18 +197,19 @@ pub struct UpdateMe {
     responses(
         (status = 200, description = "The account as it is now.", body = inline(agora_kernel::envelope::Success<User>)),
         (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_USER_REQUIRED` (an API key)", body = agora_kernel::envelope::Failure),
         (status = 422, description = "`VALIDATION_FAILED`, `REQUEST_INVALID_BODY`", body = agora_kernel::envelope::Failure),
     )
 )]
 async fn update_me(
     State(identity): State<Identity>,
-    Authenticated(who): Authenticated,
+    SignedInUser(user, _): SignedInUser,
     AppJson(body): AppJson<UpdateMe>,
 ) -> Result<ApiResponse<User>, ApiError> {
     let mut p = Problems::default();
     let name = p.check("name", parse_name(&body.name));
     let name = p.finish(|| name)?;
-    Ok(ApiResponse::ok(identity.rename(&who, &name).await?))
+    Ok(ApiResponse::ok(identity.rename(user, &name).await?))
 }
 
 /// A password change.
@@ -224,17 +229,19 @@ pub struct ChangePassword {
     responses(
         (status = 200, description = "Changed; `data` is null. This session goes on."),
         (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_USER_REQUIRED` (an API key)", body = agora_kernel::envelope::Failure),
         (status = 422, description = "`VALIDATION_FAILED`: the current password is wrong, or the new one breaks a rule", body = agora_kernel::envelope::Failure),
     )
 )]
 async fn change_password(
     State(identity): State<Identity>,
-    Authenticated(who): Authenticated,
+    SignedInUser(user, who): SignedInUser,
     AppJson(body): AppJson<ChangePassword>,
 ) -> Result<ApiResponse<()>, ApiError> {
     identity
         .change_password(
-            &who,
+            user,
+            who.session_id,
             &Password::new(body.current_password),
             body.new_password,
         )
@@ -270,7 +277,7 @@ async fn list_users(
     _admin: Authorized<UsersManage>,
     AppQuery(query): AppQuery<ListUsersQuery>,
 ) -> Result<ApiResponse<Vec<User>>, ApiError> {
-    let after: Option<UserCursor> = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let after: Option<CreationCursor> = query.cursor.as_deref().map(Cursor::decode).transpose()?;
     let page = identity
         .list_users(after, query.limit.unwrap_or_default())
         .await?;
@@ -338,6 +345,128 @@ async fn update_user(
     ))
 }
 
+/// A new API key.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    /// What the key is for, 1 to 100 characters.
+    #[schema(example = "warehouse sync")]
+    name: String,
+    /// What the key may do: permission names, at least one, each held by the
+    /// caller (see docs/security.md).
+    #[schema(example = json!(["catalog:write"]))]
+    permissions: Vec<String>,
+    /// Days until the key stops working by itself, 1 to 3650; never if absent.
+    #[schema(minimum = 1, maximum = 3650)]
+    expires_in_days: Option<u32>,
+}
+
+/// Create an API key for a service account (`api_keys:manage`). The key is in
+/// this answer only: store it now.
+#[utoipa::path(
+    post, path = "/api-keys", tag = "identity",
+    request_body = CreateApiKey,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The key's record and, this once, the key.", body = inline(agora_kernel::envelope::Success<CreatedApiKey>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`, `AUTH_API_KEY_INVALID`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_FORBIDDEN`: the caller lacks `api_keys:manage`, or a permission it tries to grant (`details.permission`)", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`, `REQUEST_INVALID_BODY`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn create_api_key(
+    State(identity): State<Identity>,
+    Authorized(by, _): Authorized<ApiKeysManage>,
+    AppJson(body): AppJson<CreateApiKey>,
+) -> Result<ApiResponse<CreatedApiKey>, ApiError> {
+    let mut p = Problems::default();
+    let name = p.check("name", parse_name(&body.name));
+    let mut permissions = Vec::new();
+    if body.permissions.is_empty() {
+        p.add("permissions", "must name at least one permission");
+    }
+    for name in &body.permissions {
+        match Permission::parse(name) {
+            Some(permission) if !permissions.contains(&permission) => permissions.push(permission),
+            Some(_) => {}
+            None => p.add("permissions", format!("`{name}` is not a permission")),
+        }
+    }
+    if body
+        .expires_in_days
+        .is_some_and(|d| !(1..=3650).contains(&d))
+    {
+        p.add("expires_in_days", "must be between 1 and 3650");
+    }
+    let name = p.finish(|| name)?;
+    let created = identity
+        .create_api_key(&by, name, permissions, body.expires_in_days)
+        .await?;
+    let location = format!("/api/v1/api-keys/{}", created.api_key.id);
+    Ok(ApiResponse::created(created, &location))
+}
+
+/// List API keys, oldest first, revoked ones included (`api_keys:manage`).
+#[utoipa::path(
+    get, path = "/api-keys", tag = "identity",
+    params(ListUsersQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of keys (never the keys themselves); `meta.next_cursor` when there are more.", body = inline(agora_kernel::envelope::Success<Vec<ApiKey>>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`, `AUTH_API_KEY_INVALID`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn list_api_keys(
+    State(identity): State<Identity>,
+    _admin: Authorized<ApiKeysManage>,
+    AppQuery(query): AppQuery<ListUsersQuery>,
+) -> Result<ApiResponse<Vec<ApiKey>>, ApiError> {
+    let after: Option<CreationCursor> = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let page = identity
+        .list_api_keys(after, query.limit.unwrap_or_default())
+        .await?;
+    Ok(ApiResponse::ok(page.items).with_next_cursor(page.next_cursor))
+}
+
+/// One API key (`api_keys:manage`).
+#[utoipa::path(
+    get, path = "/api-keys/{id}", tag = "identity",
+    params(("id" = String, Path, description = "The key's id, `key_…`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The key's record (never the key itself).", body = inline(agora_kernel::envelope::Success<ApiKey>)),
+        (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`IDENTITY_API_KEY_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn get_api_key(
+    State(identity): State<Identity>,
+    _admin: Authorized<ApiKeysManage>,
+    AppPath(id): AppPath<ApiKeyId>,
+) -> Result<ApiResponse<ApiKey>, ApiError> {
+    Ok(ApiResponse::ok(identity.api_key(id).await?))
+}
+
+/// Revoke an API key (`api_keys:manage`). Revoking a revoked key changes nothing.
+#[utoipa::path(
+    delete, path = "/api-keys/{id}", tag = "identity",
+    params(("id" = String, Path, description = "The key's id, `key_…`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The key's record, with `revoked_at`.", body = inline(agora_kernel::envelope::Success<ApiKey>)),
+        (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`IDENTITY_API_KEY_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn revoke_api_key(
+    State(identity): State<Identity>,
+    Authorized(by, _): Authorized<ApiKeysManage>,
+    AppPath(id): AppPath<ApiKeyId>,
+) -> Result<ApiResponse<ApiKey>, ApiError> {
+    Ok(ApiResponse::ok(identity.revoke_api_key(&by, id).await?))
+}
+
 /// The public keys that verify access tokens (RFC 7517), for any service or gateway.
 async fn jwks(State(identity): State<Identity>) -> impl IntoResponse {
     (
@@ -349,8 +478,8 @@ async fn jwks(State(identity): State<Identity>) -> impl IntoResponse {
 /// The identity module's part of the OpenAPI document (paths relative to `/api/v1`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(register, login, refresh, logout, me, update_me, change_password, list_users, get_user, update_user),
-    components(schemas(User, TokenPair, RegisterRequest, LoginRequest, RefreshRequest, UpdateMe, ChangePassword, UpdateUser)),
+    paths(register, login, refresh, logout, me, update_me, change_password, list_users, get_user, update_user, create_api_key, list_api_keys, get_api_key, revoke_api_key),
+    components(schemas(User, TokenPair, RegisterRequest, LoginRequest, RefreshRequest, UpdateMe, ChangePassword, UpdateUser, ApiKey, CreatedApiKey, CreateApiKey)),
     tags((name = "identity", description = "Accounts, logins and tokens"))
 )]
 pub struct IdentityApi;

@@ -1,13 +1,14 @@
 //! The identity module: accounts, credentials, sessions and access tokens.
 //!
-//! Owns the tables `identity_users`, `identity_sessions` and
-//! `identity_refresh_tokens`, and the token signing keys. Customers register and
+//! Owns the tables `identity_users`, `identity_sessions`,
+//! `identity_refresh_tokens` and `identity_api_keys`, and the token signing keys. Customers register and
 //! log in here; every other module learns who is calling from the access token
 //! alone, checked by `agora_platform::auth` against the public keys this module
 //! publishes at `/.well-known/jwks.json`. Publishes no events yet (UserRegistered
 //! arrives with the message bus). See `docs/security.md` for the token model.
 //!
 //! # Layout
+//! - [`api_keys`]: API keys of service accounts, and their resolution at the edge.
 //! - [`domain`]: `User`, and the rules for emails, names and passwords.
 //! - [`password`]: argon2id hashing off the async threads.
 //! - [`keys`]: Ed25519 signing keys, their rotation and the JWKS.
@@ -16,6 +17,7 @@
 //! - [`http`]: the REST routes and their OpenAPI description.
 //! - [`error`]: `IdentityError` and its public codes.
 
+pub mod api_keys;
 pub mod domain;
 pub mod error;
 pub mod http;

@@ -2,20 +2,22 @@
 
 use std::sync::Arc;
 
-use agora_kernel::{Clock, Limit, Page, Principal, Role, SessionId, Timestamp, UserId};
-use agora_platform::auth::{AccessClaims, Authenticator};
+use agora_kernel::{
+    ApiKeyId, Clock, Limit, Page, Permission, Principal, Role, SessionId, Timestamp, UserId,
+};
+use agora_platform::auth::{API_KEY_PREFIX, AccessClaims, Authenticator, secret_hash};
 use agora_platform::config::AuthConfig;
 use anyhow::anyhow;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
+use crate::api_keys::{ApiKey, CreatedApiKey, SHOWN_PREFIX_LEN, StoredApiKeys};
 use crate::domain::{Email, NewPassword, Password, User};
 use crate::error::IdentityError;
 use crate::keys::KeyRing;
 use crate::password::PasswordHasher;
-use crate::store::{IdentityStore, NewRefreshToken, RevokeReason, Rotation, UserCursor};
+use crate::store::{CreationCursor, IdentityStore, NewRefreshToken, RevokeReason, Rotation};
 
 /// What a successful login or refresh returns.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -65,6 +67,10 @@ impl Identity {
         settings: &AuthConfig,
     ) -> Result<Identity, IdentityError> {
         authenticator.set_keys(keys.verification_keys()?);
+        authenticator.set_api_key_resolver(Arc::new(StoredApiKeys {
+            store: store.clone(),
+            clock: clock.clone(),
+        }));
         for user in store.disabled_users().await? {
             authenticator.deny(user);
         }
@@ -150,7 +156,7 @@ impl Identity {
         let (next_token, next) = self.new_refresh_token(now)?;
         match self
             .store
-            .rotate_refresh_token(&token_hash(refresh_token), &next, now)
+            .rotate_refresh_token(&secret_hash(refresh_token), &next, now)
             .await?
         {
             Rotation::Rotated { user, session_id } => {
@@ -169,41 +175,34 @@ impl Identity {
     pub async fn logout(&self, refresh_token: &str) -> Result<(), IdentityError> {
         self.store
             .end_session_of_token(
-                &token_hash(refresh_token),
+                &secret_hash(refresh_token),
                 RevokeReason::Logout,
                 self.clock.now(),
             )
             .await
     }
 
-    /// The caller's account.
-    pub async fn me(&self, who: &Principal) -> Result<User, IdentityError> {
+    /// Renames an account.
+    pub async fn rename(&self, id: UserId, name: &str) -> Result<User, IdentityError> {
         self.store
-            .user(who.user_id)
+            .update_name(id, name, self.clock.now())
             .await?
             .ok_or(IdentityError::UserNotFound)
     }
 
-    /// Renames the caller's account.
-    pub async fn rename(&self, who: &Principal, name: &str) -> Result<User, IdentityError> {
-        self.store
-            .update_name(who.user_id, name, self.clock.now())
-            .await?
-            .ok_or(IdentityError::UserNotFound)
-    }
-
-    /// Changes the caller's password after checking the new one against the
+    /// Changes a user's password after checking the new one against the
     /// password rules and the current one against the account, and ends every
-    /// other session of the account.
+    /// session of the account but `keep` (the caller's).
     pub async fn change_password(
         &self,
-        who: &Principal,
+        id: UserId,
+        keep: Option<SessionId>,
         current: &Password,
         new: String,
     ) -> Result<(), IdentityError> {
         let (user, hash) = self
             .store
-            .user_with_hash(who.user_id)
+            .user_with_hash(id)
             .await?
             .ok_or(IdentityError::UserNotFound)?;
         let email = Email::parse(&user.email).ok();
@@ -215,32 +214,32 @@ impl Identity {
         let new_hash = self.hasher.hash(&new.into_password()).await?;
         let changed = self
             .store
-            .change_password(who.user_id, &new_hash, who.session_id, self.clock.now())
+            .change_password(id, &new_hash, keep, self.clock.now())
             .await?;
         if !changed {
             return Err(IdentityError::UserNotFound);
         }
-        tracing::info!(user_id = %who.user_id, "password changed; other sessions ended");
+        tracing::info!(user_id = %id, "password changed; other sessions ended");
         Ok(())
     }
 
     /// A page of accounts, oldest first (administrators).
     pub async fn list_users(
         &self,
-        after: Option<UserCursor>,
+        after: Option<CreationCursor>,
         limit: Limit,
     ) -> Result<Page<User>, IdentityError> {
         let rows = self
             .store
             .list_users(after.as_ref(), i64::from(limit.get()) + 1)
             .await?;
-        Ok(Page::from_overfetch(rows, limit, |u| UserCursor {
+        Ok(Page::from_overfetch(rows, limit, |u| CreationCursor {
             created_at: u.created_at.as_millis(),
             id: u.id.to_db(),
         }))
     }
 
-    /// One account (administrators).
+    /// One account.
     pub async fn user(&self, id: UserId) -> Result<User, IdentityError> {
         self.store
             .user(id)
@@ -259,7 +258,7 @@ impl Identity {
         roles: Option<Vec<Role>>,
         disabled: Option<bool>,
     ) -> Result<User, IdentityError> {
-        if by.user_id == id
+        if by.user_id() == Some(id)
             && (disabled == Some(true) || roles.as_ref().is_some_and(|r| !r.contains(&Role::Admin)))
         {
             return Err(IdentityError::SelfLockout);
@@ -274,22 +273,97 @@ impl Identity {
             Some(false) => self.authenticator.allow(id),
             None => {}
         }
-        tracing::info!(user_id = %id, by = %by.user_id, roles = ?user.roles, disabled = user.disabled, "account changed");
+        tracing::info!(user_id = %id, by = %by.subject, roles = ?user.roles, disabled = user.disabled, "account changed");
         Ok(user)
+    }
+
+    /// Creates an API key for a service account. The creator may only grant
+    /// permissions they hold themselves.
+    pub async fn create_api_key(
+        &self,
+        by: &Principal,
+        name: String,
+        permissions: Vec<Permission>,
+        expires_in_days: Option<u32>,
+    ) -> Result<CreatedApiKey, IdentityError> {
+        if let Some(missing) = permissions.iter().find(|p| !by.can(**p)) {
+            return Err(IdentityError::CannotGrant(*missing));
+        }
+        let now = self.clock.now();
+        let key = random_secret(API_KEY_PREFIX)?;
+        let api_key = ApiKey {
+            id: ApiKeyId::new(),
+            name,
+            prefix: key.chars().take(SHOWN_PREFIX_LEN).collect(),
+            permissions,
+            created_by: by.subject.to_string(),
+            created_at: now,
+            expires_at: expires_in_days.map(|days| {
+                Timestamp::from_millis(
+                    now.as_millis()
+                        .saturating_add(i64::from(days).saturating_mul(86_400_000)),
+                )
+            }),
+            revoked_at: None,
+        };
+        self.store
+            .insert_api_key(&api_key, &secret_hash(&key))
+            .await?;
+        tracing::info!(api_key_id = %api_key.id, by = %by.subject, permissions = ?api_key.permissions, "API key created");
+        Ok(CreatedApiKey { api_key, key })
+    }
+
+    /// A page of API keys, oldest first, revoked ones included.
+    pub async fn list_api_keys(
+        &self,
+        after: Option<CreationCursor>,
+        limit: Limit,
+    ) -> Result<Page<ApiKey>, IdentityError> {
+        let rows = self
+            .store
+            .list_api_keys(after.as_ref(), i64::from(limit.get()) + 1)
+            .await?;
+        Ok(Page::from_overfetch(rows, limit, |k| CreationCursor {
+            created_at: k.created_at.as_millis(),
+            id: k.id.to_db(),
+        }))
+    }
+
+    /// One API key.
+    pub async fn api_key(&self, id: ApiKeyId) -> Result<ApiKey, IdentityError> {
+        self.store
+            .api_key(id)
+            .await?
+            .ok_or(IdentityError::ApiKeyNotFound)
+    }
+
+    /// Revokes an API key: it stops working at once on this node, and within
+    /// [`agora_platform::auth::API_KEY_TTL`] on others. Revoking twice is harmless.
+    pub async fn revoke_api_key(
+        &self,
+        by: &Principal,
+        id: ApiKeyId,
+    ) -> Result<ApiKey, IdentityError> {
+        let key = self
+            .store
+            .revoke_api_key(id, self.clock.now())
+            .await?
+            .ok_or(IdentityError::ApiKeyNotFound)?;
+        self.authenticator.forget_api_key(id);
+        tracing::info!(api_key_id = %id, by = %by.subject, "API key revoked");
+        Ok(key)
     }
 
     fn new_refresh_token(
         &self,
         now: Timestamp,
     ) -> Result<(String, NewRefreshToken), IdentityError> {
-        let mut bytes = [0_u8; 32];
-        getrandom::fill(&mut bytes).map_err(|e| anyhow!("no randomness for a token: {e}"))?;
-        let token = format!("rt_{}", URL_SAFE_NO_PAD.encode(bytes));
+        let token = random_secret("rt_")?;
         let ttl_ms = i64::try_from(self.settings.refresh_token_ttl_secs)
             .map_err(|e| anyhow!("refresh ttl: {e}"))?
             * 1000;
         let stored = NewRefreshToken {
-            hash: token_hash(&token),
+            hash: secret_hash(&token),
             expires_at: Timestamp::from_millis(now.as_millis().saturating_add(ttl_ms)),
         };
         Ok((token, stored))
@@ -323,9 +397,9 @@ impl Identity {
     }
 }
 
-/// What is stored of a refresh token: its SHA-256, hex. The token has 256 bits of
-/// randomness, so a fast hash is enough (no salt or stretching needed).
-fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+/// `prefix` followed by 256 random bits in base64url: a refresh token or API key.
+fn random_secret(prefix: &str) -> Result<String, IdentityError> {
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow!("no randomness for a secret: {e}"))?;
+    Ok(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes)))
 }

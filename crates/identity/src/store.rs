@@ -58,9 +58,9 @@ pub enum Rotation {
     Disabled,
 }
 
-/// Where a page of the user list ends.
+/// Where a page of a list in creation order (users, API keys) ends.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct UserCursor {
+pub struct CreationCursor {
     /// The last account's creation time, epoch milliseconds.
     pub created_at: i64,
     /// The last account's id, as stored.
@@ -79,7 +79,7 @@ pub struct NewRefreshToken {
 /// The identity module's data access.
 #[derive(Debug, Clone)]
 pub struct IdentityStore {
-    db: Database,
+    pub(crate) db: Database,
 }
 
 impl IdentityStore {
@@ -343,18 +343,11 @@ impl IdentityStore {
     /// creation time and id).
     pub async fn list_users(
         &self,
-        after: Option<&UserCursor>,
+        after: Option<&CreationCursor>,
         limit: i64,
     ) -> Result<Vec<User>, IdentityError> {
         let mut q = SqlBuilder::new(concat!("SELECT ", user_columns!(), " FROM identity_users"));
-        if let Some(after) = after {
-            q.push(" WHERE (created_at, id) > (")
-                .bind(after.created_at)?
-                .push(", ")
-                .bind(after.id.clone())?
-                .push(")");
-        }
-        q.push(" ORDER BY created_at, id LIMIT ").bind(limit)?;
+        page_in_creation_order(&mut q, after, limit)?;
         let rows = q.build().fetch_all(self.db.reader()).await?;
         rows.iter().map(|r| user_from_row(r)).collect()
     }
@@ -409,6 +402,23 @@ impl IdentityStore {
     }
 }
 
+/// Adds the keyset condition and order of a list in creation order to `q`.
+pub(crate) fn page_in_creation_order(
+    q: &mut SqlBuilder,
+    after: Option<&CreationCursor>,
+    limit: i64,
+) -> Result<(), sqlx::Error> {
+    if let Some(after) = after {
+        q.push(" WHERE (created_at, id) > (")
+            .bind(after.created_at)?
+            .push(", ")
+            .bind(after.id.clone())?
+            .push(")");
+    }
+    q.push(" ORDER BY created_at, id LIMIT ").bind(limit)?;
+    Ok(())
+}
+
 async fn insert_refresh_token<'e, E>(
     executor: E,
     session: SessionId,
@@ -450,7 +460,7 @@ async fn revoke(
     Ok(())
 }
 
-fn corrupt(column: &str) -> IdentityError {
+pub(crate) fn corrupt(column: &str) -> IdentityError {
     IdentityError::Unexpected(anyhow!("corrupt value in {column}"))
 }
 

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{SessionId, UserId};
+use crate::id::{ApiKeyId, SessionId, UserId};
 
 /// A role a user account holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -95,6 +95,7 @@ macro_rules! permissions {
 permissions! {
     CatalogWrite = "catalog:write", CatalogWrite: "Create, change and delete products and categories; see inactive products.";
     UsersManage = "users:manage", UsersManage: "List users, change their roles, disable and enable them.";
+    ApiKeysManage = "api_keys:manage", ApiKeysManage: "Create, list and revoke API keys for service accounts (granting only permissions the caller holds).";
 }
 
 /// A permission known at compile time.
@@ -111,6 +112,12 @@ impl Permission {
 
     const fn bit(self) -> u64 {
         1 << self as u8
+    }
+}
+
+impl Serialize for Permission {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -175,20 +182,66 @@ impl fmt::Debug for Permissions {
     }
 }
 
+/// Who is acting: a person's account, or a service account's API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A user account, signed in with an access token.
+    User(UserId),
+    /// A service account, calling with an API key.
+    ApiKey(ApiKeyId),
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Subject::User(id) => id.fmt(f),
+            Subject::ApiKey(id) => id.fmt(f),
+        }
+    }
+}
+
 /// An authenticated caller: who they are and what they may do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
-    /// The user account acting.
-    pub user_id: UserId,
-    /// The login session the credentials belong to.
+    /// Who is acting.
+    pub subject: Subject,
+    /// The login session the credentials belong to (users only).
     pub session_id: Option<SessionId>,
-    /// The account's roles when the credentials were issued.
+    /// The account's roles when the credentials were issued (none for API keys).
     pub roles: Vec<Role>,
     /// What the caller may do.
     pub permissions: Permissions,
 }
 
 impl Principal {
+    /// A signed-in user with the permissions of their `roles`.
+    pub fn user(user_id: UserId, session_id: Option<SessionId>, roles: Vec<Role>) -> Self {
+        Principal {
+            subject: Subject::User(user_id),
+            session_id,
+            permissions: Permissions::of_roles(&roles),
+            roles,
+        }
+    }
+
+    /// A service account's API key holding `permissions`.
+    pub fn api_key(id: ApiKeyId, permissions: Permissions) -> Self {
+        Principal {
+            subject: Subject::ApiKey(id),
+            session_id: None,
+            roles: Vec::new(),
+            permissions,
+        }
+    }
+
+    /// The user acting, unless an API key is.
+    pub fn user_id(&self) -> Option<UserId> {
+        match self.subject {
+            Subject::User(id) => Some(id),
+            Subject::ApiKey(_) => None,
+        }
+    }
+
     /// Whether the caller holds `permission`.
     pub fn can(&self, permission: Permission) -> bool {
         self.permissions.contains(permission)
@@ -197,7 +250,7 @@ impl Principal {
     /// Whether the caller may act on a resource owned by `owner`: the owner
     /// always may; others only with `permission` (for example `orders:read_all`).
     pub fn may_act_for(&self, owner: UserId, permission: Permission) -> bool {
-        self.user_id == owner || self.can(permission)
+        self.user_id() == Some(owner) || self.can(permission)
     }
 }
 
@@ -241,18 +294,17 @@ mod tests {
     #[test]
     fn the_owner_may_act_and_others_need_the_permission() {
         let me = UserId::new();
-        let customer = Principal {
-            user_id: me,
-            session_id: None,
-            roles: vec![Role::Customer],
-            permissions: Role::Customer.permissions(),
-        };
+        let customer = Principal::user(me, None, vec![Role::Customer]);
         assert!(customer.may_act_for(me, Permission::UsersManage));
         assert!(!customer.may_act_for(UserId::new(), Permission::UsersManage));
-        let admin = Principal {
-            permissions: Permissions::ALL,
-            ..customer
-        };
+        let admin = Principal::user(me, None, vec![Role::Admin]);
         assert!(admin.may_act_for(UserId::new(), Permission::UsersManage));
+        let key = Principal::api_key(
+            ApiKeyId::new(),
+            Permissions::of(&[Permission::CatalogWrite]),
+        );
+        assert_eq!(key.user_id(), None);
+        assert!(!key.may_act_for(me, Permission::UsersManage));
+        assert!(key.may_act_for(me, Permission::CatalogWrite));
     }
 }

@@ -61,11 +61,13 @@ error_codes! {
     MethodNotAllowed = ("METHOD_NOT_ALLOWED", 405, "The endpoint exists but does not accept this HTTP method.");
     ApiVersionUnsupported = ("API_VERSION_UNSUPPORTED", 400, "The `Api-Version` header names a version this server does not serve, or contradicts the version in the path. Supported: `1`.");
     // Authentication and authorization.
-    AuthRequired = ("AUTH_REQUIRED", 401, "This operation needs credentials: send `Authorization: Bearer <token>`.");
+    AuthRequired = ("AUTH_REQUIRED", 401, "This operation needs credentials: send `Authorization: Bearer <token>` (or `Authorization: ApiKey <key>` for a service account).");
     AuthInvalidToken = ("AUTH_INVALID_TOKEN", 401, "The credentials sent are not valid: malformed, signed by an unknown key, for another issuer or audience, or not yet valid.");
     AuthTokenExpired = ("AUTH_TOKEN_EXPIRED", 401, "The access token has expired. Get a new one with `POST /api/v1/auth/refresh`.");
     AuthForbidden = ("AUTH_FORBIDDEN", 403, "The caller is authenticated but may not do this: the operation needs the permission in `details.permission`, or the resource belongs to someone else.");
     AuthAccountDisabled = ("AUTH_ACCOUNT_DISABLED", 403, "An administrator has disabled the account. Its tokens no longer work and it cannot log in.");
+    AuthApiKeyInvalid = ("AUTH_API_KEY_INVALID", 401, "The API key sent as `Authorization: ApiKey <key>` is unknown, revoked or expired.");
+    AuthUserRequired = ("AUTH_USER_REQUIRED", 403, "The operation acts for a signed-in person (their own account, cart or orders); an API key cannot call it.");
     // Server side. A 5xx body never contains internal detail: quote `meta.request_id` to the operator, who finds the cause in the logs.
     InternalError = ("INTERNAL_ERROR", 500, "An unexpected fault on the server. The request id in `meta.request_id` finds it in the logs.");
     ServerTimeout = ("SERVER_TIMEOUT", 503, "The server could not finish the request in time (`server.request_timeout_ms`). It may or may not have taken effect; retry only idempotent requests.");
@@ -76,6 +78,7 @@ error_codes! {
     IdentityRefreshTokenInvalid = ("IDENTITY_REFRESH_TOKEN_INVALID", 401, "The refresh token is unknown or expired, or its session has ended (logout, password change, disabled account). Log in again.");
     IdentityUserNotFound = ("IDENTITY_USER_NOT_FOUND", 404, "No account has this id (or the signed-in account no longer exists).");
     IdentityRefreshTokenReused = ("IDENTITY_REFRESH_TOKEN_REUSED", 401, "The refresh token was already used once. As a precaution against theft its whole session has been revoked: log in again.");
+    IdentityApiKeyNotFound = ("IDENTITY_API_KEY_NOT_FOUND", 404, "No API key has this id.");
     // Catalog.
     CatalogProductNotFound = ("CATALOG_PRODUCT_NOT_FOUND", 404, "No product has this id (or it is inactive and the caller is not staff).");
     CatalogCategoryNotFound = ("CATALOG_CATEGORY_NOT_FOUND", 404, "No category has this id.");

@@ -142,6 +142,11 @@ typed_id!(
     SessionId,
     "ses"
 );
+typed_id!(
+    /// Identifies an API key of a service account.
+    ApiKeyId,
+    "key"
+);
 
 #[cfg(test)]
 mod tests {

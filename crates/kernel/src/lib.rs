@@ -3,7 +3,7 @@
 //! Every other crate speaks in these types, so they are small, strict and stable.
 //!
 //! # Layout
-//! - [`id`]: typed, prefixed identifiers over UUIDv7 (`prod_…`, `cat_…`, `usr_…`).
+//! - [`id`]: typed, prefixed identifiers over UUIDv7 (`prod_…`, `cat_…`, `usr_…`, `key_…`).
 //! - [`access`]: roles, the permissions they grant, and the authenticated [`Principal`].
 //! - [`money`]: [`Money`] in integer minor units with an ISO 4217 [`Currency`]. No floats.
 //! - [`time`]: [`Timestamp`] (epoch milliseconds, RFC 3339 on the wire) and the
@@ -23,10 +23,10 @@ pub mod pagination;
 pub mod time;
 pub mod validation;
 
-pub use access::{Permission, Permissions, Principal, Role};
+pub use access::{Permission, Permissions, Principal, Role, Subject};
 pub use envelope::{ApiResponse, RequestContext};
 pub use error::{ApiError, ErrorCode};
-pub use id::{CategoryId, IdParseError, ProductId, SessionId, UserId};
+pub use id::{ApiKeyId, CategoryId, IdParseError, ProductId, SessionId, UserId};
 pub use money::{Currency, Money, MoneyError};
 pub use pagination::{Cursor, Limit, Page};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

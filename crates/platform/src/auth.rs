@@ -1,14 +1,21 @@
 //! Who is calling, and whether they may.
 //!
-//! Callers prove who they are with an access token: an EdDSA (Ed25519) JWT issued
+//! People prove who they are with an access token: an EdDSA (Ed25519) JWT issued
 //! by the identity module. Any process can check one with the public keys alone
 //! (published at `/.well-known/jwks.json`), so verification lives here, beside the
-//! edge middleware, and not in the identity module. The [`Authenticator`] holds those
-//! keys and a deny list of disabled accounts; the edge middleware puts it into every
-//! request's extensions, and three extractors read it:
+//! edge middleware, and not in the identity module. Service accounts send an API
+//! key instead (`Authorization: ApiKey agk_…`), which only its issuer can check: the
+//! identity module installs an [`ApiKeyResolver`], and keys that resolved are
+//! remembered for [`API_KEY_TTL`].
+//!
+//! The [`Authenticator`] holds the keys, the resolver and a deny list of disabled
+//! accounts; the edge middleware puts it into every request's extensions, and four
+//! extractors read it:
 //!
 //! - [`Caller`]: anyone, anonymous or not (public reads that show more to staff);
-//! - [`Authenticated`]: any signed-in caller (`AUTH_REQUIRED` otherwise);
+//! - [`Authenticated`]: any caller with credentials (`AUTH_REQUIRED` otherwise);
+//! - [`SignedInUser`]: a person, not an API key (`AUTH_USER_REQUIRED` otherwise),
+//!   for routes that act on the caller's own account, cart or orders;
 //! - [`Authorized<P>`]: a caller holding the permission `P`
 //!   (`AUTH_FORBIDDEN` otherwise). As the first extractor of a handler it refuses
 //!   the caller before the path or body is parsed, so they learn nothing about the
@@ -19,7 +26,9 @@ use std::marker::PhantomData;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use agora_kernel::access::Requirement;
-use agora_kernel::{ApiError, ErrorCode, Permissions, Principal, Role, SessionId, UserId};
+use agora_kernel::{
+    ApiError, ApiKeyId, ErrorCode, Permissions, Principal, Role, SessionId, Subject, UserId,
+};
 use axum::extract::FromRequestParts;
 use http::header::AUTHORIZATION;
 use http::request::Parts;
@@ -38,6 +47,46 @@ const VERIFIED_CAPACITY: u64 = 10_000;
 
 /// How long a verified token is remembered at most (its own expiry still applies).
 const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long a resolved API key is remembered. A key revoked on this node stops
+/// working at once; one revoked on another node, within this time.
+pub const API_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The prefix of every API key.
+pub const API_KEY_PREFIX: &str = "agk_";
+
+/// What an API key grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyGrant {
+    /// The key.
+    pub id: ApiKeyId,
+    /// What the key may do.
+    pub permissions: Permissions,
+    /// When the key stops working, if ever.
+    pub expires_at: Option<agora_kernel::Timestamp>,
+}
+
+/// Looks up API keys by the hash of their secret ([`secret_hash`]); implemented
+/// by the module that issues them.
+#[async_trait::async_trait]
+pub trait ApiKeyResolver: Send + Sync + 'static {
+    /// The grant of the live (not revoked, not expired) key whose hash is `hash`.
+    async fn resolve(&self, hash: &str) -> Result<Option<ApiKeyGrant>, ApiError>;
+}
+
+/// What is stored of a high-entropy secret (refresh token, API key): its SHA-256,
+/// hex. The secrets carry 256 random bits, so a fast hash is enough: no salt or
+/// stretching is needed to stop guessing.
+pub fn secret_hash(secret: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(secret.as_bytes());
+    let mut hex = String::with_capacity(64);
+    for b in digest {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
 
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +121,10 @@ struct Inner {
     keys: RwLock<Arc<HashMap<String, DecodingKey>>>,
     /// Disabled accounts: their access tokens are refused until they expire.
     denied: RwLock<HashSet<UserId>>,
+    /// Who checks API keys; none until the identity module starts.
+    api_keys: RwLock<Option<Arc<dyn ApiKeyResolver>>>,
+    /// API keys that resolved recently, by the hash of their secret.
+    resolved_keys: moka::sync::Cache<String, ApiKeyGrant>,
     /// Tokens whose signature and claims were checked recently, by their exact
     /// text: a client sends the same token for many requests, and the signature
     /// check is most of the cost of authentication. Emptied when the keys change.
@@ -109,6 +162,12 @@ impl Authenticator {
                 validation,
                 keys: RwLock::new(Arc::new(HashMap::new())),
                 denied: RwLock::new(HashSet::new()),
+                api_keys: RwLock::new(None),
+                resolved_keys: moka::sync::Cache::builder()
+                    .max_capacity(VERIFIED_CAPACITY)
+                    .time_to_live(API_KEY_TTL)
+                    .support_invalidation_closures()
+                    .build(),
                 verified: moka::sync::Cache::builder()
                     .max_capacity(VERIFIED_CAPACITY)
                     .time_to_live(VERIFIED_TTL)
@@ -154,6 +213,25 @@ impl Authenticator {
             .remove(&user);
     }
 
+    /// Checks API keys with `resolver` from now on.
+    pub fn set_api_key_resolver(&self, resolver: Arc<dyn ApiKeyResolver>) {
+        *self
+            .inner
+            .api_keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(resolver);
+    }
+
+    /// Forgets a revoked API key at once (other nodes forget it within
+    /// [`API_KEY_TTL`]).
+    pub fn forget_api_key(&self, id: ApiKeyId) {
+        // Only fails when closures are not supported, which the builder enables.
+        let _ = self
+            .inner
+            .resolved_keys
+            .invalidate_entries_if(move |_, grant| grant.id == id);
+    }
+
     fn is_denied(&self, user: UserId) -> bool {
         self.inner
             .denied
@@ -163,17 +241,50 @@ impl Authenticator {
     }
 
     /// Who sent `authorization` (the header's value, if any).
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, ApiError> {
+    pub async fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, ApiError> {
         let Some(value) = authorization else {
             return Ok(Caller::Anonymous);
         };
         // The scheme is case-insensitive (RFC 9110, section 11.1).
-        let token = match value.split_at_checked(7) {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token,
-            _ => return Err(invalid()),
+        if let Some(token) = strip_scheme(value, b"bearer ") {
+            let token = std::str::from_utf8(token).map_err(|_| invalid())?;
+            return self.verify(token).map(Caller::Authenticated);
+        }
+        if let Some(key) = strip_scheme(value, b"apikey ") {
+            let key = std::str::from_utf8(key).map_err(|_| invalid_api_key())?;
+            return self.verify_api_key(key).await.map(Caller::Authenticated);
+        }
+        Err(invalid())
+    }
+
+    /// Checks an API key with the installed resolver.
+    pub async fn verify_api_key(&self, key: &str) -> Result<Principal, ApiError> {
+        if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
+            return Err(invalid_api_key());
+        }
+        let hash = secret_hash(key);
+        let now = agora_kernel::Timestamp::from_millis(
+            i64::try_from(now_secs())
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
+        );
+        let grant = match self.inner.resolved_keys.get(&hash) {
+            Some(grant) if grant.expires_at.is_none_or(|at| now < at) => grant,
+            Some(_) => return Err(invalid_api_key()),
+            None => {
+                let resolver = self
+                    .inner
+                    .api_keys
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .ok_or_else(invalid_api_key)?;
+                let grant = resolver.resolve(&hash).await?.ok_or_else(invalid_api_key)?;
+                self.inner.resolved_keys.insert(hash, grant.clone());
+                grant
+            }
         };
-        let token = std::str::from_utf8(token).map_err(|_| invalid())?;
-        self.verify(token).map(Caller::Authenticated)
+        Ok(Principal::api_key(grant.id, grant.permissions))
     }
 
     /// Checks an access token: signature by a known key, algorithm, issuer,
@@ -191,7 +302,7 @@ impl Authenticator {
                 principal
             }
         };
-        if self.is_denied(principal.user_id) {
+        if principal.user_id().is_some_and(|user| self.is_denied(user)) {
             return Err(ApiError::from_code(ErrorCode::AuthAccountDisabled));
         }
         Ok(principal)
@@ -217,13 +328,10 @@ impl Authenticator {
             .claims;
         let user_id = UserId::parse(&claims.sub).map_err(|_| invalid())?;
         let session_id = SessionId::parse(&claims.sid).map_err(|_| invalid())?;
-        let principal = Principal {
-            user_id,
-            session_id: Some(session_id),
-            permissions: Permissions::of_roles(&claims.roles),
-            roles: claims.roles,
-        };
-        Ok((principal, claims.exp))
+        Ok((
+            Principal::user(user_id, Some(session_id), claims.roles),
+            claims.exp,
+        ))
     }
 }
 
@@ -236,6 +344,19 @@ fn now_secs() -> u64 {
 
 fn invalid() -> ApiError {
     ApiError::from_code(ErrorCode::AuthInvalidToken)
+}
+
+fn invalid_api_key() -> ApiError {
+    ApiError::from_code(ErrorCode::AuthApiKeyInvalid)
+}
+
+/// The credentials after `scheme` (lowercase, with its space), if `value` starts
+/// with it in any case.
+fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    match value.split_at_checked(scheme.len()) {
+        Some((found, rest)) if found.eq_ignore_ascii_case(scheme) => Some(rest),
+        _ => None,
+    }
 }
 
 /// The caller of a request.
@@ -270,11 +391,13 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .extensions
             .get::<Authenticator>()
             .ok_or_else(|| ApiError::internal("no Authenticator in the request extensions"))?;
-        authenticator.authenticate(parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes()))
+        authenticator
+            .authenticate(parts.headers.get(AUTHORIZATION).map(|v| v.as_bytes()))
+            .await
     }
 }
 
-/// A signed-in caller.
+/// A caller with valid credentials: a person or an API key.
 #[derive(Debug, Clone)]
 pub struct Authenticated(pub Principal);
 
@@ -284,6 +407,23 @@ impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let caller = Caller::from_request_parts(parts, state).await?;
         caller.require_authenticated().map(Authenticated)
+    }
+}
+
+/// A signed-in person (not an API key), for routes that act on the caller's own
+/// resources.
+#[derive(Debug, Clone)]
+pub struct SignedInUser(pub UserId, pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for SignedInUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Authenticated(principal) = Authenticated::from_request_parts(parts, state).await?;
+        match principal.subject {
+            Subject::User(user) => Ok(SignedInUser(user, principal)),
+            Subject::ApiKey(_) => Err(ApiError::from_code(ErrorCode::AuthUserRequired)),
+        }
     }
 }
 
@@ -324,6 +464,14 @@ mod tests {
     ];
     const PUBLIC_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
 
+    /// Runs the (here never suspending) authentication to its end.
+    fn authenticate(a: &Authenticator, header: Option<&[u8]>) -> Result<Caller, ApiError> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(a.authenticate(header))
+    }
+
     fn authenticator() -> Authenticator {
         let a = Authenticator::new(&AuthConfig::default());
         let key = DecodingKey::from_ed_components(PUBLIC_X).expect("valid key");
@@ -362,7 +510,7 @@ mod tests {
     #[test]
     fn no_header_is_anonymous() {
         assert_eq!(
-            authenticator().authenticate(None).ok(),
+            authenticate(&authenticator(), None).ok(),
             Some(Caller::Anonymous)
         );
     }
@@ -371,11 +519,11 @@ mod tests {
     fn a_valid_token_gives_the_user_and_the_permissions_of_their_roles() {
         let user = UserId::new();
         let token = sign(&claims(user), "k1");
-        let caller = authenticator().authenticate(Some(format!("bEaReR {token}").as_bytes()));
+        let caller = authenticate(&authenticator(), Some(format!("bEaReR {token}").as_bytes()));
         let Ok(Caller::Authenticated(p)) = caller else {
             panic!("{caller:?}")
         };
-        assert_eq!(p.user_id, user);
+        assert_eq!(p.user_id(), Some(user));
         assert!(p.can(agora_kernel::Permission::CatalogWrite));
         assert!(!p.can(agora_kernel::Permission::UsersManage));
     }
@@ -385,7 +533,7 @@ mod tests {
         let mut c = claims(UserId::new());
         c.iat = now_secs() - 3600;
         c.exp = now_secs() - 600;
-        let got = authenticator().authenticate(Some(&bearer(&sign(&c, "k1"))));
+        let got = authenticate(&authenticator(), Some(&bearer(&sign(&c, "k1"))));
         assert_eq!(code(got), Some(ErrorCode::AuthTokenExpired));
     }
 
@@ -405,7 +553,7 @@ mod tests {
             sign(&claims(UserId::new()), "unknown-kid"),
         ] {
             assert_eq!(
-                code(a.authenticate(Some(&bearer(&token)))),
+                code(authenticate(&a, Some(&bearer(&token)))),
                 Some(ErrorCode::AuthInvalidToken)
             );
         }
@@ -422,7 +570,7 @@ mod tests {
         parts[1] = b64.encode(serde_json::to_vec(&c).expect("json"));
         let forged = parts.join(".");
         assert_eq!(
-            code(authenticator().authenticate(Some(&bearer(&forged)))),
+            code(authenticate(&authenticator(), Some(&bearer(&forged)))),
             Some(ErrorCode::AuthInvalidToken)
         );
     }
@@ -448,14 +596,14 @@ mod tests {
         let a = authenticator();
         for token in [none, hs256, "not.a.jwt".into(), String::new()] {
             assert_eq!(
-                code(a.authenticate(Some(&bearer(&token)))),
+                code(authenticate(&a, Some(&bearer(&token)))),
                 Some(ErrorCode::AuthInvalidToken),
                 "{token}"
             );
         }
         for header in [&b"Basic abc"[..], b"Bearer", b"\xff\xfe"] {
             assert_eq!(
-                code(a.authenticate(Some(header))),
+                code(authenticate(&a, Some(header))),
                 Some(ErrorCode::AuthInvalidToken)
             );
         }
@@ -467,26 +615,26 @@ mod tests {
         let user = UserId::new();
         let token = bearer(&sign(&claims(user), "k1"));
         assert!(
-            a.authenticate(Some(&token)).is_ok(),
+            authenticate(&a, Some(&token)).is_ok(),
             "verified, and remembered"
         );
         a.deny(user);
         assert_eq!(
-            code(a.authenticate(Some(&token))),
+            code(authenticate(&a, Some(&token))),
             Some(ErrorCode::AuthAccountDisabled)
         );
         a.allow(user);
-        assert!(a.authenticate(Some(&token)).is_ok());
+        assert!(authenticate(&a, Some(&token)).is_ok());
     }
 
     #[test]
     fn a_remembered_token_is_refused_once_its_key_is_withdrawn() {
         let a = authenticator();
         let token = bearer(&sign(&claims(UserId::new()), "k1"));
-        assert!(a.authenticate(Some(&token)).is_ok());
+        assert!(authenticate(&a, Some(&token)).is_ok());
         a.set_keys(HashMap::new());
         assert_eq!(
-            code(a.authenticate(Some(&token))),
+            code(authenticate(&a, Some(&token))),
             Some(ErrorCode::AuthInvalidToken)
         );
     }
@@ -496,7 +644,7 @@ mod tests {
         let a = Authenticator::new(&AuthConfig::default());
         let token = bearer(&sign(&claims(UserId::new()), "k1"));
         assert_eq!(
-            code(a.authenticate(Some(&token))),
+            code(authenticate(&a, Some(&token))),
             Some(ErrorCode::AuthInvalidToken)
         );
         assert_eq!(
@@ -505,6 +653,87 @@ mod tests {
                 .err()
                 .map(|e| e.code()),
             Some(ErrorCode::AuthRequired)
+        );
+    }
+
+    /// API keys as the identity module stores them: by hash, with a revoked flag.
+    /// Counts lookups, to show which requests reach the store.
+    #[derive(Default)]
+    struct Keys {
+        live: RwLock<HashMap<String, ApiKeyGrant>>,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl ApiKeyResolver for Keys {
+        async fn resolve(&self, hash: &str) -> Result<Option<ApiKeyGrant>, ApiError> {
+            self.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(self.live.read().expect("lock").get(hash).cloned())
+        }
+    }
+
+    #[test]
+    fn an_api_key_resolves_once_and_stops_working_when_forgotten() {
+        let a = authenticator();
+        let keys = Arc::new(Keys::default());
+        let id = ApiKeyId::new();
+        let grant = ApiKeyGrant {
+            id,
+            permissions: Permissions::of(&[agora_kernel::Permission::CatalogWrite]),
+            expires_at: None,
+        };
+        keys.live
+            .write()
+            .expect("lock")
+            .insert(secret_hash("agk_secret"), grant);
+        a.set_api_key_resolver(keys.clone());
+        for scheme in ["ApiKey", "apikey"] {
+            let header = format!("{scheme} agk_secret");
+            let Ok(Caller::Authenticated(p)) = authenticate(&a, Some(header.as_bytes())) else {
+                panic!("the key resolves")
+            };
+            assert_eq!(p.subject, Subject::ApiKey(id));
+            assert!(p.can(agora_kernel::Permission::CatalogWrite));
+            assert!(!p.can(agora_kernel::Permission::UsersManage));
+        }
+        assert_eq!(
+            keys.lookups.load(std::sync::atomic::Ordering::Relaxed),
+            1,
+            "the second request is answered from memory"
+        );
+        keys.live.write().expect("lock").clear();
+        a.forget_api_key(id);
+        assert_eq!(
+            code(authenticate(&a, Some(b"ApiKey agk_secret"))),
+            Some(ErrorCode::AuthApiKeyInvalid)
+        );
+    }
+
+    #[test]
+    fn unknown_or_malformed_api_keys_are_refused_without_a_lookup_when_malformed() {
+        let a = authenticator();
+        let keys = Arc::new(Keys::default());
+        a.set_api_key_resolver(keys.clone());
+        for header in [&b"ApiKey agk_nope"[..], b"ApiKey not-a-key", b"ApiKey \xff"] {
+            assert_eq!(
+                code(authenticate(&a, Some(header))),
+                Some(ErrorCode::AuthApiKeyInvalid)
+            );
+        }
+        assert_eq!(keys.lookups.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(
+            code(authenticate(&authenticator(), Some(b"ApiKey agk_x"))),
+            Some(ErrorCode::AuthApiKeyInvalid),
+            "no resolver installed"
+        );
+    }
+
+    #[test]
+    fn the_secret_hash_is_sha256_hex() {
+        assert_eq!(
+            secret_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 }

@@ -213,6 +213,8 @@ pub trait Columns {
     fn optional_text(&self, index: usize) -> Result<Option<String>, sqlx::Error>;
     /// A non-null INTEGER/BIGINT column.
     fn integer(&self, index: usize) -> Result<i64, sqlx::Error>;
+    /// A nullable INTEGER/BIGINT column.
+    fn optional_integer(&self, index: usize) -> Result<Option<i64>, sqlx::Error>;
 }
 
 impl Columns for AnyRow {
@@ -227,6 +229,10 @@ impl Columns for AnyRow {
     fn integer(&self, index: usize) -> Result<i64, sqlx::Error> {
         self.try_get(index)
     }
+
+    fn optional_integer(&self, index: usize) -> Result<Option<i64>, sqlx::Error> {
+        self.try_get(index)
+    }
 }
 
 impl Columns for rusqlite::Row<'_> {
@@ -239,6 +245,10 @@ impl Columns for rusqlite::Row<'_> {
     }
 
     fn integer(&self, index: usize) -> Result<i64, sqlx::Error> {
+        self.get(index).map_err(|e| column_error(index, e))
+    }
+
+    fn optional_integer(&self, index: usize) -> Result<Option<i64>, sqlx::Error> {
         self.get(index).map_err(|e| column_error(index, e))
     }
 }

@@ -92,6 +92,8 @@ pub(crate) enum As<'t> {
     Staff,
     /// Whoever holds this access token.
     Token(&'t str),
+    /// A service account with this API key.
+    ApiKey(&'t str),
 }
 
 impl TestApp {
@@ -110,6 +112,9 @@ impl TestApp {
             As::Anonymous => {}
             As::Staff => req = req.bearer_auth(&self.staff_token),
             As::Token(token) => req = req.bearer_auth(token),
+            As::ApiKey(key) => {
+                req = req.header(reqwest::header::AUTHORIZATION, format!("ApiKey {key}"));
+            }
         }
         if let Some(body) = body {
             req = req.json(&body);
@@ -168,6 +173,20 @@ impl TestApp {
         .await
         .expect("the account is created");
         self.login(email).await
+    }
+
+    /// Creates an API key with `permissions` as `by`; returns the key.
+    pub(crate) async fn create_api_key(&self, by: As<'_>, permissions: &[&str]) -> String {
+        let a = self
+            .call(
+                Method::POST,
+                "/api/v1/api-keys",
+                Some(json!({ "name": "test key", "permissions": permissions })),
+                by,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        a.data()["key"].as_str().expect("a key").to_string()
     }
 
     /// Registers a customer through the API and logs them in; returns the access token.
