@@ -149,6 +149,7 @@ fn router(
     let edge = Edge {
         authenticator,
         request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+        trust_forwarded_for: config.server.trust_forwarded_for,
     };
     build_router(api, root, edge, config.server.body_limit_bytes)
 }

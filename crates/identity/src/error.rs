@@ -30,6 +30,13 @@ pub enum IdentityError {
     /// The current password given for a change is wrong.
     #[error("current password wrong")]
     CurrentPasswordWrong,
+    /// Too many failed logins from the address or for the email: wait this many
+    /// seconds.
+    #[error("login throttled")]
+    LoginThrottled(u64),
+    /// The email is locked after repeated failures: wait this many seconds.
+    #[error("account locked")]
+    AccountLocked(u64),
     /// No API key has this id.
     #[error("API key not found")]
     ApiKeyNotFound,
@@ -72,6 +79,14 @@ impl From<IdentityError> for ApiError {
             }
             IdentityError::CannotGrant(permission) => {
                 return agora_platform::auth::forbidden(permission);
+            }
+            IdentityError::LoginThrottled(secs) => {
+                return ApiError::from_code(ErrorCode::IdentityLoginThrottled)
+                    .with_retry_after(secs);
+            }
+            IdentityError::AccountLocked(secs) => {
+                return ApiError::from_code(ErrorCode::IdentityAccountLocked)
+                    .with_retry_after(secs);
             }
             IdentityError::ApiKeyNotFound => ErrorCode::IdentityApiKeyNotFound,
             IdentityError::EmailTaken => ErrorCode::IdentityEmailTaken,

@@ -5,7 +5,7 @@ use agora_kernel::pagination::Limit;
 use agora_kernel::validation::Problems;
 use agora_kernel::{ApiError, ApiKeyId, ApiResponse, Cursor, Permission, Role, UserId};
 use agora_platform::auth::{Authorized, SignedInUser};
-use agora_platform::http::{AppJson, AppPath, AppQuery};
+use agora_platform::http::{AppJson, AppPath, AppQuery, ClientAddress};
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -110,15 +110,17 @@ pub struct LoginRequest {
         (status = 200, description = "An access token and a refresh token.", body = inline(agora_kernel::envelope::Success<TokenPair>)),
         (status = 401, description = "`IDENTITY_INVALID_CREDENTIALS` (the same whether or not the email exists)", body = agora_kernel::envelope::Failure),
         (status = 403, description = "`AUTH_ACCOUNT_DISABLED`", body = agora_kernel::envelope::Failure),
+        (status = 429, description = "`IDENTITY_LOGIN_THROTTLED`, `IDENTITY_ACCOUNT_LOCKED`; wait `Retry-After` seconds", body = agora_kernel::envelope::Failure),
     )
 )]
 async fn login(
     State(identity): State<Identity>,
+    ClientAddress(client): ClientAddress,
     AppJson(body): AppJson<LoginRequest>,
 ) -> Result<ApiResponse<TokenPair>, ApiError> {
     let password = Password::new(body.password);
     Ok(ApiResponse::ok(
-        identity.login(&body.email, &password).await?,
+        identity.login(&body.email, &password, client).await?,
     ))
 }
 

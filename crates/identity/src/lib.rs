@@ -13,6 +13,7 @@
 //! - [`password`]: argon2id hashing off the async threads.
 //! - [`keys`]: Ed25519 signing keys, their rotation and the JWKS.
 //! - [`store`]: SQL for accounts, sessions and refresh tokens.
+//! - [`throttle`]: limits on failed logins (rate limits and lockout).
 //! - [`service`]: the operations: register, login, refresh, logout, profile.
 //! - [`http`]: the REST routes and their OpenAPI description.
 //! - [`error`]: `IdentityError` and its public codes.
@@ -25,6 +26,7 @@ pub mod keys;
 pub mod password;
 pub mod service;
 pub mod store;
+pub mod throttle;
 
 use agora_platform::db::ModuleMigrations;
 use sqlx::migrate::Migrator;

@@ -1,5 +1,6 @@
 //! The identity module's operations: accounts, logins, sessions and tokens.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use agora_kernel::{
@@ -18,6 +19,7 @@ use crate::error::IdentityError;
 use crate::keys::KeyRing;
 use crate::password::PasswordHasher;
 use crate::store::{CreationCursor, IdentityStore, NewRefreshToken, RevokeReason, Rotation};
+use crate::throttle::{FailureState, LoginThrottle, ceil_secs};
 
 /// What a successful login or refresh returns.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -53,6 +55,7 @@ pub struct Identity {
     authenticator: Authenticator,
     clock: Arc<dyn Clock>,
     settings: Arc<AuthConfig>,
+    throttle: Arc<LoginThrottle>,
 }
 
 impl Identity {
@@ -81,6 +84,7 @@ impl Identity {
             authenticator,
             clock,
             settings: Arc::new(settings.clone()),
+            throttle: Arc::new(LoginThrottle::new(&settings.login)),
         })
     }
 
@@ -122,31 +126,80 @@ impl Identity {
         Ok(user)
     }
 
-    /// Checks an email and password and starts a session. An unknown email, a
-    /// malformed one and a wrong password all get the same answer, after the same
-    /// amount of hashing.
+    /// Checks an email and password from `client` and starts a session. An
+    /// unknown email, a malformed one and a wrong password all get the same
+    /// answer, after the same amount of hashing, and count alike towards the
+    /// failed-login limits.
     pub async fn login(
         &self,
         email: &str,
         password: &Password,
+        client: IpAddr,
     ) -> Result<TokenPair, IdentityError> {
-        let found = match Email::parse(email) {
-            Ok(email) => self.store.user_by_email(&email).await?,
-            Err(_) => None,
+        let now = self.clock.now();
+        let email = Email::parse(email).ok();
+        let key = email.as_ref().map(Email::as_str);
+        self.throttle
+            .check(client, key, now)
+            .map_err(IdentityError::LoginThrottled)?;
+        let failures = match key {
+            Some(key) => self.store.login_failures(key, now).await?,
+            None => FailureState::Clean,
+        };
+        if let FailureState::LockedUntil(until) = failures {
+            let wait = ceil_secs(until.as_millis() - now.as_millis());
+            return Err(IdentityError::AccountLocked(wait));
+        }
+        let found = match &email {
+            Some(email) => self.store.user_by_email(email).await?,
+            None => None,
         };
         let hash = found.as_ref().and_then(|(_, hash)| hash.as_deref());
         let matches = self.hasher.verify(password, hash).await?;
         let Some((user, _)) = found.filter(|_| matches) else {
+            self.login_failed(client, key, now).await?;
             return Err(IdentityError::InvalidCredentials);
         };
+        if let Some(key) = key {
+            self.throttle.forget_email(key);
+            if failures != FailureState::Clean {
+                self.store.clear_login_failures(key).await?;
+            }
+        }
         if user.disabled {
             return Err(IdentityError::AccountDisabled);
         }
-        let now = self.clock.now();
         let (refresh_token, stored) = self.new_refresh_token(now)?;
         let session = self.store.start_session(user.id, &stored, now).await?;
         tracing::info!(user_id = %user.id, session_id = %session, "logged in");
         self.token_pair(&user, session, refresh_token, now)
+    }
+
+    /// Counts a failed login from `client` for `email` against both rate limits
+    /// and the lock.
+    async fn login_failed(
+        &self,
+        client: IpAddr,
+        email: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), IdentityError> {
+        self.throttle.record_failure(client, email, now);
+        let Some(email) = email else {
+            return Ok(());
+        };
+        let limits = &self.settings.login;
+        let lockout_ms = i64::try_from(limits.lockout_secs)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000);
+        if let Some(until) = self
+            .store
+            .record_login_failure(email, now, limits.lockout_after, lockout_ms)
+            .await?
+        {
+            // The email, not the account: it may have none. Never the password.
+            tracing::warn!(%client, locked_until = %until.to_rfc3339(), "repeated failed logins: email locked");
+        }
+        Ok(())
     }
 
     /// Exchanges a refresh token for a new pair. A token used twice ends its

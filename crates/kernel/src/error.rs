@@ -79,6 +79,8 @@ error_codes! {
     IdentityUserNotFound = ("IDENTITY_USER_NOT_FOUND", 404, "No account has this id (or the signed-in account no longer exists).");
     IdentityRefreshTokenReused = ("IDENTITY_REFRESH_TOKEN_REUSED", 401, "The refresh token was already used once. As a precaution against theft its whole session has been revoked: log in again.");
     IdentityApiKeyNotFound = ("IDENTITY_API_KEY_NOT_FOUND", 404, "No API key has this id.");
+    IdentityLoginThrottled = ("IDENTITY_LOGIN_THROTTLED", 429, "Too many failed logins recently from this address or for this email. Wait the `Retry-After` seconds (also in `details.retry_after_secs`), then try again.");
+    IdentityAccountLocked = ("IDENTITY_ACCOUNT_LOCKED", 429, "After repeated failed logins this email is locked for a while (`auth.login.lockout_secs`), even with the right password. Wait the `Retry-After` seconds. The answer is the same whether or not an account has this email.");
     // Catalog.
     CatalogProductNotFound = ("CATALOG_PRODUCT_NOT_FOUND", 404, "No product has this id (or it is inactive and the caller is not staff).");
     CatalogCategoryNotFound = ("CATALOG_CATEGORY_NOT_FOUND", 404, "No category has this id.");
@@ -137,6 +139,7 @@ pub struct ApiError {
     message: Cow<'static, str>,
     details: Option<serde_json::Value>,
     cause: Option<String>,
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -147,6 +150,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             cause: None,
+            retry_after_secs: None,
         }
     }
 
@@ -177,6 +181,14 @@ impl ApiError {
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = Some(details);
         self
+    }
+
+    /// Tells the client when to try again: the `Retry-After` header and
+    /// `details.retry_after_secs` (at least one second).
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        let secs = secs.max(1);
+        self.retry_after_secs = Some(secs);
+        self.with_details(serde_json::json!({ "retry_after_secs": secs }))
     }
 
     /// Adds an internal cause for the log (never shown to the client).
@@ -258,6 +270,11 @@ impl IntoResponse for ApiError {
         };
         let mut response = envelope::render(status, envelope::Payload::Error(&body), None);
         response.extensions_mut().insert(self.code);
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(ErrorReport(cause));
         }

@@ -57,6 +57,10 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// On SIGTERM or Ctrl-C, in-flight requests get this long to finish.
     pub shutdown_timeout_ms: u64,
+    /// Take the client's address from the last `X-Forwarded-For` entry, as a
+    /// trusted proxy in front (the gateway, a load balancer) appends it. Off: the
+    /// TCP peer's address, which is the only one a client cannot forge.
+    pub trust_forwarded_for: bool,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +70,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 15_000,
             body_limit_bytes: 1024 * 1024,
             shutdown_timeout_ms: 10_000,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -155,6 +160,8 @@ pub struct AuthConfig {
     pub password_min_length: usize,
     /// argon2id cost parameters for password hashes.
     pub argon2: Argon2Config,
+    /// Limits on failed logins.
+    pub login: LoginLimits,
 }
 
 impl Default for AuthConfig {
@@ -167,6 +174,39 @@ impl Default for AuthConfig {
             signing_key: None,
             password_min_length: 10,
             argon2: Argon2Config::default(),
+            login: LoginLimits::default(),
+        }
+    }
+}
+
+/// Limits on failed logins (docs/security.md, "Abuse"). Failures are counted per
+/// client address and per email, whether or not an account has that email.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginLimits {
+    /// The window the two rate limits count failures in.
+    pub window_secs: u64,
+    /// Failed logins (or second-factor codes) from one address within the window
+    /// before further attempts are refused with `IDENTITY_LOGIN_THROTTLED`.
+    pub failures_per_address: u32,
+    /// Failed logins for one email within the window before further attempts
+    /// are refused with `IDENTITY_LOGIN_THROTTLED`.
+    pub failures_per_account: u32,
+    /// Consecutive failed logins for one email that lock it
+    /// (`IDENTITY_ACCOUNT_LOCKED`), even for the right password.
+    pub lockout_after: u32,
+    /// How long a lock lasts; failures older than this are forgotten.
+    pub lockout_secs: u64,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self {
+            window_secs: 300,
+            failures_per_address: 50,
+            failures_per_account: 5,
+            lockout_after: 10,
+            lockout_secs: 900,
         }
     }
 }
@@ -361,6 +401,31 @@ impl Config {
                 "must be between 1 and 600000",
             );
         }
+        let login = &self.auth.login;
+        if !(1..=86_400).contains(&login.window_secs) {
+            return fail("auth.login.window_secs", "must be between 1 and 86400");
+        }
+        if !(1..=100_000).contains(&login.failures_per_address) {
+            return fail(
+                "auth.login.failures_per_address",
+                "must be between 1 and 100000",
+            );
+        }
+        if !(1..=1000).contains(&login.failures_per_account) {
+            return fail(
+                "auth.login.failures_per_account",
+                "must be between 1 and 1000",
+            );
+        }
+        if !(2..=1000).contains(&login.lockout_after) {
+            return fail("auth.login.lockout_after", "must be between 2 and 1000");
+        }
+        if !(1..=604_800).contains(&login.lockout_secs) {
+            return fail(
+                "auth.login.lockout_secs",
+                "must be between 1 and 604800 (a week)",
+            );
+        }
         if self.auth.issuer.is_empty() {
             return fail("auth.issuer", "must not be empty");
         }
@@ -538,6 +603,13 @@ mod tests {
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(err.contains("database.url"), "{err}");
+            jail.set_env("AGORA_DATABASE__URL", "sqlite://x.db");
+            jail.set_env("AGORA_AUTH__LOGIN__LOCKOUT_AFTER", "1");
+            let err = load(&Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("auth.login.lockout_after"), "{err}");
             Ok(())
         });
     }

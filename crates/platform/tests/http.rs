@@ -49,6 +49,7 @@ async fn start(
     let edge = Edge {
         authenticator: Authenticator::new(&agora_platform::config::AuthConfig::default()),
         request_timeout: timeout,
+        trust_forwarded_for: false,
     };
     let router = build_router(api, Router::new(), edge, 1024 * 1024);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

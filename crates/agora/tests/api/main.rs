@@ -2,6 +2,7 @@
 //! Each test starts the real application on port 0 with a fresh database — SQLite,
 //! or a fresh PostgreSQL schema when `AGORA_TEST_POSTGRES_URL` is set.
 
+mod abuse;
 mod api_keys;
 mod catalog;
 mod cli;

@@ -9,18 +9,19 @@
 //!   `/api/…` path is served at the version named by the `Api-Version` header (the
 //!   current one when absent); a header that names another version, or contradicts
 //!   the path, is refused with `API_VERSION_UNSUPPORTED`;
-//! - gives handlers the [`Authenticator`];
+//! - gives handlers the [`Authenticator`] and the [`ClientAddress`];
 //! - bounds the request by `server.request_timeout_ms` (`SERVER_TIMEOUT`);
 //! - logs the outcome once: a server fault at `error` with its internal cause (which
 //!   the client never sees), everything else at `debug`.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_kernel::envelope::API_VERSION;
 use agora_kernel::error::ErrorReport;
 use agora_kernel::{ApiError, ErrorCode, RequestContext};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue};
@@ -40,6 +41,54 @@ pub struct Edge {
     pub authenticator: Authenticator,
     /// Requests running longer are answered `SERVER_TIMEOUT`.
     pub request_timeout: Duration,
+    /// Take the client's address from `X-Forwarded-For` (`server.trust_forwarded_for`).
+    pub trust_forwarded_for: bool,
+}
+
+/// The address of the client that sent the request: the TCP peer, or with
+/// `server.trust_forwarded_for` the last `X-Forwarded-For` entry (the one the
+/// trusted proxy in front wrote). Unspecified (`0.0.0.0`) when neither is known,
+/// as for a router called in-process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddress(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientAddress>()
+            .copied()
+            .unwrap_or(ClientAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED))))
+    }
+}
+
+fn client_address(req: &Request, trust_forwarded_for: bool) -> ClientAddress {
+    let forwarded = trust_forwarded_for
+        .then(|| {
+            req.headers()
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(|last| last.trim().parse::<IpAddr>().ok())
+        })
+        .flatten();
+    let peer = || {
+        req.extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+    };
+    ClientAddress(
+        forwarded
+            .or_else(peer)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+    )
 }
 
 /// The middleware function; install with `axum::middleware::from_fn_with_state`.
@@ -57,6 +106,8 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         request_id: request_id.clone(),
     };
     let version = negotiate_version(&req);
+    let client = client_address(&req, edge.trust_forwarded_for);
+    req.extensions_mut().insert(client);
     req.extensions_mut().insert(edge.authenticator.clone());
     let mut response = context
         .scope(
@@ -151,6 +202,44 @@ fn negotiate_version(req: &Request) -> Result<(), ApiError> {
 
 #[cfg(test)]
 mod tests {
+    use super::{ClientAddress, client_address};
+    use axum::extract::ConnectInfo;
+
+    fn request(peer: Option<&str>, forwarded: &[&str]) -> axum::extract::Request {
+        let mut req = axum::extract::Request::new(axum::body::Body::empty());
+        if let Some(peer) = peer {
+            let addr: std::net::SocketAddr = peer.parse().expect("an address");
+            req.extensions_mut().insert(ConnectInfo(addr));
+        }
+        for value in forwarded {
+            req.headers_mut().append(
+                "x-forwarded-for",
+                http::HeaderValue::from_str(value).expect("a header"),
+            );
+        }
+        req
+    }
+
+    fn ip(s: &str) -> ClientAddress {
+        ClientAddress(s.parse().expect("an ip"))
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_says_otherwise() {
+        let forged = request(Some("10.0.0.7:5000"), &["203.0.113.9"]);
+        assert_eq!(client_address(&forged, false), ip("10.0.0.7"));
+        // Behind a proxy, the last entry is the one the proxy appended; earlier
+        // ones came from the client and may be forged.
+        let proxied = request(
+            Some("10.0.0.7:5000"),
+            &["198.51.100.1, 203.0.113.9", "2001:db8::5"],
+        );
+        assert_eq!(client_address(&proxied, true), ip("2001:db8::5"));
+        let garbage = request(Some("10.0.0.7:5000"), &["not-an-ip"]);
+        assert_eq!(client_address(&garbage, true), ip("10.0.0.7"));
+        assert_eq!(client_address(&request(None, &[]), true), ip("0.0.0.0"));
+    }
+
     use super::*;
     use axum::body::Body;
 

@@ -12,5 +12,6 @@ pub mod extract;
 pub mod health;
 pub mod server;
 
+pub use edge::ClientAddress;
 pub use extract::{AppJson, AppPath, AppQuery};
 pub use server::{build_router, serve};
