@@ -37,6 +37,29 @@ pub enum IdentityError {
     /// The email is locked after repeated failures: wait this many seconds.
     #[error("account locked")]
     AccountLocked(u64),
+    /// The password was right; a second factor is needed to finish the login.
+    #[error("second factor required")]
+    MfaRequired {
+        /// The token to send with the code.
+        challenge_token: String,
+        /// Seconds the challenge waits.
+        expires_in: u64,
+    },
+    /// The MFA challenge is unknown, expired, used or spent.
+    #[error("MFA challenge invalid")]
+    MfaChallengeInvalid,
+    /// The second-factor code is wrong or replayed.
+    #[error("MFA code invalid")]
+    MfaCodeInvalid,
+    /// The code that should confirm an enrolment is wrong.
+    #[error("MFA confirmation code wrong")]
+    MfaConfirmationWrong,
+    /// The account already has a confirmed second factor.
+    #[error("MFA already enabled")]
+    MfaAlreadyEnabled,
+    /// Nothing pending to confirm, or nothing enabled to change.
+    #[error("MFA not enabled")]
+    MfaNotEnabled,
     /// No API key has this id.
     #[error("API key not found")]
     ApiKeyNotFound,
@@ -88,6 +111,28 @@ impl From<IdentityError> for ApiError {
                 return ApiError::from_code(ErrorCode::IdentityAccountLocked)
                     .with_retry_after(secs);
             }
+            IdentityError::MfaRequired {
+                challenge_token,
+                expires_in,
+            } => {
+                return ApiError::from_code(ErrorCode::IdentityMfaRequired).with_details(
+                    serde_json::json!({
+                        "challenge_token": challenge_token,
+                        "expires_in": expires_in,
+                        "methods": ["totp", "recovery_code"],
+                    }),
+                );
+            }
+            IdentityError::MfaConfirmationWrong => {
+                return ApiError::validation(vec![agora_kernel::error::FieldError::new(
+                    "code",
+                    "is not the current code of the new secret: check the app's clock",
+                )]);
+            }
+            IdentityError::MfaChallengeInvalid => ErrorCode::IdentityMfaChallengeInvalid,
+            IdentityError::MfaCodeInvalid => ErrorCode::IdentityMfaCodeInvalid,
+            IdentityError::MfaAlreadyEnabled => ErrorCode::IdentityMfaAlreadyEnabled,
+            IdentityError::MfaNotEnabled => ErrorCode::IdentityMfaNotEnabled,
             IdentityError::ApiKeyNotFound => ErrorCode::IdentityApiKeyNotFound,
             IdentityError::EmailTaken => ErrorCode::IdentityEmailTaken,
             IdentityError::InvalidCredentials => ErrorCode::IdentityInvalidCredentials,

@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use crate::api_keys::{ApiKey, CreatedApiKey};
 use crate::domain::{Email, NewPassword, Password, User, parse_name};
-use crate::service::{Identity, Registration, TokenPair};
+use crate::mfa::{MfaStatus, RecoveryCodes, TotpEnrolment};
+use crate::service::{Identity, Registration, SecondFactor, TokenPair};
 use crate::store::CreationCursor;
 
 /// The routes under `/api/v1`.
@@ -24,6 +25,12 @@ pub fn router(identity: Identity) -> Router {
         .route("/auth/login", post(login))
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
+        .route("/auth/login/mfa", post(login_mfa))
+        .route("/users/me/mfa", get(mfa_status))
+        .route("/users/me/mfa/totp", post(start_totp))
+        .route("/users/me/mfa/totp/confirm", post(confirm_totp))
+        .route("/users/me/mfa/recovery-codes", post(renew_recovery_codes))
+        .route("/users/me/mfa/disable", post(disable_mfa))
         .route("/users/me", get(me).patch(update_me))
         .route("/users/me/password", post(change_password))
         .route("/users", get(list_users))
@@ -108,7 +115,7 @@ pub struct LoginRequest {
     request_body = LoginRequest,
     responses(
         (status = 200, description = "An access token and a refresh token.", body = inline(agora_kernel::envelope::Success<TokenPair>)),
-        (status = 401, description = "`IDENTITY_INVALID_CREDENTIALS` (the same whether or not the email exists)", body = agora_kernel::envelope::Failure),
+        (status = 401, description = "`IDENTITY_INVALID_CREDENTIALS` (the same whether or not the email exists); `IDENTITY_MFA_REQUIRED` with `details.challenge_token` when the account has a second factor", body = agora_kernel::envelope::Failure),
         (status = 403, description = "`AUTH_ACCOUNT_DISABLED`", body = agora_kernel::envelope::Failure),
         (status = 429, description = "`IDENTITY_LOGIN_THROTTLED`, `IDENTITY_ACCOUNT_LOCKED`; wait `Retry-After` seconds", body = agora_kernel::envelope::Failure),
     )
@@ -121,6 +128,56 @@ async fn login(
     let password = Password::new(body.password);
     Ok(ApiResponse::ok(
         identity.login(&body.email, &password, client).await?,
+    ))
+}
+
+/// The second step of a login with a second factor: exactly one of `code` and
+/// `recovery_code`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginMfaRequest {
+    /// `details.challenge_token` of the `IDENTITY_MFA_REQUIRED` answer.
+    challenge_token: String,
+    /// The authenticator app's current 6-digit code.
+    #[schema(example = "123456")]
+    code: Option<String>,
+    /// One of the recovery codes, instead of `code`.
+    #[schema(example = "abcd-efgh-ijkl-mnop")]
+    recovery_code: Option<String>,
+}
+
+/// Finish a login with a TOTP or recovery code.
+#[utoipa::path(
+    post, path = "/auth/login/mfa", tag = "identity",
+    request_body = LoginMfaRequest,
+    responses(
+        (status = 200, description = "An access token and a refresh token.", body = inline(agora_kernel::envelope::Success<TokenPair>)),
+        (status = 401, description = "`IDENTITY_MFA_CODE_INVALID` (wrong or replayed), `IDENTITY_MFA_CHALLENGE_INVALID` (unknown, expired, used, or too many wrong codes)", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`: neither or both of `code` and `recovery_code`", body = agora_kernel::envelope::Failure),
+        (status = 429, description = "`IDENTITY_LOGIN_THROTTLED`, `IDENTITY_ACCOUNT_LOCKED`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn login_mfa(
+    State(identity): State<Identity>,
+    ClientAddress(client): ClientAddress,
+    AppJson(body): AppJson<LoginMfaRequest>,
+) -> Result<ApiResponse<TokenPair>, ApiError> {
+    let factor = match (body.code, body.recovery_code) {
+        (Some(code), None) => SecondFactor::Totp(code),
+        (None, Some(code)) => SecondFactor::RecoveryCode(code),
+        _ => {
+            return Err(ApiError::validation(vec![
+                agora_kernel::error::FieldError::new(
+                    "code",
+                    "send exactly one of `code` and `recovery_code`",
+                ),
+            ]));
+        }
+    };
+    Ok(ApiResponse::ok(
+        identity
+            .login_second_factor(&body.challenge_token, factor, client)
+            .await?,
     ))
 }
 
@@ -248,6 +305,129 @@ async fn change_password(
             body.new_password,
         )
         .await?;
+    Ok(ApiResponse::ok(()))
+}
+
+/// Whether the caller's account has a second factor.
+#[utoipa::path(
+    get, path = "/users/me/mfa", tag = "identity",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The second factor's state.", body = inline(agora_kernel::envelope::Success<MfaStatus>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_USER_REQUIRED` (an API key)", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn mfa_status(
+    State(identity): State<Identity>,
+    SignedInUser(user, _): SignedInUser,
+) -> Result<ApiResponse<MfaStatus>, ApiError> {
+    Ok(ApiResponse::ok(identity.mfa_status(user).await?))
+}
+
+/// Start a TOTP enrolment: a new secret for an authenticator app, which takes
+/// effect once confirmed with its first code. Starting again replaces a pending
+/// secret.
+#[utoipa::path(
+    post, path = "/users/me/mfa/totp", tag = "identity",
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The secret and its `otpauth://` URI.", body = inline(agora_kernel::envelope::Success<TotpEnrolment>)),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_USER_REQUIRED` (an API key)", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`IDENTITY_MFA_ALREADY_ENABLED`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn start_totp(
+    State(identity): State<Identity>,
+    SignedInUser(user, _): SignedInUser,
+) -> Result<ApiResponse<TotpEnrolment>, ApiError> {
+    Ok(ApiResponse::created(
+        identity.start_totp(user).await?,
+        "/api/v1/users/me/mfa",
+    ))
+}
+
+/// A code from the authenticator app.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmTotp {
+    #[schema(example = "123456")]
+    code: String,
+}
+
+/// Confirm a TOTP enrolment with the app's current code. From now on logins ask
+/// for a code. The answer holds ten recovery codes, shown this once.
+#[utoipa::path(
+    post, path = "/users/me/mfa/totp/confirm", tag = "identity",
+    request_body = ConfirmTotp,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The recovery codes.", body = inline(agora_kernel::envelope::Success<RecoveryCodes>)),
+        (status = 403, description = "`AUTH_USER_REQUIRED` (an API key)", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`IDENTITY_MFA_ALREADY_ENABLED`, `IDENTITY_MFA_NOT_ENABLED` (no enrolment started)", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`: the code is not the secret's current code", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn confirm_totp(
+    State(identity): State<Identity>,
+    SignedInUser(user, _): SignedInUser,
+    AppJson(body): AppJson<ConfirmTotp>,
+) -> Result<ApiResponse<RecoveryCodes>, ApiError> {
+    Ok(ApiResponse::ok(
+        identity.confirm_totp(user, &body.code).await?,
+    ))
+}
+
+/// The caller's password, to confirm a sensitive change.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordConfirmation {
+    current_password: String,
+}
+
+/// Replace the recovery codes (the old ones stop working).
+#[utoipa::path(
+    post, path = "/users/me/mfa/recovery-codes", tag = "identity",
+    request_body = PasswordConfirmation,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The new recovery codes, shown this once.", body = inline(agora_kernel::envelope::Success<RecoveryCodes>)),
+        (status = 403, description = "`AUTH_USER_REQUIRED` (an API key)", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`IDENTITY_MFA_NOT_ENABLED`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`: the password is wrong", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn renew_recovery_codes(
+    State(identity): State<Identity>,
+    SignedInUser(user, _): SignedInUser,
+    AppJson(body): AppJson<PasswordConfirmation>,
+) -> Result<ApiResponse<RecoveryCodes>, ApiError> {
+    let password = Password::new(body.current_password);
+    Ok(ApiResponse::ok(
+        identity.renew_recovery_codes(user, &password).await?,
+    ))
+}
+
+/// Remove the second factor and its recovery codes.
+#[utoipa::path(
+    post, path = "/users/me/mfa/disable", tag = "identity",
+    request_body = PasswordConfirmation,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Removed; `data` is null. Logins ask for the password only."),
+        (status = 403, description = "`AUTH_USER_REQUIRED` (an API key)", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`IDENTITY_MFA_NOT_ENABLED`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`: the password is wrong", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn disable_mfa(
+    State(identity): State<Identity>,
+    SignedInUser(user, _): SignedInUser,
+    AppJson(body): AppJson<PasswordConfirmation>,
+) -> Result<ApiResponse<()>, ApiError> {
+    let password = Password::new(body.current_password);
+    identity.disable_mfa(user, &password).await?;
     Ok(ApiResponse::ok(()))
 }
 
@@ -480,8 +660,8 @@ async fn jwks(State(identity): State<Identity>) -> impl IntoResponse {
 /// The identity module's part of the OpenAPI document (paths relative to `/api/v1`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(register, login, refresh, logout, me, update_me, change_password, list_users, get_user, update_user, create_api_key, list_api_keys, get_api_key, revoke_api_key),
-    components(schemas(User, TokenPair, RegisterRequest, LoginRequest, RefreshRequest, UpdateMe, ChangePassword, UpdateUser, ApiKey, CreatedApiKey, CreateApiKey)),
+    paths(register, login, login_mfa, refresh, logout, me, mfa_status, start_totp, confirm_totp, renew_recovery_codes, disable_mfa, update_me, change_password, list_users, get_user, update_user, create_api_key, list_api_keys, get_api_key, revoke_api_key),
+    components(schemas(User, TokenPair, RegisterRequest, LoginRequest, RefreshRequest, UpdateMe, ChangePassword, UpdateUser, ApiKey, CreatedApiKey, CreateApiKey, LoginMfaRequest, MfaStatus, TotpEnrolment, RecoveryCodes, ConfirmTotp, PasswordConfirmation)),
     tags((name = "identity", description = "Accounts, logins and tokens"))
 )]
 pub struct IdentityApi;

@@ -10,6 +10,7 @@
 //! # Layout
 //! - [`api_keys`]: API keys of service accounts, and their resolution at the edge.
 //! - [`domain`]: `User`, and the rules for emails, names and passwords.
+//! - [`mfa`]: the TOTP second factor, recovery codes and login challenges.
 //! - [`password`]: argon2id hashing off the async threads.
 //! - [`keys`]: Ed25519 signing keys, their rotation and the JWKS.
 //! - [`store`]: SQL for accounts, sessions and refresh tokens.
@@ -23,6 +24,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod mfa;
 pub mod password;
 pub mod service;
 pub mod store;

@@ -17,6 +17,10 @@ use crate::api_keys::{ApiKey, CreatedApiKey, SHOWN_PREFIX_LEN, StoredApiKeys};
 use crate::domain::{Email, NewPassword, Password, User};
 use crate::error::IdentityError;
 use crate::keys::KeyRing;
+use crate::mfa::{
+    CHALLENGE_TTL_SECS, MfaStatus, RecoveryCodes, TotpEnrolment, TotpSecret, new_recovery_codes,
+    recovery_code_hash,
+};
 use crate::password::PasswordHasher;
 use crate::store::{CreationCursor, IdentityStore, NewRefreshToken, RevokeReason, Rotation};
 use crate::throttle::{FailureState, LoginThrottle, ceil_secs};
@@ -169,10 +173,184 @@ impl Identity {
         if user.disabled {
             return Err(IdentityError::AccountDisabled);
         }
+        if self.store.mfa(user.id).await?.is_some_and(|m| m.confirmed) {
+            let challenge_token = random_secret("mfa_")?;
+            let expires_at = Timestamp::from_millis(
+                now.as_millis() + i64::try_from(CHALLENGE_TTL_SECS).unwrap_or(300) * 1000,
+            );
+            self.store
+                .create_challenge(user.id, &secret_hash(&challenge_token), expires_at, now)
+                .await?;
+            return Err(IdentityError::MfaRequired {
+                challenge_token,
+                expires_in: CHALLENGE_TTL_SECS,
+            });
+        }
+        self.start_session(&user, now).await
+    }
+
+    /// Finishes a login that was asked for its second factor: `challenge_token`
+    /// from `IDENTITY_MFA_REQUIRED`, and a TOTP or recovery code. Wrong codes
+    /// count as failed logins, and a challenge takes a few at most.
+    pub async fn login_second_factor(
+        &self,
+        challenge_token: &str,
+        factor: SecondFactor,
+        client: IpAddr,
+    ) -> Result<TokenPair, IdentityError> {
+        let now = self.clock.now();
+        let challenge = self
+            .store
+            .challenge(&secret_hash(challenge_token))
+            .await?
+            .filter(|c| c.is_open(now))
+            .ok_or(IdentityError::MfaChallengeInvalid)?;
+        let user = self
+            .store
+            .user(challenge.user_id)
+            .await?
+            .ok_or(IdentityError::MfaChallengeInvalid)?;
+        self.throttle
+            .check(client, Some(&user.email), now)
+            .map_err(IdentityError::LoginThrottled)?;
+        let accepted = match factor {
+            SecondFactor::Totp(code) => match self.store.mfa(user.id).await? {
+                Some(mfa) if mfa.confirmed => match mfa.secret.matching_step(&code, now) {
+                    // Refused when this step (or a later one) was used: a replay.
+                    Some(step) => self.store.use_totp_step(user.id, step).await?,
+                    None => false,
+                },
+                _ => false,
+            },
+            SecondFactor::RecoveryCode(code) => {
+                self.store
+                    .use_recovery_code(user.id, &recovery_code_hash(&code), now)
+                    .await?
+            }
+        };
+        if !accepted {
+            self.store.challenge_failed(&challenge.id).await?;
+            self.login_failed(client, Some(&user.email), now).await?;
+            return Err(IdentityError::MfaCodeInvalid);
+        }
+        if !self.store.complete_challenge(&challenge.id, now).await? {
+            return Err(IdentityError::MfaChallengeInvalid);
+        }
+        self.throttle.forget_email(&user.email);
+        if user.disabled {
+            return Err(IdentityError::AccountDisabled);
+        }
+        self.start_session(&user, now).await
+    }
+
+    async fn start_session(&self, user: &User, now: Timestamp) -> Result<TokenPair, IdentityError> {
         let (refresh_token, stored) = self.new_refresh_token(now)?;
         let session = self.store.start_session(user.id, &stored, now).await?;
         tracing::info!(user_id = %user.id, session_id = %session, "logged in");
-        self.token_pair(&user, session, refresh_token, now)
+        self.token_pair(user, session, refresh_token, now)
+    }
+
+    /// Whether the account has a second factor.
+    pub async fn mfa_status(&self, user: UserId) -> Result<MfaStatus, IdentityError> {
+        let row = self.store.mfa(user).await?;
+        Ok(MfaStatus {
+            enabled: row.as_ref().is_some_and(|m| m.confirmed),
+            pending: row.as_ref().is_some_and(|m| !m.confirmed),
+            recovery_codes_left: self.store.recovery_codes_left(user).await?,
+        })
+    }
+
+    /// Starts a TOTP enrolment (again, if one was pending): a new secret, which
+    /// works once confirmed by its first code.
+    pub async fn start_totp(&self, user: UserId) -> Result<TotpEnrolment, IdentityError> {
+        let account = self.user(user).await?;
+        let secret = TotpSecret::generate()?;
+        if !self
+            .store
+            .start_totp_enrolment(user, &secret, self.clock.now())
+            .await?
+        {
+            return Err(IdentityError::MfaAlreadyEnabled);
+        }
+        Ok(TotpEnrolment {
+            otpauth_uri: secret.otpauth_uri(&self.settings.issuer, &account.email)?,
+            secret: secret.to_base32(),
+        })
+    }
+
+    /// Confirms a pending enrolment with the app's current code; from then on
+    /// logins ask for a code. Returns the recovery codes, shown this once.
+    pub async fn confirm_totp(
+        &self,
+        user: UserId,
+        code: &str,
+    ) -> Result<RecoveryCodes, IdentityError> {
+        let now = self.clock.now();
+        let pending = match self.store.mfa(user).await? {
+            Some(mfa) if mfa.confirmed => return Err(IdentityError::MfaAlreadyEnabled),
+            Some(mfa) => mfa,
+            None => return Err(IdentityError::MfaNotEnabled),
+        };
+        let step = pending
+            .secret
+            .matching_step(code, now)
+            .ok_or(IdentityError::MfaConfirmationWrong)?;
+        let (codes, hashes) = recovery_codes()?;
+        if !self.store.confirm_totp(user, step, &hashes, now).await? {
+            return Err(IdentityError::MfaNotEnabled);
+        }
+        tracing::info!(user_id = %user, "second factor enabled");
+        Ok(RecoveryCodes {
+            recovery_codes: codes,
+        })
+    }
+
+    /// Replaces the recovery codes, after checking the password.
+    pub async fn renew_recovery_codes(
+        &self,
+        user: UserId,
+        password: &Password,
+    ) -> Result<RecoveryCodes, IdentityError> {
+        self.check_password(user, password).await?;
+        let (codes, hashes) = recovery_codes()?;
+        if !self
+            .store
+            .renew_recovery_codes(user, &hashes, self.clock.now())
+            .await?
+        {
+            return Err(IdentityError::MfaNotEnabled);
+        }
+        Ok(RecoveryCodes {
+            recovery_codes: codes,
+        })
+    }
+
+    /// Removes the second factor (confirmed or pending), after checking the
+    /// password.
+    pub async fn disable_mfa(
+        &self,
+        user: UserId,
+        password: &Password,
+    ) -> Result<(), IdentityError> {
+        self.check_password(user, password).await?;
+        if !self.store.remove_mfa(user).await? {
+            return Err(IdentityError::MfaNotEnabled);
+        }
+        tracing::info!(user_id = %user, "second factor removed");
+        Ok(())
+    }
+
+    async fn check_password(&self, user: UserId, password: &Password) -> Result<(), IdentityError> {
+        let (_, hash) = self
+            .store
+            .user_with_hash(user)
+            .await?
+            .ok_or(IdentityError::UserNotFound)?;
+        if self.hasher.verify(password, hash.as_deref()).await? {
+            Ok(())
+        } else {
+            Err(IdentityError::CurrentPasswordWrong)
+        }
     }
 
     /// Counts a failed login from `client` for `email` against both rate limits
@@ -448,6 +626,22 @@ impl Identity {
             expires_in: ttl,
         })
     }
+}
+
+/// A second factor sent to finish a login.
+#[derive(Debug, Clone)]
+pub enum SecondFactor {
+    /// A code from the authenticator app.
+    Totp(String),
+    /// One of the recovery codes.
+    RecoveryCode(String),
+}
+
+/// Fresh recovery codes and their hashes.
+fn recovery_codes() -> Result<(Vec<String>, Vec<String>), IdentityError> {
+    let codes = new_recovery_codes()?;
+    let hashes = codes.iter().map(|c| recovery_code_hash(c)).collect();
+    Ok((codes, hashes))
 }
 
 /// `prefix` followed by 256 random bits in base64url: a refresh token or API key.

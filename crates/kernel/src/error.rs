@@ -79,6 +79,11 @@ error_codes! {
     IdentityUserNotFound = ("IDENTITY_USER_NOT_FOUND", 404, "No account has this id (or the signed-in account no longer exists).");
     IdentityRefreshTokenReused = ("IDENTITY_REFRESH_TOKEN_REUSED", 401, "The refresh token was already used once. As a precaution against theft its whole session has been revoked: log in again.");
     IdentityApiKeyNotFound = ("IDENTITY_API_KEY_NOT_FOUND", 404, "No API key has this id.");
+    IdentityMfaRequired = ("IDENTITY_MFA_REQUIRED", 401, "The password was right and the account has a second factor: send `details.challenge_token` with a TOTP or recovery code to `POST /api/v1/auth/login/mfa` within `details.expires_in` seconds.");
+    IdentityMfaChallengeInvalid = ("IDENTITY_MFA_CHALLENGE_INVALID", 401, "The MFA challenge token is unknown, expired, already used, or spent by too many wrong codes. Log in again with the password.");
+    IdentityMfaCodeInvalid = ("IDENTITY_MFA_CODE_INVALID", 401, "The second-factor code is wrong or was already used: a TOTP code works once (a replay of the same 30-second step is refused) and within one step of clock drift; a recovery code works once.");
+    IdentityMfaAlreadyEnabled = ("IDENTITY_MFA_ALREADY_ENABLED", 409, "The account already has a confirmed second factor. Disable it first to enrol a new one.");
+    IdentityMfaNotEnabled = ("IDENTITY_MFA_NOT_ENABLED", 409, "The account has no second factor in that state: nothing is waiting for confirmation, or nothing is enabled to disable or renew codes for.");
     IdentityLoginThrottled = ("IDENTITY_LOGIN_THROTTLED", 429, "Too many failed logins recently from this address or for this email. Wait the `Retry-After` seconds (also in `details.retry_after_secs`), then try again.");
     IdentityAccountLocked = ("IDENTITY_ACCOUNT_LOCKED", 429, "After repeated failed logins this email is locked for a while (`auth.login.lockout_secs`), even with the right password. Wait the `Retry-After` seconds. The answer is the same whether or not an account has this email.");
     // Catalog.

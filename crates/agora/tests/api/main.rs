@@ -10,3 +10,4 @@ mod edge;
 mod helpers;
 mod identity;
 mod meta;
+mod mfa;
