@@ -9,5 +9,6 @@ mod cli;
 mod edge;
 mod helpers;
 mod identity;
+mod matrix;
 mod meta;
 mod mfa;

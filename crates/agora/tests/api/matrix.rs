@@ -1,0 +1,336 @@
+//! The access matrix: every route of every module, called by every kind of
+//! caller, gets exactly the status its policy says.
+//!
+//! One table, [`ROUTES`], names each route's policy; the expected status of each
+//! caller follows from the policy and the documented role → permission table
+//! (docs/security.md), written out again here in [`holds`] so that a change to
+//! the roles in code that the documentation does not follow fails. A test checks
+//! that the table and the OpenAPI document list the same routes, so a new route
+//! cannot be added without deciding its policy here.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{As, PASSWORD, TestApp, product_body, spawn_app};
+
+/// Who calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Anonymous,
+    Customer,
+    /// A second customer: for routes on someone's own resources, the one who
+    /// does not own them.
+    OtherCustomer,
+    Staff,
+    Admin,
+    /// An API key holding the route's permission (for public and personal
+    /// routes: some permission).
+    KeyWith,
+    /// An API key holding another permission.
+    KeyWithout,
+}
+
+const EVERYONE: [Who; 7] = [
+    Who::Anonymous,
+    Who::Customer,
+    Who::OtherCustomer,
+    Who::Staff,
+    Who::Admin,
+    Who::KeyWith,
+    Who::KeyWithout,
+];
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy)]
+enum Policy {
+    /// Anyone, with or without credentials.
+    Public,
+    /// A signed-in person acting on their own account (never an API key).
+    OwnAccount,
+    /// Holders of this permission (people by their roles, or API keys).
+    Needs(&'static str),
+}
+
+/// The permissions each role holds, as docs/security.md documents them.
+fn holds(who: Who, permission: &str) -> bool {
+    match who {
+        Who::Staff => permission == "catalog:write",
+        Who::Admin => true,
+        _ => false,
+    }
+}
+
+/// What the path's `{id}` stands for; a fresh one is made for every call.
+#[derive(Debug, Clone, Copy)]
+enum Fixture {
+    None,
+    Product,
+    Category,
+    User,
+    ApiKey,
+}
+
+struct Route {
+    method: &'static str,
+    path: &'static str,
+    policy: Policy,
+    fixture: Fixture,
+    body: fn() -> Option<Value>,
+    /// The status an allowed caller gets with this body. Routes whose outcome
+    /// the body decides (a bogus refresh token) say so here: what matters is
+    /// that the caller's identity does not change it.
+    ok: u16,
+}
+
+fn unique() -> String {
+    uuid::Uuid::now_v7().simple().to_string()[20..].to_string()
+}
+
+fn no_body() -> Option<Value> {
+    None
+}
+
+#[rustfmt::skip]
+const ROUTES: &[Route] = &[
+    // Meta.
+    Route { method: "GET", path: "/api/v1/errors", policy: Policy::Public, fixture: Fixture::None, body: no_body, ok: 200 },
+    // Identity: logins and tokens.
+    Route { method: "POST", path: "/api/v1/auth/register", policy: Policy::Public, fixture: Fixture::None,
+        body: || Some(json!({ "email": format!("new-{}@example.com", unique()), "password": PASSWORD, "name": "New" })), ok: 201 },
+    Route { method: "POST", path: "/api/v1/auth/login", policy: Policy::Public, fixture: Fixture::None,
+        body: || Some(json!({ "email": "staff@agora.test", "password": PASSWORD })), ok: 200 },
+    Route { method: "POST", path: "/api/v1/auth/login/mfa", policy: Policy::Public, fixture: Fixture::None,
+        body: || Some(json!({ "challenge_token": "mfa_bogus", "code": "123456" })), ok: 401 },
+    Route { method: "POST", path: "/api/v1/auth/refresh", policy: Policy::Public, fixture: Fixture::None,
+        body: || Some(json!({ "refresh_token": "rt_bogus" })), ok: 401 },
+    Route { method: "POST", path: "/api/v1/auth/logout", policy: Policy::Public, fixture: Fixture::None,
+        body: || Some(json!({ "refresh_token": "rt_bogus" })), ok: 200 },
+    // Identity: one's own account.
+    Route { method: "GET", path: "/api/v1/users/me", policy: Policy::OwnAccount, fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "PATCH", path: "/api/v1/users/me", policy: Policy::OwnAccount, fixture: Fixture::None,
+        body: || Some(json!({ "name": "Renamed" })), ok: 200 },
+    Route { method: "POST", path: "/api/v1/users/me/password", policy: Policy::OwnAccount, fixture: Fixture::None,
+        body: || Some(json!({ "current_password": "not the password", "new_password": "a new long password" })), ok: 422 },
+    Route { method: "GET", path: "/api/v1/users/me/mfa", policy: Policy::OwnAccount, fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "POST", path: "/api/v1/users/me/mfa/totp", policy: Policy::OwnAccount, fixture: Fixture::None, body: no_body, ok: 201 },
+    Route { method: "POST", path: "/api/v1/users/me/mfa/totp/confirm", policy: Policy::OwnAccount, fixture: Fixture::None,
+        body: || Some(json!({ "code": "abcdef" })), ok: 422 },
+    Route { method: "POST", path: "/api/v1/users/me/mfa/recovery-codes", policy: Policy::OwnAccount, fixture: Fixture::None,
+        body: || Some(json!({ "current_password": "not the password" })), ok: 422 },
+    Route { method: "POST", path: "/api/v1/users/me/mfa/disable", policy: Policy::OwnAccount, fixture: Fixture::None,
+        body: || Some(json!({ "current_password": "not the password" })), ok: 422 },
+    // Identity: administration.
+    Route { method: "GET", path: "/api/v1/users", policy: Policy::Needs("users:manage"), fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "GET", path: "/api/v1/users/{id}", policy: Policy::Needs("users:manage"), fixture: Fixture::User, body: no_body, ok: 200 },
+    Route { method: "PATCH", path: "/api/v1/users/{id}", policy: Policy::Needs("users:manage"), fixture: Fixture::User,
+        body: || Some(json!({ "roles": ["customer"] })), ok: 200 },
+    Route { method: "POST", path: "/api/v1/api-keys", policy: Policy::Needs("api_keys:manage"), fixture: Fixture::None,
+        body: || Some(json!({ "name": "matrix", "permissions": ["api_keys:manage"] })), ok: 201 },
+    Route { method: "GET", path: "/api/v1/api-keys", policy: Policy::Needs("api_keys:manage"), fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "GET", path: "/api/v1/api-keys/{id}", policy: Policy::Needs("api_keys:manage"), fixture: Fixture::ApiKey, body: no_body, ok: 200 },
+    Route { method: "DELETE", path: "/api/v1/api-keys/{id}", policy: Policy::Needs("api_keys:manage"), fixture: Fixture::ApiKey, body: no_body, ok: 200 },
+    // Catalog.
+    Route { method: "GET", path: "/api/v1/products", policy: Policy::Public, fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "POST", path: "/api/v1/products", policy: Policy::Needs("catalog:write"), fixture: Fixture::None,
+        body: || Some(product_body(json!({}))), ok: 201 },
+    Route { method: "GET", path: "/api/v1/products/{id}", policy: Policy::Public, fixture: Fixture::Product, body: no_body, ok: 200 },
+    Route { method: "PATCH", path: "/api/v1/products/{id}", policy: Policy::Needs("catalog:write"), fixture: Fixture::Product,
+        body: || Some(json!({ "name": "Renamed product" })), ok: 200 },
+    Route { method: "DELETE", path: "/api/v1/products/{id}", policy: Policy::Needs("catalog:write"), fixture: Fixture::Product, body: no_body, ok: 200 },
+    Route { method: "GET", path: "/api/v1/categories", policy: Policy::Public, fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "POST", path: "/api/v1/categories", policy: Policy::Needs("catalog:write"), fixture: Fixture::None,
+        body: || Some(json!({ "name": format!("Category {}", unique()) })), ok: 201 },
+    Route { method: "GET", path: "/api/v1/categories/{id}", policy: Policy::Public, fixture: Fixture::Category, body: no_body, ok: 200 },
+    Route { method: "PATCH", path: "/api/v1/categories/{id}", policy: Policy::Needs("catalog:write"), fixture: Fixture::Category,
+        body: || Some(json!({ "name": format!("Renamed {}", unique()) })), ok: 200 },
+    Route { method: "DELETE", path: "/api/v1/categories/{id}", policy: Policy::Needs("catalog:write"), fixture: Fixture::Category, body: no_body, ok: 200 },
+];
+
+/// Routes outside the OpenAPI document (served beside the API): public.
+const UNDOCUMENTED: &[&str] = &[
+    "/api/v1/openapi.json",
+    "/.well-known/jwks.json",
+    "/health/live",
+    "/health/ready",
+    "/docs/",
+];
+
+/// The status `who` must get from a route under `policy`.
+fn expected(policy: Policy, ok: u16, who: Who) -> u16 {
+    match (policy, who) {
+        (Policy::Public, _) => ok,
+        (_, Who::Anonymous) => 401,
+        (Policy::OwnAccount, Who::KeyWith | Who::KeyWithout) => 403,
+        (Policy::OwnAccount, _) => ok,
+        (Policy::Needs(_), Who::KeyWith) => ok,
+        (Policy::Needs(_), Who::KeyWithout) => 403,
+        (Policy::Needs(permission), who) if holds(who, permission) => ok,
+        (Policy::Needs(_), _) => 403,
+    }
+}
+
+/// The callers' credentials.
+struct Callers {
+    customer: String,
+    other_customer: String,
+    admin: String,
+    /// API keys by the one permission each holds.
+    keys: Vec<(&'static str, String)>,
+}
+
+impl Callers {
+    async fn new(app: &TestApp) -> Self {
+        let admin = app
+            .create_user_and_login("admin@agora.test", &[agora_kernel::Role::Admin])
+            .await;
+        let mut keys = Vec::new();
+        for permission in agora_kernel::Permission::ALL {
+            let key = app
+                .create_api_key(As::Token(&admin), &[permission.as_str()])
+                .await;
+            keys.push((permission.as_str(), key));
+        }
+        Callers {
+            customer: app.register_and_login("customer@example.com").await,
+            other_customer: app.register_and_login("other@example.com").await,
+            admin,
+            keys,
+        }
+    }
+
+    fn key(&self, holding: impl Fn(&str) -> bool) -> &str {
+        self.keys
+            .iter()
+            .find(|(p, _)| holding(p))
+            .map(|(_, k)| k.as_str())
+            .expect("a key")
+    }
+
+    fn credentials<'a>(&'a self, app: &'a TestApp, who: Who, policy: Policy) -> As<'a> {
+        let needed = match policy {
+            Policy::Needs(p) => p,
+            _ => "catalog:write",
+        };
+        match who {
+            Who::Anonymous => As::Anonymous,
+            Who::Customer => As::Token(&self.customer),
+            Who::OtherCustomer => As::Token(&self.other_customer),
+            Who::Staff => As::Token(&app.staff_token),
+            Who::Admin => As::Token(&self.admin),
+            Who::KeyWith => As::ApiKey(self.key(|p| p == needed)),
+            Who::KeyWithout => As::ApiKey(self.key(|p| p != needed)),
+        }
+    }
+}
+
+/// A fresh resource for a route's `{id}`.
+async fn fixture(app: &TestApp, callers: &Callers, fixture: Fixture) -> Option<String> {
+    match fixture {
+        Fixture::None => None,
+        Fixture::Product => Some(
+            app.create_product(json!({})).await["id"]
+                .as_str()
+                .expect("an id")
+                .to_string(),
+        ),
+        Fixture::Category => Some(app.create_category(&format!("Fixture {}", unique())).await),
+        Fixture::User => {
+            let a = app
+                .call(
+                    Method::POST,
+                    "/api/v1/auth/register",
+                    Some(json!({ "email": format!("u-{}@example.com", unique()), "password": PASSWORD, "name": "U" })),
+                    As::Anonymous,
+                )
+                .await;
+            a.data()["id"].as_str().map(str::to_string)
+        }
+        Fixture::ApiKey => {
+            let a = app
+                .call(
+                    Method::POST,
+                    "/api/v1/api-keys",
+                    Some(json!({ "name": "fixture", "permissions": ["catalog:write"] })),
+                    As::Token(&callers.admin),
+                )
+                .await;
+            a.data()["id"].as_str().map(str::to_string)
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_caller_gets_exactly_the_status_the_policy_says() {
+    let app = spawn_app().await;
+    let callers = Callers::new(&app).await;
+    let mut wrong = Vec::new();
+    for route in ROUTES {
+        for who in EVERYONE {
+            let path = match fixture(&app, &callers, route.fixture).await {
+                Some(id) => route.path.replace("{id}", &id),
+                None => route.path.to_string(),
+            };
+            let method = Method::from_bytes(route.method.as_bytes()).expect("a method");
+            let a = app
+                .call(
+                    method,
+                    &path,
+                    (route.body)(),
+                    callers.credentials(&app, who, route.policy),
+                )
+                .await;
+            let want = expected(route.policy, route.ok, who);
+            if a.status.as_u16() != want {
+                wrong.push(format!(
+                    "{} {} as {who:?}: {} (want {want}) {}",
+                    route.method,
+                    route.path,
+                    a.status.as_u16(),
+                    a.code()
+                ));
+            }
+        }
+    }
+    for path in UNDOCUMENTED {
+        for who in EVERYONE {
+            let mut req = app.client.get(format!("{}{path}", app.base));
+            match callers.credentials(&app, who, Policy::Public) {
+                As::Token(t) => req = req.bearer_auth(t),
+                As::ApiKey(k) => req = req.header("authorization", format!("ApiKey {k}")),
+                As::Anonymous | As::Staff => {}
+            }
+            let status = req.send().await.expect("answered").status();
+            if status != StatusCode::OK {
+                wrong.push(format!("GET {path} as {who:?}: {status}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} mismatches:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn the_table_lists_exactly_the_documented_routes() {
+    let app = spawn_app().await;
+    let doc = app.get("/api/v1/openapi.json").await;
+    let mut documented = BTreeSet::new();
+    for (path, methods) in doc.body["paths"].as_object().expect("paths") {
+        for method in methods.as_object().expect("methods").keys() {
+            documented.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    let tabled: BTreeSet<String> = ROUTES
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        tabled, documented,
+        "every documented route needs a row in ROUTES (tests/api/matrix.rs) with its policy"
+    );
+}
