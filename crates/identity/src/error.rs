@@ -60,6 +60,27 @@ pub enum IdentityError {
     /// Nothing pending to confirm, or nothing enabled to change.
     #[error("MFA not enabled")]
     MfaNotEnabled,
+    /// No OpenID Connect provider has this name.
+    #[error("unknown OIDC provider")]
+    OidcProviderUnknown,
+    /// The callback's state is unknown, expired, used, or from another browser.
+    #[error("OIDC state invalid")]
+    OidcStateInvalid,
+    /// The ID token's nonce is not the one sent.
+    #[error("OIDC nonce mismatch")]
+    OidcNonceMismatch,
+    /// The ID token failed verification.
+    #[error("OIDC ID token invalid")]
+    OidcIdTokenInvalid,
+    /// The provider gave no verified email.
+    #[error("OIDC email unverified")]
+    OidcEmailUnverified,
+    /// The provider answered the authorization request with this error.
+    #[error("OIDC login denied: {0}")]
+    OidcDenied(String),
+    /// The provider could not be used (the reason is logged, not shown).
+    #[error("OIDC provider failed: {0}")]
+    OidcProviderFailed(String),
     /// No API key has this id.
     #[error("API key not found")]
     ApiKeyNotFound,
@@ -133,6 +154,18 @@ impl From<IdentityError> for ApiError {
             IdentityError::MfaCodeInvalid => ErrorCode::IdentityMfaCodeInvalid,
             IdentityError::MfaAlreadyEnabled => ErrorCode::IdentityMfaAlreadyEnabled,
             IdentityError::MfaNotEnabled => ErrorCode::IdentityMfaNotEnabled,
+            IdentityError::OidcDenied(error) => {
+                return ApiError::from_code(ErrorCode::IdentityOidcDenied)
+                    .with_details(serde_json::json!({ "error": error }));
+            }
+            IdentityError::OidcProviderFailed(why) => {
+                return ApiError::from_code(ErrorCode::IdentityOidcProviderFailed).with_cause(why);
+            }
+            IdentityError::OidcProviderUnknown => ErrorCode::IdentityOidcProviderUnknown,
+            IdentityError::OidcStateInvalid => ErrorCode::IdentityOidcStateInvalid,
+            IdentityError::OidcNonceMismatch => ErrorCode::IdentityOidcNonceMismatch,
+            IdentityError::OidcIdTokenInvalid => ErrorCode::IdentityOidcIdTokenInvalid,
+            IdentityError::OidcEmailUnverified => ErrorCode::IdentityOidcEmailUnverified,
             IdentityError::ApiKeyNotFound => ErrorCode::IdentityApiKeyNotFound,
             IdentityError::EmailTaken => ErrorCode::IdentityEmailTaken,
             IdentityError::InvalidCredentials => ErrorCode::IdentityInvalidCredentials,

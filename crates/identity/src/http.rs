@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::api_keys::{ApiKey, CreatedApiKey};
 use crate::domain::{Email, NewPassword, Password, User, parse_name};
 use crate::mfa::{MfaStatus, RecoveryCodes, TotpEnrolment};
-use crate::service::{Identity, Registration, SecondFactor, TokenPair};
+use crate::service::{Identity, OidcCallback, Registration, SecondFactor, TokenPair};
 use crate::store::CreationCursor;
 
 /// The routes under `/api/v1`.
@@ -26,6 +26,8 @@ pub fn router(identity: Identity) -> Router {
         .route("/auth/refresh", post(refresh))
         .route("/auth/logout", post(logout))
         .route("/auth/login/mfa", post(login_mfa))
+        .route("/auth/oidc/{provider}/start", get(oidc_start))
+        .route("/auth/oidc/{provider}/callback", get(oidc_callback))
         .route("/users/me/mfa", get(mfa_status))
         .route("/users/me/mfa/totp", post(start_totp))
         .route("/users/me/mfa/totp/confirm", post(confirm_totp))
@@ -179,6 +181,105 @@ async fn login_mfa(
             .login_second_factor(&body.challenge_token, factor, client)
             .await?,
     ))
+}
+
+/// The cookie that binds an OpenID Connect login to the browser that started it.
+const OIDC_COOKIE: &str = "agora_oidc";
+
+/// Start a login with an OpenID Connect provider: redirects the browser to the
+/// provider (authorization code flow with PKCE), and sets a short-lived cookie
+/// that the callback checks.
+#[utoipa::path(
+    get, path = "/auth/oidc/{provider}/start", tag = "identity",
+    params(("provider" = String, Path, description = "A provider name from `auth.oidc`")),
+    responses(
+        (status = 302, description = "To the provider's authorization endpoint; sets the `agora_oidc` cookie (10 minutes)."),
+        (status = 404, description = "`IDENTITY_OIDC_PROVIDER_UNKNOWN`", body = agora_kernel::envelope::Failure),
+        (status = 502, description = "`IDENTITY_OIDC_PROVIDER_FAILED`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn oidc_start(
+    State(identity): State<Identity>,
+    AppPath(provider): AppPath<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let started = identity.oidc_start(&provider).await?;
+    // Secure whenever the provider sends the browser back over HTTPS.
+    let secure = if identity.oidc_redirect_is_https(&provider) {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{OIDC_COOKIE}={}; Path=/api; Max-Age=600; HttpOnly; SameSite=Lax{secure}",
+        started.browser_binding
+    );
+    Ok((
+        http::StatusCode::FOUND,
+        [
+            (http::header::LOCATION, started.location),
+            (http::header::SET_COOKIE, cookie),
+            (http::header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+    )
+        .into_response())
+}
+
+/// What the provider sends back. Providers add parameters of their own, so
+/// unknown ones are ignored here.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OidcCallbackQuery {
+    /// The authorization code.
+    code: Option<String>,
+    /// The state sent with the authorization request.
+    state: Option<String>,
+    /// The provider's error code, when it did not authorize the login.
+    error: Option<String>,
+}
+
+/// Finish a login with an OpenID Connect provider (the provider redirects the
+/// browser here). The first login with a provider account links it to the
+/// account with the same verified email, or creates a customer account.
+#[utoipa::path(
+    get, path = "/auth/oidc/{provider}/callback", tag = "identity",
+    params(("provider" = String, Path, description = "A provider name from `auth.oidc`"), OidcCallbackQuery),
+    responses(
+        (status = 200, description = "An access token and a refresh token.", body = inline(agora_kernel::envelope::Success<TokenPair>)),
+        (status = 400, description = "`IDENTITY_OIDC_STATE_INVALID`", body = agora_kernel::envelope::Failure),
+        (status = 401, description = "`IDENTITY_OIDC_NONCE_MISMATCH`, `IDENTITY_OIDC_ID_TOKEN_INVALID`, `IDENTITY_OIDC_DENIED`, `IDENTITY_MFA_REQUIRED`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`IDENTITY_OIDC_EMAIL_UNVERIFIED`, `AUTH_ACCOUNT_DISABLED`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`IDENTITY_OIDC_PROVIDER_UNKNOWN`", body = agora_kernel::envelope::Failure),
+        (status = 502, description = "`IDENTITY_OIDC_PROVIDER_FAILED`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn oidc_callback(
+    State(identity): State<Identity>,
+    AppPath(provider): AppPath<String>,
+    headers: http::HeaderMap,
+    AppQuery(query): AppQuery<OidcCallbackQuery>,
+) -> Result<ApiResponse<TokenPair>, ApiError> {
+    let binding = cookie(&headers, OIDC_COOKIE);
+    let callback = OidcCallback {
+        code: query.code,
+        state: query.state,
+        error: query.error,
+    };
+    let tokens = identity
+        .oidc_callback(&provider, callback, binding.as_deref())
+        .await?;
+    Ok(ApiResponse::ok(tokens))
+}
+
+/// The value of cookie `name`, if the request sent it.
+fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
 }
 
 /// A refresh token.
@@ -660,7 +761,7 @@ async fn jwks(State(identity): State<Identity>) -> impl IntoResponse {
 /// The identity module's part of the OpenAPI document (paths relative to `/api/v1`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(register, login, login_mfa, refresh, logout, me, mfa_status, start_totp, confirm_totp, renew_recovery_codes, disable_mfa, update_me, change_password, list_users, get_user, update_user, create_api_key, list_api_keys, get_api_key, revoke_api_key),
+    paths(register, login, login_mfa, oidc_start, oidc_callback, refresh, logout, me, mfa_status, start_totp, confirm_totp, renew_recovery_codes, disable_mfa, update_me, change_password, list_users, get_user, update_user, create_api_key, list_api_keys, get_api_key, revoke_api_key),
     components(schemas(User, TokenPair, RegisterRequest, LoginRequest, RefreshRequest, UpdateMe, ChangePassword, UpdateUser, ApiKey, CreatedApiKey, CreateApiKey, LoginMfaRequest, MfaStatus, TotpEnrolment, RecoveryCodes, ConfirmTotp, PasswordConfirmation)),
     tags((name = "identity", description = "Accounts, logins and tokens"))
 )]

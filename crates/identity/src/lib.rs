@@ -11,6 +11,7 @@
 //! - [`api_keys`]: API keys of service accounts, and their resolution at the edge.
 //! - [`domain`]: `User`, and the rules for emails, names and passwords.
 //! - [`mfa`]: the TOTP second factor, recovery codes and login challenges.
+//! - [`oidc`]: login through OpenID Connect providers (code flow with PKCE).
 //! - [`password`]: argon2id hashing off the async threads.
 //! - [`keys`]: Ed25519 signing keys, their rotation and the JWKS.
 //! - [`store`]: SQL for accounts, sessions and refresh tokens.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod mfa;
+pub mod oidc;
 pub mod password;
 pub mod service;
 pub mod store;

@@ -14,13 +14,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 use crate::api_keys::{ApiKey, CreatedApiKey, SHOWN_PREFIX_LEN, StoredApiKeys};
-use crate::domain::{Email, NewPassword, Password, User};
+use crate::domain::{Email, NewPassword, Password, User, parse_name};
 use crate::error::IdentityError;
 use crate::keys::KeyRing;
 use crate::mfa::{
     CHALLENGE_TTL_SECS, MfaStatus, RecoveryCodes, TotpEnrolment, TotpSecret, new_recovery_codes,
     recovery_code_hash,
 };
+use crate::oidc::{OidcProviders, random_token};
 use crate::password::PasswordHasher;
 use crate::store::{CreationCursor, IdentityStore, NewRefreshToken, RevokeReason, Rotation};
 use crate::throttle::{FailureState, LoginThrottle, ceil_secs};
@@ -60,6 +61,27 @@ pub struct Identity {
     clock: Arc<dyn Clock>,
     settings: Arc<AuthConfig>,
     throttle: Arc<LoginThrottle>,
+    oidc: OidcProviders,
+}
+
+/// A started OpenID Connect login.
+#[derive(Debug)]
+pub struct OidcStart {
+    /// Where to send the browser.
+    pub location: String,
+    /// The value of the cookie that binds the login to this browser.
+    pub browser_binding: String,
+}
+
+/// What the provider sent back to the callback.
+#[derive(Debug, Default)]
+pub struct OidcCallback {
+    /// The authorization code.
+    pub code: Option<String>,
+    /// The state sent with the authorization request.
+    pub state: Option<String>,
+    /// The provider's error code, when it did not authorize.
+    pub error: Option<String>,
 }
 
 impl Identity {
@@ -89,6 +111,7 @@ impl Identity {
             clock,
             settings: Arc::new(settings.clone()),
             throttle: Arc::new(LoginThrottle::new(&settings.login)),
+            oidc: OidcProviders::new(&settings.oidc)?,
         })
     }
 
@@ -170,6 +193,16 @@ impl Identity {
                 self.store.clear_login_failures(key).await?;
             }
         }
+        self.finish_first_factor(&user, now).await
+    }
+
+    /// After a first factor (password, provider): a session, or a challenge for
+    /// the second factor when the account has one.
+    async fn finish_first_factor(
+        &self,
+        user: &User,
+        now: Timestamp,
+    ) -> Result<TokenPair, IdentityError> {
         if user.disabled {
             return Err(IdentityError::AccountDisabled);
         }
@@ -186,7 +219,133 @@ impl Identity {
                 expires_in: CHALLENGE_TTL_SECS,
             });
         }
-        self.start_session(&user, now).await
+        self.start_session(user, now).await
+    }
+
+    /// Starts a login with OpenID Connect provider `provider`.
+    pub async fn oidc_start(&self, provider: &str) -> Result<OidcStart, IdentityError> {
+        let started = self.oidc.start(provider).await?;
+        let browser_binding = random_token()?;
+        self.store
+            .insert_oidc_login(provider, &started, &browser_binding, self.clock.now())
+            .await?;
+        Ok(OidcStart {
+            location: started.authorization_url,
+            browser_binding,
+        })
+    }
+
+    /// Whether `provider` sends browsers back to an `https://` address (its
+    /// cookie is then marked `Secure`).
+    pub fn oidc_redirect_is_https(&self, provider: &str) -> bool {
+        self.settings
+            .oidc
+            .get(provider)
+            .is_some_and(|p| p.redirect_uri.starts_with("https://"))
+    }
+
+    /// Finishes a login with `provider`: checks the state against the login
+    /// started in this browser (`browser_binding`, its cookie), redeems the code
+    /// with the PKCE verifier, checks the ID token and its nonce, then finds the
+    /// account linked to the provider's subject, or links the account with the
+    /// provider's verified email, or creates one.
+    pub async fn oidc_callback(
+        &self,
+        provider: &str,
+        callback: OidcCallback,
+        browser_binding: Option<&str>,
+    ) -> Result<TokenPair, IdentityError> {
+        let now = self.clock.now();
+        self.oidc.ensure_known(provider)?;
+        let state = callback.state.ok_or(IdentityError::OidcStateInvalid)?;
+        let pending = self
+            .store
+            .oidc_login(&state)
+            .await?
+            .filter(|p| p.provider == provider && !p.used && now < p.expires_at)
+            .filter(|p| {
+                browser_binding.map(secret_hash).as_deref() == Some(p.browser_hash.as_str())
+            })
+            .ok_or(IdentityError::OidcStateInvalid)?;
+        if !self.store.use_oidc_login(&pending.id, now).await? {
+            return Err(IdentityError::OidcStateInvalid);
+        }
+        if let Some(error) = callback.error {
+            return Err(IdentityError::OidcDenied(error));
+        }
+        let code = callback
+            .code
+            .ok_or_else(|| IdentityError::OidcProviderFailed("the callback has no code".into()))?;
+        let claims = self
+            .oidc
+            .redeem(provider, &code, &pending.code_verifier)
+            .await?;
+        if claims.nonce.as_deref() != Some(pending.nonce.as_str()) {
+            tracing::warn!(
+                provider,
+                "an ID token with another login's nonce was refused"
+            );
+            return Err(IdentityError::OidcNonceMismatch);
+        }
+        let user = match self.store.oidc_link(provider, &claims.sub).await? {
+            Some(id) => self.user(id).await?,
+            None => {
+                let email = claims
+                    .verified_email()
+                    .and_then(|e| Email::parse(e).ok())
+                    .ok_or(IdentityError::OidcEmailUnverified)?;
+                let user = match self.store.user_by_email(&email).await? {
+                    Some((user, _)) => user,
+                    None => {
+                        self.create_provider_account(&email, claims.name.as_deref())
+                            .await?
+                    }
+                };
+                self.store
+                    .link_oidc(provider, &claims.sub, user.id, email.as_str(), now)
+                    .await?;
+                tracing::info!(user_id = %user.id, provider, "provider account linked");
+                user
+            }
+        };
+        self.finish_first_factor(&user, now).await
+    }
+
+    /// A customer account for a provider's verified email, without a password.
+    /// When a concurrent login created it first, that one is used.
+    async fn create_provider_account(
+        &self,
+        email: &Email,
+        name: Option<&str>,
+    ) -> Result<User, IdentityError> {
+        let local_part = email.as_str().split('@').next().unwrap_or("customer");
+        let name = name
+            .and_then(|n| parse_name(n).ok())
+            .or_else(|| parse_name(local_part).ok())
+            .unwrap_or_else(|| "Customer".to_string());
+        let now = self.clock.now();
+        let user = User {
+            id: UserId::new(),
+            email: email.as_str().to_string(),
+            name,
+            roles: vec![Role::Customer],
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.store.insert_user(&user, None).await {
+            Ok(()) => {
+                tracing::info!(user_id = %user.id, "account created through a provider");
+                Ok(user)
+            }
+            Err(IdentityError::EmailTaken) => self
+                .store
+                .user_by_email(email)
+                .await?
+                .map(|(user, _)| user)
+                .ok_or(IdentityError::UserNotFound),
+            Err(e) => Err(e),
+        }
     }
 
     /// Finishes a login that was asked for its second factor: `challenge_token`

@@ -84,6 +84,13 @@ error_codes! {
     IdentityMfaCodeInvalid = ("IDENTITY_MFA_CODE_INVALID", 401, "The second-factor code is wrong or was already used: a TOTP code works once (a replay of the same 30-second step is refused) and within one step of clock drift; a recovery code works once.");
     IdentityMfaAlreadyEnabled = ("IDENTITY_MFA_ALREADY_ENABLED", 409, "The account already has a confirmed second factor. Disable it first to enrol a new one.");
     IdentityMfaNotEnabled = ("IDENTITY_MFA_NOT_ENABLED", 409, "The account has no second factor in that state: nothing is waiting for confirmation, or nothing is enabled to disable or renew codes for.");
+    IdentityOidcProviderUnknown = ("IDENTITY_OIDC_PROVIDER_UNKNOWN", 404, "No OpenID Connect provider has this name. The configured ones are the keys of `auth.oidc`.");
+    IdentityOidcStateInvalid = ("IDENTITY_OIDC_STATE_INVALID", 400, "The callback's `state` is unknown, expired (after 10 minutes) or already used, or belongs to another provider or another browser (the `agora_oidc` cookie set by `/start` is missing or different). Start the login again.");
+    IdentityOidcNonceMismatch = ("IDENTITY_OIDC_NONCE_MISMATCH", 401, "The provider's ID token does not carry the nonce this login sent: it was issued for another login, and is refused.");
+    IdentityOidcIdTokenInvalid = ("IDENTITY_OIDC_ID_TOKEN_INVALID", 401, "The provider's ID token is not valid: not signed by one of the provider's published keys, for another issuer or client, expired, or signed with a symmetric algorithm.");
+    IdentityOidcEmailUnverified = ("IDENTITY_OIDC_EMAIL_UNVERIFIED", 403, "The provider gave no verified email for this account, so it can be neither linked to an account nor used to create one.");
+    IdentityOidcDenied = ("IDENTITY_OIDC_DENIED", 401, "The provider did not authorize the login (the user declined, or the provider refused); `details.error` holds the provider's error code.");
+    IdentityOidcProviderFailed = ("IDENTITY_OIDC_PROVIDER_FAILED", 502, "The OpenID Connect provider could not be reached, or answered something unusable (discovery document, keys or token exchange). Try again later.");
     IdentityLoginThrottled = ("IDENTITY_LOGIN_THROTTLED", 429, "Too many failed logins recently from this address or for this email. Wait the `Retry-After` seconds (also in `details.retry_after_secs`), then try again.");
     IdentityAccountLocked = ("IDENTITY_ACCOUNT_LOCKED", 429, "After repeated failed logins this email is locked for a while (`auth.login.lockout_secs`), even with the right password. Wait the `Retry-After` seconds. The answer is the same whether or not an account has this email.");
     // Catalog.

@@ -162,6 +162,32 @@ pub struct AuthConfig {
     pub argon2: Argon2Config,
     /// Limits on failed logins.
     pub login: LoginLimits,
+    /// OpenID Connect providers to log in with, by name (the `{provider}` of
+    /// `/api/v1/auth/oidc/{provider}/start`).
+    pub oidc: std::collections::BTreeMap<String, OidcProvider>,
+}
+
+/// An OpenID Connect provider (docs/security.md, "Login with an OpenID provider").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProvider {
+    /// The issuer URL; its `/.well-known/openid-configuration` is read at the
+    /// first login.
+    pub issuer: String,
+    /// The client id registered with the provider.
+    pub client_id: String,
+    /// The client secret registered with the provider; never printed.
+    pub client_secret: Secret,
+    /// Where the provider sends the browser back: this server's
+    /// `/api/v1/auth/oidc/{provider}/callback`, as registered with the provider.
+    pub redirect_uri: String,
+    /// The scopes asked for; `openid` and `email` are needed.
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_oidc_scopes() -> Vec<String> {
+    ["openid", "email", "profile"].map(String::from).to_vec()
 }
 
 impl Default for AuthConfig {
@@ -175,6 +201,7 @@ impl Default for AuthConfig {
             password_min_length: 10,
             argon2: Argon2Config::default(),
             login: LoginLimits::default(),
+            oidc: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -400,6 +427,33 @@ impl Config {
                 "database.acquire_timeout_ms",
                 "must be between 1 and 600000",
             );
+        }
+        for (name, provider) in &self.auth.oidc {
+            let key = |field: &str| format!("auth.oidc.{name}.{field}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return fail(
+                    &format!("auth.oidc.{name}"),
+                    "provider names are a-z, 0-9 and -",
+                );
+            }
+            for (field, url) in [
+                ("issuer", &provider.issuer),
+                ("redirect_uri", &provider.redirect_uri),
+            ] {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return fail(&key(field), "must be an http:// or https:// URL");
+                }
+            }
+            if provider.client_id.is_empty() {
+                return fail(&key("client_id"), "must not be empty");
+            }
+            if !provider.scopes.iter().any(|s| s == "openid") {
+                return fail(&key("scopes"), "must include `openid`");
+            }
         }
         let login = &self.auth.login;
         if !(1..=86_400).contains(&login.window_secs) {

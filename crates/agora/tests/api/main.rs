@@ -12,3 +12,4 @@ mod identity;
 mod matrix;
 mod meta;
 mod mfa;
+mod oidc;

@@ -107,6 +107,9 @@ const ROUTES: &[Route] = &[
         body: || Some(json!({ "refresh_token": "rt_bogus" })), ok: 401 },
     Route { method: "POST", path: "/api/v1/auth/logout", policy: Policy::Public, fixture: Fixture::None,
         body: || Some(json!({ "refresh_token": "rt_bogus" })), ok: 200 },
+    // No provider is configured here: whoever calls, the provider is unknown.
+    Route { method: "GET", path: "/api/v1/auth/oidc/{provider}/start", policy: Policy::Public, fixture: Fixture::None, body: no_body, ok: 404 },
+    Route { method: "GET", path: "/api/v1/auth/oidc/{provider}/callback", policy: Policy::Public, fixture: Fixture::None, body: no_body, ok: 404 },
     // Identity: one's own account.
     Route { method: "GET", path: "/api/v1/users/me", policy: Policy::OwnAccount, fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "PATCH", path: "/api/v1/users/me", policy: Policy::OwnAccount, fixture: Fixture::None,
@@ -270,7 +273,7 @@ async fn every_caller_gets_exactly_the_status_the_policy_says() {
         for who in EVERYONE {
             let path = match fixture(&app, &callers, route.fixture).await {
                 Some(id) => route.path.replace("{id}", &id),
-                None => route.path.to_string(),
+                None => route.path.replace("{provider}", "unconfigured"),
             };
             let method = Method::from_bytes(route.method.as_bytes()).expect("a method");
             let a = app
