@@ -25,7 +25,7 @@ pub const DIGITS: usize = 6;
 pub const RECOVERY_CODES: usize = 10;
 /// How long a login challenge waits for its code.
 pub const CHALLENGE_TTL_SECS: u64 = 300;
-/// Wrong codes a challenge takes before it is spent.
+/// Codes a challenge takes (wrong ones, and the right one) before it is spent.
 pub const CHALLENGE_ATTEMPTS: i64 = 5;
 
 /// Characters of a recovery code (base32, lower case; no 0/1/8/9 to misread).
@@ -398,13 +398,23 @@ impl IdentityStore {
         .transpose()
     }
 
-    /// Counts a wrong code against a challenge.
-    pub async fn challenge_failed(&self, id: &str) -> Result<(), IdentityError> {
-        sqlx::query("UPDATE identity_mfa_challenges SET attempts = attempts + 1 WHERE id = $1")
-            .bind(id.to_string())
-            .execute(self.db.writer())
-            .await?;
-        Ok(())
+    /// Counts an attempt against a challenge before its code is checked;
+    /// `false` when the challenge is used, expired or out of attempts.
+    pub async fn reserve_challenge_attempt(
+        &self,
+        id: &str,
+        now: Timestamp,
+    ) -> Result<bool, IdentityError> {
+        let done = sqlx::query(
+            "UPDATE identity_mfa_challenges SET attempts = attempts + 1 \
+             WHERE id = $1 AND attempts < $2 AND used_at IS NULL AND expires_at > $3",
+        )
+        .bind(id.to_string())
+        .bind(CHALLENGE_ATTEMPTS)
+        .bind(now.as_millis())
+        .execute(self.db.writer())
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Completes a challenge; `false` when another request completed it first.

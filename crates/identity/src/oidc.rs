@@ -253,7 +253,22 @@ impl OidcProviders {
             .map_err(|e| provider_failed(format!("token endpoint unreachable: {e}")))?;
         let status = response.status();
         if !status.is_success() {
-            return Err(provider_failed(format!("token endpoint answered {status}")));
+            // RFC 6749, section 5.2: a 400 names what was wrong with the grant
+            // (a code expired or used twice: `invalid_grant`). Our own client
+            // being refused is a configuration fault, not the user's.
+            #[derive(Deserialize)]
+            struct ErrorResponse {
+                error: String,
+            }
+            let error = response.json::<ErrorResponse>().await.ok().map(|e| e.error);
+            return Err(match error {
+                Some(error)
+                    if status == reqwest::StatusCode::BAD_REQUEST && error != "invalid_client" =>
+                {
+                    IdentityError::OidcDenied(error)
+                }
+                _ => provider_failed(format!("token endpoint answered {status}")),
+            });
         }
         let tokens: TokenResponse = response
             .json()
@@ -481,6 +496,44 @@ impl IdentityStore {
         .execute(self.db.writer())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives an account to the owner of its email as a provider proved it: the
+    /// password, the second factor and every session are removed, in one
+    /// transaction.
+    pub async fn take_over_for_provider(
+        &self,
+        user: UserId,
+        now: Timestamp,
+    ) -> Result<(), IdentityError> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "UPDATE identity_users SET password_hash = NULL, updated_at = $1 WHERE id = $2",
+        )
+        .bind(now.as_millis())
+        .bind(user.to_db())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE identity_sessions SET revoked_at = $1, revoked_reason = 'provider_claimed' \
+             WHERE user_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now.as_millis())
+        .bind(user.to_db())
+        .execute(&mut *tx)
+        .await?;
+        for sql in [
+            "DELETE FROM identity_recovery_codes WHERE user_id = $1",
+            "DELETE FROM identity_mfa_challenges WHERE user_id = $1",
+            "DELETE FROM identity_mfa WHERE user_id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(user.to_db())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The user linked to the provider's `subject`.

@@ -4,7 +4,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use agora_kernel::{
-    ApiKeyId, Clock, Limit, Page, Permission, Principal, Role, SessionId, Timestamp, UserId,
+    ApiKeyId, Clock, Limit, Page, Permission, Permissions, Principal, Role, SessionId, Timestamp,
+    UserId,
 };
 use agora_platform::auth::{API_KEY_PREFIX, AccessClaims, Authenticator, secret_hash};
 use agora_platform::config::AuthConfig;
@@ -167,15 +168,10 @@ impl Identity {
         let email = Email::parse(email).ok();
         let key = email.as_ref().map(Email::as_str);
         self.throttle
-            .check(client, key, now)
+            .attempt(client, key, now)
             .map_err(IdentityError::LoginThrottled)?;
-        let failures = match key {
-            Some(key) => self.store.login_failures(key, now).await?,
-            None => FailureState::Clean,
-        };
-        if let FailureState::LockedUntil(until) = failures {
-            let wait = ceil_secs(until.as_millis() - now.as_millis());
-            return Err(IdentityError::AccountLocked(wait));
+        if let Some(key) = key {
+            self.refuse_if_locked(client, key, now).await?;
         }
         let found = match &email {
             Some(email) => self.store.user_by_email(email).await?,
@@ -187,13 +183,26 @@ impl Identity {
             self.login_failed(client, key, now).await?;
             return Err(IdentityError::InvalidCredentials);
         };
-        if let Some(key) = key {
-            self.throttle.forget_email(key);
-            if failures != FailureState::Clean {
-                self.store.clear_login_failures(key).await?;
-            }
-        }
+        // The password was right: this attempt is not a failure. Earlier failures
+        // stay counted until the whole login (second factor included) succeeds.
+        self.throttle.release(client, key, now);
         self.finish_first_factor(&user, now).await
+    }
+
+    /// `IDENTITY_ACCOUNT_LOCKED` when `email` is locked, giving back the slot the
+    /// attempt took.
+    async fn refuse_if_locked(
+        &self,
+        client: IpAddr,
+        email: &str,
+        now: Timestamp,
+    ) -> Result<(), IdentityError> {
+        if let FailureState::LockedUntil(until) = self.store.login_failures(email, now).await? {
+            self.throttle.release(client, Some(email), now);
+            let wait = ceil_secs(until.as_millis() - now.as_millis());
+            return Err(IdentityError::AccountLocked(wait));
+        }
+        Ok(())
     }
 
     /// After a first factor (password, provider): a session, or a challenge for
@@ -275,7 +284,7 @@ impl Identity {
         }
         let code = callback
             .code
-            .ok_or_else(|| IdentityError::OidcProviderFailed("the callback has no code".into()))?;
+            .ok_or_else(|| IdentityError::OidcDenied("missing_code".into()))?;
         let claims = self
             .oidc
             .redeem(provider, &code, &pending.code_verifier)
@@ -295,7 +304,16 @@ impl Identity {
                     .and_then(|e| Email::parse(e).ok())
                     .ok_or(IdentityError::OidcEmailUnverified)?;
                 let user = match self.store.user_by_email(&email).await? {
-                    Some((user, _)) => user,
+                    // An account registered with a password never proved it owns
+                    // the email; the provider just did. Whatever the registrant
+                    // set up (password, second factor, sessions) is dropped, so a
+                    // squatter who registered the email first keeps nothing.
+                    Some((user, Some(_))) => {
+                        self.store.take_over_for_provider(user.id, now).await?;
+                        tracing::warn!(user_id = %user.id, provider, "password account claimed by a provider's verified email: password, second factor and sessions removed");
+                        user
+                    }
+                    Some((user, None)) => user,
                     None => {
                         self.create_provider_account(&email, claims.name.as_deref())
                             .await?
@@ -370,8 +388,19 @@ impl Identity {
             .await?
             .ok_or(IdentityError::MfaChallengeInvalid)?;
         self.throttle
-            .check(client, Some(&user.email), now)
+            .attempt(client, Some(&user.email), now)
             .map_err(IdentityError::LoginThrottled)?;
+        self.refuse_if_locked(client, &user.email, now).await?;
+        // Counted before the code is checked, so parallel guesses on one
+        // challenge cannot exceed its allowance.
+        if !self
+            .store
+            .reserve_challenge_attempt(&challenge.id, now)
+            .await?
+        {
+            self.throttle.release(client, Some(&user.email), now);
+            return Err(IdentityError::MfaChallengeInvalid);
+        }
         let accepted = match factor {
             SecondFactor::Totp(code) => match self.store.mfa(user.id).await? {
                 Some(mfa) if mfa.confirmed => match mfa.secret.matching_step(&code, now) {
@@ -388,21 +417,26 @@ impl Identity {
             }
         };
         if !accepted {
-            self.store.challenge_failed(&challenge.id).await?;
             self.login_failed(client, Some(&user.email), now).await?;
             return Err(IdentityError::MfaCodeInvalid);
         }
+        self.throttle.release(client, Some(&user.email), now);
         if !self.store.complete_challenge(&challenge.id, now).await? {
             return Err(IdentityError::MfaChallengeInvalid);
         }
-        self.throttle.forget_email(&user.email);
         if user.disabled {
             return Err(IdentityError::AccountDisabled);
         }
         self.start_session(&user, now).await
     }
 
+    /// Starts a session after a complete login, which also clears the email's
+    /// failed attempts.
     async fn start_session(&self, user: &User, now: Timestamp) -> Result<TokenPair, IdentityError> {
+        self.throttle.forget_email(&user.email);
+        if self.store.login_failures(&user.email, now).await? != FailureState::Clean {
+            self.store.clear_login_failures(&user.email).await?;
+        }
         let (refresh_token, stored) = self.new_refresh_token(now)?;
         let session = self.store.start_session(user.id, &stored, now).await?;
         tracing::info!(user_id = %user.id, session_id = %session, "logged in");
@@ -512,15 +546,14 @@ impl Identity {
         }
     }
 
-    /// Counts a failed login from `client` for `email` against both rate limits
-    /// and the lock.
+    /// Counts a failed login from `client` for `email` towards the lock (the
+    /// rate limits counted it when it was attempted).
     async fn login_failed(
         &self,
         client: IpAddr,
         email: Option<&str>,
         now: Timestamp,
     ) -> Result<(), IdentityError> {
-        self.throttle.record_failure(client, email, now);
         let Some(email) = email else {
             return Ok(());
         };
@@ -652,6 +685,14 @@ impl Identity {
             && (disabled == Some(true) || roles.as_ref().is_some_and(|r| !r.contains(&Role::Admin)))
         {
             return Err(IdentityError::SelfLockout);
+        }
+        // Nobody grants what they do not hold (an API key with `users:manage`
+        // cannot make an account an administrator).
+        if let Some(missing) = roles
+            .as_deref()
+            .and_then(|r| Permissions::of_roles(r).iter().find(|p| !by.can(*p)))
+        {
+            return Err(IdentityError::CannotGrant(missing));
         }
         let user = self
             .store

@@ -56,39 +56,51 @@ impl LoginThrottle {
         }
     }
 
-    /// `Err(seconds to wait)` when the address or the email has used up its
-    /// failures in the window.
-    pub fn check(&self, address: IpAddr, email: Option<&str>, now: Timestamp) -> Result<(), u64> {
-        let mut wait = self
-            .by_address
-            .get(&address)
-            .and_then(|w| self.wait(&w, self.per_address, now));
-        if let Some(email) = email
-            && let Some(w) = self.by_email.get(email)
-        {
-            wait = wait.max(self.wait(&w, self.per_email, now));
+    /// Takes a slot for an attempt from `address` for `email`: `Err(seconds to
+    /// wait)` when either has used up its failures in the window, else the
+    /// attempt is counted as a failure until [`Self::release`] says otherwise.
+    /// Checking and counting happen under one lock, so a burst of parallel
+    /// attempts cannot all pass the check before any is counted.
+    pub fn attempt(&self, address: IpAddr, email: Option<&str>, now: Timestamp) -> Result<(), u64> {
+        let by_address = self.by_address.get_with(address, Window::default);
+        let by_email = email.map(|e| self.by_email.get_with(e.to_string(), Window::default));
+        // Always the address first, then the email: one order, no deadlock.
+        let mut address_times = by_address.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut email_times = by_email
+            .as_ref()
+            .map(|w| w.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut wait = self.wait(&mut address_times, self.per_address, now);
+        if let Some(times) = email_times.as_deref_mut() {
+            wait = wait.max(self.wait(times, self.per_email, now));
         }
-        wait.map_or(Ok(()), Err)
+        if let Some(wait) = wait {
+            return Err(wait);
+        }
+        push(&mut address_times, self.per_address, now);
+        if let Some(times) = email_times.as_deref_mut() {
+            push(times, self.per_email, now);
+        }
+        Ok(())
     }
 
-    /// Counts a failure against the address and the email.
-    pub fn record_failure(&self, address: IpAddr, email: Option<&str>, now: Timestamp) {
-        let window = self.by_address.get_with(address, Window::default);
-        push(&window, self.per_address, now);
-        if let Some(email) = email {
-            let window = self.by_email.get_with(email.to_string(), Window::default);
-            push(&window, self.per_email, now);
+    /// Gives back the slot [`Self::attempt`] took at `now`: the attempt did not
+    /// fail (a right password, or one refused before it was tried).
+    pub fn release(&self, address: IpAddr, email: Option<&str>, now: Timestamp) {
+        if let Some(w) = self.by_address.get(&address) {
+            unpush(&w, now);
+        }
+        if let Some(w) = email.and_then(|e| self.by_email.get(e)) {
+            unpush(&w, now);
         }
     }
 
-    /// Forgets the email's failures (after a successful login).
+    /// Forgets the email's failures (after a complete, successful login).
     pub fn forget_email(&self, email: &str) {
         self.by_email.invalidate(email);
     }
 
     /// Seconds until a slot frees in a full window; `None` when not full.
-    fn wait(&self, window: &Window, limit: usize, now: Timestamp) -> Option<u64> {
-        let mut times = window.lock().unwrap_or_else(PoisonError::into_inner);
+    fn wait(&self, times: &mut VecDeque<i64>, limit: usize, now: Timestamp) -> Option<u64> {
         let start = now.as_millis() - self.window_ms;
         while times.front().is_some_and(|t| *t <= start) {
             times.pop_front();
@@ -101,11 +113,17 @@ impl LoginThrottle {
     }
 }
 
-fn push(window: &Window, limit: usize, now: Timestamp) {
-    let mut times = window.lock().unwrap_or_else(PoisonError::into_inner);
+fn push(times: &mut VecDeque<i64>, limit: usize, now: Timestamp) {
     times.push_back(now.as_millis());
     while times.len() > limit {
         times.pop_front();
+    }
+}
+
+fn unpush(window: &Window, now: Timestamp) {
+    let mut times = window.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(i) = times.iter().rposition(|t| *t == now.as_millis()) {
+        times.remove(i);
     }
 }
 
@@ -232,23 +250,41 @@ mod tests {
         let t = LoginThrottle::new(&limits());
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");
         let email = Some("ada@example.com");
-        t.record_failure(ip, email, at(0));
-        assert_eq!(t.check(ip, email, at(1)), Ok(()));
-        t.record_failure(ip, email, at(10));
-        assert_eq!(t.check(ip, email, at(10)), Err(50));
-        assert_eq!(t.check(ip, email, at(59)), Err(1));
+        assert_eq!(t.attempt(ip, email, at(0)), Ok(()));
+        assert_eq!(t.attempt(ip, email, at(10)), Ok(()));
+        assert_eq!(t.attempt(ip, email, at(10)), Err(50));
+        assert_eq!(t.attempt(ip, email, at(59)), Err(1));
         assert_eq!(
-            t.check(ip, email, at(60)),
+            t.attempt(ip, email, at(60)),
             Ok(()),
             "the first failure aged out"
         );
         assert_eq!(
-            t.check(ip, Some("bob@example.com"), at(20)),
+            t.attempt(ip, Some("bob@example.com"), at(61)),
             Ok(()),
             "another email from the same address is not throttled yet"
         );
         t.forget_email("ada@example.com");
-        assert_eq!(t.check(ip, email, at(20)), Ok(()));
+        assert_eq!(t.attempt(ip, email, at(62)), Ok(()));
+        assert_eq!(
+            t.attempt(ip, email, at(63)),
+            Err(7),
+            "the address is full now"
+        );
+    }
+
+    #[test]
+    fn a_released_attempt_does_not_count() {
+        let t = LoginThrottle::new(&limits());
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let email = Some("ada@example.com");
+        for i in 0..5 {
+            assert_eq!(t.attempt(ip, email, at(i)), Ok(()), "attempt {i}");
+            t.release(ip, email, at(i));
+        }
+        assert_eq!(t.attempt(ip, email, at(6)), Ok(()));
+        assert_eq!(t.attempt(ip, email, at(7)), Ok(()));
+        assert_eq!(t.attempt(ip, email, at(8)), Err(58));
     }
 
     #[test]
@@ -256,13 +292,12 @@ mod tests {
         let t = LoginThrottle::new(&limits());
         let ip: IpAddr = "2001:db8::1".parse().expect("ip");
         for (i, email) in ["a@x.io", "b@x.io", "c@x.io", "d@x.io"].iter().enumerate() {
-            assert_eq!(t.check(ip, Some(email), at(i as i64)), Ok(()));
-            t.record_failure(ip, Some(email), at(i as i64));
+            assert_eq!(t.attempt(ip, Some(email), at(i as i64)), Ok(()));
         }
-        assert_eq!(t.check(ip, Some("e@x.io"), at(5)), Err(55));
-        assert_eq!(t.check(ip, None, at(5)), Err(55));
+        assert_eq!(t.attempt(ip, Some("e@x.io"), at(5)), Err(55));
+        assert_eq!(t.attempt(ip, None, at(5)), Err(55));
         let other: IpAddr = "2001:db8::2".parse().expect("ip");
-        assert_eq!(t.check(other, Some("e@x.io"), at(5)), Ok(()));
+        assert_eq!(t.attempt(other, Some("e@x.io"), at(5)), Ok(()));
     }
 
     #[test]

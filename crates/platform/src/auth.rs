@@ -259,7 +259,15 @@ impl Authenticator {
 
     /// Checks an API key with the installed resolver.
     pub async fn verify_api_key(&self, key: &str) -> Result<Principal, ApiError> {
-        if !key.starts_with(API_KEY_PREFIX) || key.len() > 128 {
+        // `agk_` and 43 base64url characters (32 bytes): anything else is refused
+        // without a lookup.
+        let well_formed = key.strip_prefix(API_KEY_PREFIX).is_some_and(|rest| {
+            rest.len() == 43
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !well_formed {
             return Err(invalid_api_key());
         }
         let hash = secret_hash(key);
@@ -656,6 +664,9 @@ mod tests {
         );
     }
 
+    const GOOD_KEY: &str = "agk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    const UNKNOWN_KEY: &str = "agk_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
     /// API keys as the identity module stores them: by hash, with a revoked flag.
     /// Counts lookups, to show which requests reach the store.
     #[derive(Default)]
@@ -686,10 +697,10 @@ mod tests {
         keys.live
             .write()
             .expect("lock")
-            .insert(secret_hash("agk_secret"), grant);
+            .insert(secret_hash(GOOD_KEY), grant);
         a.set_api_key_resolver(keys.clone());
         for scheme in ["ApiKey", "apikey"] {
-            let header = format!("{scheme} agk_secret");
+            let header = format!("{scheme} {GOOD_KEY}");
             let Ok(Caller::Authenticated(p)) = authenticate(&a, Some(header.as_bytes())) else {
                 panic!("the key resolves")
             };
@@ -705,7 +716,10 @@ mod tests {
         keys.live.write().expect("lock").clear();
         a.forget_api_key(id);
         assert_eq!(
-            code(authenticate(&a, Some(b"ApiKey agk_secret"))),
+            code(authenticate(
+                &a,
+                Some(format!("ApiKey {GOOD_KEY}").as_bytes())
+            )),
             Some(ErrorCode::AuthApiKeyInvalid)
         );
     }
@@ -715,7 +729,16 @@ mod tests {
         let a = authenticator();
         let keys = Arc::new(Keys::default());
         a.set_api_key_resolver(keys.clone());
-        for header in [&b"ApiKey agk_nope"[..], b"ApiKey not-a-key", b"ApiKey \xff"] {
+        let unknown = format!("ApiKey {UNKNOWN_KEY}");
+        let too_short = format!("ApiKey {}", &UNKNOWN_KEY[..40]);
+        let bad_char = format!("ApiKey {}!", &UNKNOWN_KEY[..46]);
+        for header in [
+            unknown.as_bytes(),
+            b"ApiKey not-a-key",
+            b"ApiKey \xff",
+            too_short.as_bytes(),
+            bad_char.as_bytes(),
+        ] {
             assert_eq!(
                 code(authenticate(&a, Some(header))),
                 Some(ErrorCode::AuthApiKeyInvalid)
@@ -723,7 +746,7 @@ mod tests {
         }
         assert_eq!(keys.lookups.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(
-            code(authenticate(&authenticator(), Some(b"ApiKey agk_x"))),
+            code(authenticate(&authenticator(), Some(unknown.as_bytes()))),
             Some(ErrorCode::AuthApiKeyInvalid),
             "no resolver installed"
         );

@@ -142,7 +142,7 @@ async fn only_holders_of_api_keys_manage_may_create_list_or_revoke_keys() {
         ),
         (As::Staff, StatusCode::FORBIDDEN, "AUTH_FORBIDDEN"),
         (
-            As::ApiKey("agk_unknown"),
+            As::ApiKey("agk_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB"),
             StatusCode::UNAUTHORIZED,
             "AUTH_API_KEY_INVALID",
         ),
@@ -252,4 +252,41 @@ async fn bad_key_requests_are_refused_and_create_nothing() {
     assert_eq!(missing.code(), "IDENTITY_API_KEY_NOT_FOUND");
     let list = app.get_as("/api/v1/api-keys", As::Token(&admin)).await;
     assert_eq!(list.data(), &json!([]));
+}
+
+#[tokio::test]
+async fn a_key_that_manages_users_cannot_make_anyone_an_administrator() {
+    let app = spawn_app().await;
+    let admin = admin(&app).await;
+    let key = app
+        .create_api_key(As::Token(&admin), &["users:manage"])
+        .await;
+    let customer = app.register_and_login("mallory@example.com").await;
+    let me = app.get_as("/api/v1/users/me", As::Token(&customer)).await;
+    let id = me.data()["id"].as_str().expect("an id").to_string();
+    let a = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/users/{id}"),
+            Some(json!({ "roles": ["admin"] })),
+            As::ApiKey(&key),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{:?}", a.body);
+    assert_eq!(a.code(), "AUTH_FORBIDDEN");
+    assert_eq!(a.body["error"]["details"]["permission"], "catalog:write");
+    let unchanged = app
+        .get_as(&format!("/api/v1/users/{id}"), As::ApiKey(&key))
+        .await;
+    assert_eq!(unchanged.data()["roles"], json!(["customer"]));
+    // What it holds, it may still do: disable the account.
+    let a = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/users/{id}"),
+            Some(json!({ "disabled": true })),
+            As::ApiKey(&key),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
 }

@@ -313,3 +313,75 @@ async fn enrolment_rules_and_removal() {
     .await;
     assert_eq!(again.code(), "IDENTITY_MFA_NOT_ENABLED");
 }
+
+#[tokio::test]
+async fn wrong_codes_count_as_failed_logins_and_a_right_password_does_not_clear_them() {
+    let app = spawn_app_with(|c| {
+        c.auth.login.failures_per_account = 3;
+        c.auth.login.lockout_after = 100;
+    })
+    .await;
+    let token = app.register_and_login("ada@example.com").await;
+    let (secret, _) = enable_totp(&app, &token).await;
+    for _ in 0..2 {
+        let a = app.login_answer("ada@example.com", "wrong password!").await;
+        assert_eq!(a.code(), "IDENTITY_INVALID_CREDENTIALS");
+    }
+    // The right password: asked for a code; the two failures still count.
+    let c = challenge(&app, "ada@example.com").await;
+    let wrong = if code(&secret, current_step() + 1) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let a = second_factor(&app, &c, json!({ "code": wrong })).await;
+    assert_eq!(a.code(), "IDENTITY_MFA_CODE_INVALID");
+    // Three failures for the email: the right code is not even looked at.
+    let a = second_factor(
+        &app,
+        &c,
+        json!({ "code": code(&secret, current_step() + 1) }),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", a.body);
+    assert_eq!(a.code(), "IDENTITY_LOGIN_THROTTLED");
+    let a = app.login_answer("ada@example.com", PASSWORD).await;
+    assert_eq!(a.code(), "IDENTITY_LOGIN_THROTTLED");
+}
+
+#[tokio::test]
+async fn parallel_guesses_on_one_challenge_get_no_more_than_its_allowance() {
+    let app = app().await;
+    let token = app.register_and_login("ada@example.com").await;
+    let (secret, _) = enable_totp(&app, &token).await;
+    let c = challenge(&app, "ada@example.com").await;
+    let right = code(&secret, current_step() + 1);
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        // Wrong codes that cannot collide with the right one.
+        let guess = format!(
+            "{:06}",
+            (right.parse::<u32>().unwrap_or(0) + 1 + i) % 1_000_000
+        );
+        let (client, url) = (
+            app.client.clone(),
+            format!("{}/api/v1/auth/login/mfa", app.base),
+        );
+        let body = json!({ "challenge_token": c, "code": guess });
+        burst.spawn(async move {
+            let response = client
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .expect("an answer");
+            TestApp::answer(response).await.code().to_string()
+        });
+    }
+    let codes = burst.join_all().await;
+    let count = |code: &str| codes.iter().filter(|c| c.as_str() == code).count();
+    assert_eq!(count("IDENTITY_MFA_CODE_INVALID"), 5, "{codes:?}");
+    assert_eq!(count("IDENTITY_MFA_CHALLENGE_INVALID"), 7, "{codes:?}");
+    let late = second_factor(&app, &c, json!({ "code": right })).await;
+    assert_eq!(late.code(), "IDENTITY_MFA_CHALLENGE_INVALID");
+}

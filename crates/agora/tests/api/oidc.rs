@@ -44,6 +44,10 @@ struct ProviderUser {
 struct Tamper {
     wrong_nonce: bool,
     other_key: bool,
+    /// Sign the ID token with HS256 keyed by the client secret.
+    hs256: bool,
+    /// Refuse the code at the token endpoint (`invalid_grant`).
+    refuse_grant: bool,
     deny: Option<String>,
 }
 
@@ -195,6 +199,9 @@ async fn token(
     let Some(grant) = s.codes.remove(&field("code")) else {
         return token_error("invalid_grant");
     };
+    if s.tamper.refuse_grant {
+        return token_error("invalid_grant");
+    }
     let verifier_hash = URL_SAFE_NO_PAD.encode(Sha256::digest(field("code_verifier").as_bytes()));
     if grant.redirect_uri != field("redirect_uri") || grant.challenge != verifier_hash {
         return token_error("invalid_grant");
@@ -214,19 +221,25 @@ async fn token(
         "iat": now,
         "exp": now + 300,
     });
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-    header.kid = Some("test-key".into());
-    let key = if s.tamper.other_key {
-        OTHER_KEY
+    let (alg, key) = if s.tamper.hs256 {
+        (
+            jsonwebtoken::Algorithm::HS256,
+            jsonwebtoken::EncodingKey::from_secret(CLIENT_SECRET.as_bytes()),
+        )
+    } else if s.tamper.other_key {
+        (
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::EncodingKey::from_rsa_der(OTHER_KEY),
+        )
     } else {
-        PROVIDER_KEY
+        (
+            jsonwebtoken::Algorithm::RS256,
+            jsonwebtoken::EncodingKey::from_rsa_der(PROVIDER_KEY),
+        )
     };
-    let id_token = jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_rsa_der(key),
-    )
-    .expect("signed");
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = Some("test-key".into());
+    let id_token = jsonwebtoken::encode(&header, &claims, &key).expect("signed");
     Json(json!({ "access_token": "provider-access", "token_type": "Bearer", "expires_in": 300, "id_token": id_token }))
         .into_response()
 }
@@ -354,12 +367,17 @@ async fn a_first_login_creates_the_account_and_later_ones_find_it() {
 }
 
 #[tokio::test]
-async fn a_verified_email_links_the_existing_account() {
+async fn a_verified_email_links_the_existing_account_and_takes_it_from_whoever_registered_it() {
     let provider = Provider::start().await;
     let app = app_with(&provider, CLIENT_SECRET).await;
+    // Someone registered the email with a password (not necessarily its owner).
     app.register_and_login("ada@example.com").await;
     let registered = app.login_answer("ada@example.com", PASSWORD).await;
     let ada = me(&app, &registered).await;
+    let squatter_refresh = registered.data()["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_string();
     provider.set_user(ProviderUser {
         sub: "ada-at-provider".into(),
         email: "Ada@Example.com".into(),
@@ -374,6 +392,21 @@ async fn a_verified_email_links_the_existing_account() {
         "Customer",
         "the account keeps its own name"
     );
+    // The registrant's password and sessions are gone.
+    let password = app.login_answer("ada@example.com", PASSWORD).await;
+    assert_eq!(password.code(), "IDENTITY_INVALID_CREDENTIALS");
+    let refresh = app
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/auth/refresh",
+            Some(json!({ "refresh_token": squatter_refresh })),
+            crate::helpers::As::Anonymous,
+        )
+        .await;
+    assert_eq!(refresh.code(), "IDENTITY_REFRESH_TOKEN_INVALID");
+    // The next login through the provider finds the link.
+    let again = login(&app).await;
+    assert_eq!(me(&app, &again).await["id"], ada["id"]);
 }
 
 #[tokio::test]
@@ -443,6 +476,22 @@ async fn tokens_with_another_nonce_or_key_and_refusals_are_reported() {
         ),
         (
             Tamper {
+                hs256: true,
+                ..Tamper::default()
+            },
+            StatusCode::UNAUTHORIZED,
+            "IDENTITY_OIDC_ID_TOKEN_INVALID",
+        ),
+        (
+            Tamper {
+                refuse_grant: true,
+                ..Tamper::default()
+            },
+            StatusCode::UNAUTHORIZED,
+            "IDENTITY_OIDC_DENIED",
+        ),
+        (
+            Tamper {
                 deny: Some("access_denied".into()),
                 ..Tamper::default()
             },
@@ -454,6 +503,10 @@ async fn tokens_with_another_nonce_or_key_and_refusals_are_reported() {
         let a = login(&app).await;
         assert_eq!((a.status, a.code()), (status, code), "{:?}", a.body);
     }
+    provider.set_tamper(Tamper {
+        deny: Some("access_denied".into()),
+        ..Tamper::default()
+    });
     let a = login(&app).await;
     assert_eq!(a.body["error"]["details"]["error"], "access_denied");
     let users: Vec<(String,)> =
