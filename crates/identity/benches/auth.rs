@@ -50,6 +50,27 @@ fn verify_access_token(c: &mut Criterion) {
     });
 }
 
+/// The floor under the first request: one Ed25519 signature check over an
+/// input the size of a token's header and claims, with nothing else around it.
+fn ed25519_alone(c: &mut Criterion) {
+    use ed25519_dalek::{Signer as _, SigningKey, Verifier as _};
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let message = vec![b'x'; 300];
+    let signature = key.sign(&message);
+    let public = key.verifying_key();
+    c.bench_function("Ed25519 signature check alone", |b| {
+        b.iter(|| {
+            public
+                .verify(black_box(&message), black_box(&signature))
+                .expect("valid")
+        })
+    });
+    let bytes = public.to_bytes();
+    c.bench_function("Ed25519 public key decompression", |b| {
+        b.iter(|| ed25519_dalek::VerifyingKey::from_bytes(black_box(&bytes)).expect("valid"))
+    });
+}
+
 fn hash_password(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -65,5 +86,5 @@ fn hash_password(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify_access_token, hash_password);
+criterion_group!(benches, verify_access_token, ed25519_alone, hash_password);
 criterion_main!(benches);
