@@ -125,6 +125,9 @@ struct Inner {
     api_keys: RwLock<Option<Arc<dyn ApiKeyResolver>>>,
     /// API keys that resolved recently, by the hash of their secret.
     resolved_keys: moka::sync::Cache<String, ApiKeyGrant>,
+    /// Keys revoked through this process: refused even if a lookup that raced
+    /// with the revocation remembered them again.
+    revoked_keys: RwLock<HashSet<ApiKeyId>>,
     /// Tokens whose signature and claims were checked recently, by their exact
     /// text: a client sends the same token for many requests, and the signature
     /// check is most of the cost of authentication. Emptied when the keys change.
@@ -168,6 +171,7 @@ impl Authenticator {
                     .time_to_live(API_KEY_TTL)
                     .support_invalidation_closures()
                     .build(),
+                revoked_keys: RwLock::new(HashSet::new()),
                 verified: moka::sync::Cache::builder()
                     .max_capacity(VERIFIED_CAPACITY)
                     .time_to_live(VERIFIED_TTL)
@@ -225,6 +229,11 @@ impl Authenticator {
     /// Forgets a revoked API key at once (other nodes forget it within
     /// [`API_KEY_TTL`]).
     pub fn forget_api_key(&self, id: ApiKeyId) {
+        self.inner
+            .revoked_keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
         // Only fails when closures are not supported, which the builder enables.
         let _ = self
             .inner
@@ -292,6 +301,15 @@ impl Authenticator {
                 grant
             }
         };
+        if self
+            .inner
+            .revoked_keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&grant.id)
+        {
+            return Err(invalid_api_key());
+        }
         Ok(Principal::api_key(grant.id, grant.permissions))
     }
 
