@@ -30,6 +30,16 @@ fn code(secret: &str, step: i64) -> String {
         .expect("a code")
 }
 
+/// A code that is none of the codes the secret accepts now.
+fn wrong_code(secret: &str) -> String {
+    let step = current_step();
+    let taken: Vec<String> = (step - 1..=step + 2).map(|s| code(secret, s)).collect();
+    (0..10)
+        .map(|d| format!("{d}{d}{d}{d}{d}{d}"))
+        .find(|c| !taken.contains(c))
+        .expect("four codes cannot take ten")
+}
+
 async fn post(app: &TestApp, path: &str, body: Value, who: As<'_>) -> Answer {
     app.call(Method::POST, path, Some(body), who).await
 }
@@ -152,11 +162,7 @@ async fn a_challenge_is_spent_after_five_wrong_codes() {
     let token = app.register_and_login("ada@example.com").await;
     let (secret, _) = enable_totp(&app, &token).await;
     let c = challenge(&app, "ada@example.com").await;
-    let wrong = if code(&secret, current_step() + 1) == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_code(&secret);
     for _ in 0..5 {
         let a = second_factor(&app, &c, json!({ "code": wrong })).await;
         assert_eq!(a.code(), "IDENTITY_MFA_CODE_INVALID");
@@ -263,7 +269,7 @@ async fn enrolment_rules_and_removal() {
         .expect("a secret")
         .to_string();
     app.login("ada@example.com").await;
-    let wrong = confirm(json!({ "code": if code(&secret, current_step()) == "000000" { "111111" } else { "000000" } })).await;
+    let wrong = confirm(json!({ "code": wrong_code(&secret) })).await;
     assert_eq!(wrong.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(wrong.body["error"]["details"]["fields"][0]["field"], "code");
     let status = app.get_as("/api/v1/users/me/mfa", As::Token(&token)).await;
@@ -329,11 +335,7 @@ async fn wrong_codes_count_as_failed_logins_and_a_right_password_does_not_clear_
     }
     // The right password: asked for a code; the two failures still count.
     let c = challenge(&app, "ada@example.com").await;
-    let wrong = if code(&secret, current_step() + 1) == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_code(&secret);
     let a = second_factor(&app, &c, json!({ "code": wrong })).await;
     assert_eq!(a.code(), "IDENTITY_MFA_CODE_INVALID");
     // Three failures for the email: the right code is not even looked at.
