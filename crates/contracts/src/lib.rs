@@ -7,8 +7,11 @@
 //! # Layout
 //! - [`catalog`]: [`catalog::CatalogPort`] — products by ids, with the price
 //!   snapshot that carts and orders rely on.
+//! - [`inventory`]: [`inventory::InventoryPort`] — stock reservations, idempotent
+//!   by the caller's key.
 
 pub mod catalog;
+pub mod inventory;
 
 /// Why a port call failed, as the caller needs to know it.
 #[derive(Debug, thiserror::Error)]

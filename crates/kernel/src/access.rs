@@ -45,7 +45,7 @@ impl Role {
         use Permission::*;
         match self {
             Role::Customer => Permissions::EMPTY,
-            Role::Staff => Permissions::of(&[CatalogWrite]),
+            Role::Staff => Permissions::of(&[CatalogWrite, InventoryManage]),
             Role::Admin => Permissions::ALL,
         }
     }
@@ -94,6 +94,7 @@ macro_rules! permissions {
 
 permissions! {
     CatalogWrite = "catalog:write", CatalogWrite: "Create, change and delete products and categories; see inactive products.";
+    InventoryManage = "inventory:manage", InventoryManage: "Read stock levels and their ledger; set and adjust stock.";
     UsersManage = "users:manage", UsersManage: "List users, change their roles, disable and enable them.";
     ApiKeysManage = "api_keys:manage", ApiKeysManage: "Create, list and revoke API keys for service accounts (granting only permissions the caller holds).";
 }

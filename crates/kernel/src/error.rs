@@ -93,6 +93,12 @@ error_codes! {
     IdentityOidcProviderFailed = ("IDENTITY_OIDC_PROVIDER_FAILED", 502, "The OpenID Connect provider could not be reached, or answered something unusable (discovery document, keys or token exchange). Try again later.");
     IdentityLoginThrottled = ("IDENTITY_LOGIN_THROTTLED", 429, "Too many failed logins recently from this address or for this email. Wait the `Retry-After` seconds (also in `details.retry_after_secs`), then try again.");
     IdentityAccountLocked = ("IDENTITY_ACCOUNT_LOCKED", 429, "After repeated failed logins this email is locked for a while (`auth.login.lockout_secs`), even with the right password. Wait the `Retry-After` seconds. The answer is the same whether or not an account has this email.");
+    // Inventory.
+    InventoryUnknownProduct = ("INVENTORY_UNKNOWN_PRODUCT", 404, "No product has this id, so it has no stock.");
+    InventoryInsufficientStock = ("INVENTORY_INSUFFICIENT_STOCK", 409, "Not enough units are available (on hand minus reserved) for a line; `details` names the product, what is available and what was asked. Nothing was reserved.");
+    InventoryBelowReserved = ("INVENTORY_BELOW_RESERVED", 409, "The change would leave fewer units on hand than are reserved for checkouts in progress (or fewer than zero). Nothing was changed.");
+    InventoryReservationNotFound = ("INVENTORY_RESERVATION_NOT_FOUND", 404, "No reservation has this key.");
+    InventoryReservationConflict = ("INVENTORY_RESERVATION_CONFLICT", 409, "The reservation key is already used with other lines, or the reservation is in a state that does not allow this (committing a released one, releasing a committed one).");
     // Catalog.
     CatalogProductNotFound = ("CATALOG_PRODUCT_NOT_FOUND", 404, "No product has this id (or it is inactive and the caller is not staff).");
     CatalogCategoryNotFound = ("CATALOG_CATEGORY_NOT_FOUND", 404, "No category has this id.");

@@ -38,6 +38,21 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    /// Reads the RFC 3339 form written by `Serialize` (UTC, `Z`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let at = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| serde::de::Error::custom("times before 1970 are not supported"))?
+            .as_millis();
+        i64::try_from(ms)
+            .map(Timestamp)
+            .map_err(|_| serde::de::Error::custom("time out of range"))
+    }
+}
+
 impl utoipa::PartialSchema for Timestamp {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::schema::ObjectBuilder::new()
@@ -97,6 +112,17 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_round_trip_through_json() {
+        let t = Timestamp::from_millis(1_795_448_906_123);
+        let json = serde_json::to_string(&t).expect("serializes");
+        assert_eq!(json, "\"2026-11-23T15:48:26.123Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).ok(), Some(t));
+        for bad in ["\"yesterday\"", "\"1969-12-31T23:59:59Z\"", "12"] {
+            assert!(serde_json::from_str::<Timestamp>(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn timestamps_render_as_rfc3339_with_milliseconds() {

@@ -56,7 +56,7 @@ enum Policy {
 /// The permissions each role holds, as docs/security.md documents them.
 fn holds(who: Who, permission: &str) -> bool {
     match who {
-        Who::Staff => permission == "catalog:write",
+        Who::Staff => matches!(permission, "catalog:write" | "inventory:manage"),
         Who::Admin => true,
         _ => false,
     }

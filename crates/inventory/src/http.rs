@@ -1,0 +1,1 @@
+//! The inventory's REST routes (under `/api/v1`).

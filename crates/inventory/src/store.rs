@@ -1,0 +1,415 @@
+//! The inventory's data access: stock, the movement ledger and reservations.
+//!
+//! Every change of a stock row is one conditional `UPDATE` whose `WHERE` states the
+//! rule (enough available units, on hand not below reserved), so concurrent
+//! callers can never together break it; the CHECK constraints stand behind it.
+
+use agora_contracts::inventory::{Reservation, ReservationStatus, StockLine};
+use agora_kernel::{ProductId, Timestamp};
+use agora_platform::Database;
+use agora_platform::db::{Violation, violation};
+use anyhow::anyhow;
+use serde::Serialize;
+use sqlx::{Any, Row, Transaction};
+
+use crate::error::StockError;
+
+/// A product's stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct StockLevel {
+    /// The product.
+    #[schema(value_type = String, example = "prod_0193a9c07b5a7f4e8d6a0c1b2e3f4a5b")]
+    pub product_id: ProductId,
+    /// Units in the warehouse.
+    pub on_hand: i64,
+    /// Units set aside for checkouts in progress.
+    pub reserved: i64,
+    /// Units that can be sold now: on hand minus reserved.
+    pub available: i64,
+    /// When the stock last changed; absent if it never had any.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub updated_at: Option<Timestamp>,
+}
+
+impl StockLevel {
+    fn none(product_id: ProductId) -> Self {
+        StockLevel {
+            product_id,
+            on_hand: 0,
+            reserved: 0,
+            available: 0,
+            updated_at: None,
+        }
+    }
+}
+
+/// What a staff change of stock is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Set on hand to this count (a stocktake).
+    Set(i64),
+    /// Add this (negative: remove) to on hand.
+    Adjust(i64),
+}
+
+/// The inventory's data access.
+#[derive(Debug, Clone)]
+pub struct InventoryStore {
+    db: Database,
+}
+
+impl InventoryStore {
+    /// A store over `db`.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The database (for tests and tools).
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// A product's stock (zero when it never had any).
+    pub async fn stock(&self, product_id: ProductId) -> Result<StockLevel, StockError> {
+        let row = sqlx::query(
+            "SELECT on_hand, reserved, updated_at FROM inventory_stock WHERE product_id = $1",
+        )
+        .bind(product_id.to_db())
+        .fetch_optional(self.db.reader())
+        .await?;
+        Ok(match row {
+            None => StockLevel::none(product_id),
+            Some(r) => level(product_id, r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+        })
+    }
+
+    /// Sets or adjusts a product's stock and records the movement, in one
+    /// transaction. Refused when on hand would fall below the reserved units.
+    pub async fn change(
+        &self,
+        product_id: ProductId,
+        change: Change,
+        reason: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<StockLevel, StockError> {
+        let mut tx = self.db.begin().await?;
+        let before: i64 =
+            sqlx::query_scalar("SELECT on_hand FROM inventory_stock WHERE product_id = $1")
+                .bind(product_id.to_db())
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or(0);
+        // Insert the row at zero when it is missing, then change it under the rule.
+        sqlx::query(
+            "INSERT INTO inventory_stock (product_id, on_hand, reserved, updated_at) \
+             VALUES ($1, 0, 0, $2) ON CONFLICT (product_id) DO NOTHING",
+        )
+        .bind(product_id.to_db())
+        .bind(now.as_millis())
+        .execute(&mut *tx)
+        .await?;
+        let (sql, value, kind) = match change {
+            Change::Set(n) => (
+                "UPDATE inventory_stock SET on_hand = $1, updated_at = $2 \
+                 WHERE product_id = $3 AND reserved <= $1 \
+                 RETURNING on_hand, reserved, updated_at",
+                n,
+                "set",
+            ),
+            Change::Adjust(d) => (
+                "UPDATE inventory_stock SET on_hand = on_hand + $1, updated_at = $2 \
+                 WHERE product_id = $3 AND on_hand + $1 >= reserved \
+                 RETURNING on_hand, reserved, updated_at",
+                d,
+                "adjust",
+            ),
+        };
+        let row = sqlx::query(sql)
+            .bind(value)
+            .bind(now.as_millis())
+            .bind(product_id.to_db())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(below_reserved_on_check)?;
+        let Some(row) = row else {
+            return Err(StockError::BelowReserved);
+        };
+        let stock = level(
+            product_id,
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+        );
+        record_movement(
+            &mut tx,
+            product_id,
+            kind,
+            stock.on_hand - before,
+            stock.on_hand,
+            reason,
+            actor,
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(stock)
+    }
+
+    /// The reservation with `key`.
+    pub async fn reservation(&self, key: &str) -> Result<Option<Reservation>, StockError> {
+        let row = sqlx::query(
+            "SELECT key, status, lines, expires_at FROM inventory_reservations WHERE key = $1",
+        )
+        .bind(key.to_string())
+        .fetch_optional(self.db.writer())
+        .await?;
+        row.map(|r| reservation_from_row(&r)).transpose()
+    }
+
+    /// Reserves every line or none, in one transaction. `lines` must be sorted by
+    /// product id, so concurrent reservations lock rows in one order. `None` when
+    /// another call stored a reservation with this key first.
+    pub async fn reserve(
+        &self,
+        key: &str,
+        lines: &[StockLine],
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<Reservation>, StockError> {
+        let mut tx = self.db.begin().await?;
+        for line in lines {
+            let done = sqlx::query(
+                "UPDATE inventory_stock SET reserved = reserved + $1, updated_at = $2 \
+                 WHERE product_id = $3 AND on_hand - reserved >= $1",
+            )
+            .bind(line.quantity)
+            .bind(now.as_millis())
+            .bind(line.product_id.to_db())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                let available: Option<i64> = sqlx::query_scalar(
+                    "SELECT on_hand - reserved FROM inventory_stock WHERE product_id = $1",
+                )
+                .bind(line.product_id.to_db())
+                .fetch_optional(&mut *tx)
+                .await?;
+                // Dropping the transaction rolls back the lines reserved so far.
+                return Err(StockError::Insufficient {
+                    product_id: line.product_id,
+                    available: available.unwrap_or(0),
+                    requested: line.quantity,
+                });
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO inventory_reservations (key, status, lines, expires_at, created_at, updated_at) \
+             VALUES ($1, 'held', $2, $3, $4, $4)",
+        )
+        .bind(key.to_string())
+        .bind(lines_to_db(lines)?)
+        .bind(expires_at.as_millis())
+        .bind(now.as_millis())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e)
+                if violation(&e).is_some_and(|v| {
+                    v.is_unique("inventory_reservations_pkey", "inventory_reservations.key")
+                }) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(Some(Reservation {
+            key: key.to_string(),
+            status: ReservationStatus::Held,
+            lines: lines.to_vec(),
+            expires_at,
+        }))
+    }
+
+    /// Moves a held, unexpired reservation to `to` and applies it to the stock:
+    /// committed units leave on hand (a sale, in the ledger), released ones go
+    /// back to available. `false` when the reservation was not held (or lapsed,
+    /// for a commit).
+    pub async fn settle(
+        &self,
+        key: &str,
+        to: ReservationStatus,
+        now: Timestamp,
+    ) -> Result<bool, StockError> {
+        let mut tx = self.db.begin().await?;
+        let (status, deadline) = match to {
+            ReservationStatus::Committed => ("committed", now.as_millis()),
+            ReservationStatus::Released => ("released", i64::MIN),
+            ReservationStatus::Held => {
+                return Err(anyhow!("a reservation cannot go back to held").into());
+            }
+        };
+        let row = sqlx::query(
+            "UPDATE inventory_reservations SET status = $1, updated_at = $2 \
+             WHERE key = $3 AND status = 'held' AND expires_at > $4 RETURNING lines",
+        )
+        .bind(status)
+        .bind(now.as_millis())
+        .bind(key.to_string())
+        .bind(deadline)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let lines = lines_from_db(&row.try_get::<String, _>(0)?)?;
+        for line in &lines {
+            match to {
+                ReservationStatus::Committed => {
+                    let on_hand: i64 = sqlx::query_scalar(
+                        "UPDATE inventory_stock SET on_hand = on_hand - $1, reserved = reserved - $1, \
+                         updated_at = $2 WHERE product_id = $3 RETURNING on_hand",
+                    )
+                    .bind(line.quantity)
+                    .bind(now.as_millis())
+                    .bind(line.product_id.to_db())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    record_movement(
+                        &mut tx,
+                        line.product_id,
+                        "sale",
+                        -line.quantity,
+                        on_hand,
+                        "checkout",
+                        key,
+                        now,
+                    )
+                    .await?;
+                }
+                _ => {
+                    sqlx::query(
+                        "UPDATE inventory_stock SET reserved = reserved - $1, updated_at = $2 \
+                         WHERE product_id = $3",
+                    )
+                    .bind(line.quantity)
+                    .bind(now.as_millis())
+                    .bind(line.product_id.to_db())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Keys of held reservations that lapsed by `now`, at most `limit`.
+    pub async fn lapsed(&self, now: Timestamp, limit: i64) -> Result<Vec<String>, StockError> {
+        Ok(sqlx::query_scalar(
+            "SELECT key FROM inventory_reservations WHERE status = 'held' AND expires_at <= $1 \
+             ORDER BY expires_at LIMIT $2",
+        )
+        .bind(now.as_millis())
+        .bind(limit)
+        .fetch_all(self.db.reader())
+        .await?)
+    }
+}
+
+fn level(product_id: ProductId, on_hand: i64, reserved: i64, updated_at: i64) -> StockLevel {
+    StockLevel {
+        product_id,
+        on_hand,
+        reserved,
+        available: on_hand - reserved,
+        updated_at: Some(Timestamp::from_millis(updated_at)),
+    }
+}
+
+/// A CHECK failure on a stock row (a set below zero) is the same refusal as a
+/// failed condition.
+fn below_reserved_on_check(e: sqlx::Error) -> StockError {
+    match violation(&e) {
+        Some(Violation::Check(_)) => StockError::BelowReserved,
+        _ => StockError::Database(e),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn record_movement(
+    tx: &mut Transaction<'static, Any>,
+    product_id: ProductId,
+    kind: &str,
+    delta: i64,
+    on_hand_after: i64,
+    reason: &str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<(), StockError> {
+    sqlx::query(
+        "INSERT INTO inventory_movements \
+         (id, product_id, kind, delta, on_hand_after, reason, actor, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(uuid::Uuid::now_v7().hyphenated().to_string())
+    .bind(product_id.to_db())
+    .bind(kind.to_string())
+    .bind(delta)
+    .bind(on_hand_after)
+    .bind(reason.to_string())
+    .bind(actor.to_string())
+    .bind(now.as_millis())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredLine {
+    product_id: String,
+    quantity: i64,
+}
+
+fn lines_to_db(lines: &[StockLine]) -> Result<String, StockError> {
+    let stored: Vec<StoredLine> = lines
+        .iter()
+        .map(|l| StoredLine {
+            product_id: l.product_id.to_db(),
+            quantity: l.quantity,
+        })
+        .collect();
+    serde_json::to_string(&stored).map_err(|e| anyhow!("lines: {e}").into())
+}
+
+fn lines_from_db(column: &str) -> Result<Vec<StockLine>, StockError> {
+    let stored: Vec<StoredLine> = serde_json::from_str(column)
+        .map_err(|e| anyhow!("corrupt inventory_reservations.lines: {e}"))?;
+    stored
+        .into_iter()
+        .map(|l| {
+            Ok(StockLine {
+                product_id: ProductId::from_db(&l.product_id)
+                    .map_err(|_| anyhow!("corrupt product id in inventory_reservations.lines"))?,
+                quantity: l.quantity,
+            })
+        })
+        .collect()
+}
+
+fn reservation_from_row(row: &sqlx::any::AnyRow) -> Result<Reservation, StockError> {
+    let status = match row.try_get::<String, _>(1)?.as_str() {
+        "held" => ReservationStatus::Held,
+        "committed" => ReservationStatus::Committed,
+        "released" => ReservationStatus::Released,
+        other => return Err(anyhow!("corrupt reservation status {other}").into()),
+    };
+    Ok(Reservation {
+        key: row.try_get(0)?,
+        status,
+        lines: lines_from_db(&row.try_get::<String, _>(2)?)?,
+        expires_at: Timestamp::from_millis(row.try_get(3)?),
+    })
+}
