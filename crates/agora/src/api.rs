@@ -115,5 +115,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut v1 = MetaApi::openapi();
     v1.merge(agora_identity::http::IdentityApi::openapi());
     v1.merge(agora_catalog::http::CatalogApi::openapi());
+    v1.merge(agora_inventory::http::InventoryApi::openapi());
     RootApi::openapi().nest("/api/v1", v1)
 }

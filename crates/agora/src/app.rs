@@ -12,6 +12,8 @@ use agora_catalog::store::CatalogStore;
 use agora_identity::Identity;
 use agora_identity::keys::KeyRing;
 use agora_identity::store::IdentityStore;
+use agora_inventory::Inventory;
+use agora_inventory::store::InventoryStore;
 use agora_kernel::{Clock, SystemClock};
 use agora_platform::auth::Authenticator;
 use agora_platform::http::edge::Edge;
@@ -29,9 +31,13 @@ pub struct Application {
     local_addr: SocketAddr,
     router: Router,
     db: Database,
+    inventory: Inventory,
     shutdown: Shutdown,
     grace: Duration,
 }
+
+/// How often lapsed stock reservations are released.
+const RESERVATION_SWEEP: Duration = Duration::from_secs(5);
 
 impl Application {
     /// Connects the database, runs migrations, seeds the demo catalog into an empty
@@ -48,7 +54,13 @@ impl Application {
                 .await
                 .context("Failed to load the demo catalog")?;
         }
-        let router = router(&config, &db, authenticator, identity, catalog);
+        let inventory = inventory(&db, &catalog);
+        let modules = Modules {
+            identity,
+            catalog,
+            inventory: inventory.clone(),
+        };
+        let router = router(&config, &db, authenticator, modules);
         let listener = TcpListener::bind(config.server.addr)
             .await
             .with_context(|| {
@@ -66,6 +78,7 @@ impl Application {
             local_addr,
             router,
             db,
+            inventory,
             shutdown: Shutdown::new(),
             grace: Duration::from_millis(config.server.shutdown_timeout_ms),
         })
@@ -84,9 +97,21 @@ impl Application {
     /// Serves until the shutdown signal, lets in-flight requests finish (bounded by
     /// `server.shutdown_timeout_ms`), then closes the database.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let outcome =
-            agora_platform::http::serve(self.listener, self.router, self.shutdown, self.grace)
-                .await;
+        let sweeper = tokio::spawn(
+            self.inventory
+                .clone()
+                .run_sweeper(RESERVATION_SWEEP, self.shutdown.clone()),
+        );
+        let outcome = agora_platform::http::serve(
+            self.listener,
+            self.router,
+            self.shutdown.clone(),
+            self.grace,
+        )
+        .await;
+        // The server stops only once shutdown fired, which also ends the sweeper.
+        self.shutdown.trigger();
+        let _ = sweeper.await;
         self.db.close().await;
         tracing::info!("agora stopped");
         outcome
@@ -125,10 +150,27 @@ pub fn catalog(db: &Database) -> Catalog {
     Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock))
 }
 
+/// The inventory over `db`, checking products with `catalog`, on the system clock.
+pub fn inventory(db: &Database, catalog: &Catalog) -> Inventory {
+    Inventory::new(
+        InventoryStore::new(db.clone()),
+        Arc::new(catalog.clone()),
+        Arc::new(SystemClock),
+    )
+}
+
 /// Every module's migrations, in dependency order.
 async fn migrate(db: &Database) -> anyhow::Result<()> {
     db.migrate(&agora_identity::MIGRATIONS).await?;
-    db.migrate(&agora_catalog::MIGRATIONS).await
+    db.migrate(&agora_catalog::MIGRATIONS).await?;
+    db.migrate(&agora_inventory::MIGRATIONS).await
+}
+
+/// The modules this process runs.
+struct Modules {
+    identity: Identity,
+    catalog: Catalog,
+    inventory: Inventory,
 }
 
 /// Builds the full router of the monolith.
@@ -136,13 +178,18 @@ fn router(
     config: &Config,
     db: &Database,
     authenticator: Authenticator,
-    identity: Identity,
-    catalog: Catalog,
+    modules: Modules,
 ) -> Router {
+    let Modules {
+        identity,
+        catalog,
+        inventory,
+    } = modules;
     let api = Router::new()
         .merge(api::router())
         .merge(agora_identity::http::router(identity.clone()))
-        .merge(agora_catalog::http::router(catalog));
+        .merge(agora_catalog::http::router(catalog))
+        .merge(agora_inventory::http::router(inventory));
     let root = health::routes(db.clone())
         .merge(agora_identity::http::well_known_router(identity))
         .merge(api::docs_router());

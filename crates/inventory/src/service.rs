@@ -13,7 +13,7 @@ use agora_platform::Shutdown;
 use async_trait::async_trait;
 
 use crate::error::StockError;
-use crate::store::{Change, InventoryStore, StockLevel};
+use crate::store::{Change, InventoryStore, Movement, MovementCursor, StockLevel};
 
 /// The largest quantity of one line, and of a staff change.
 pub const MAX_QUANTITY: i64 = 1_000_000;
@@ -70,6 +70,25 @@ impl Inventory {
             .await?;
         tracing::info!(%product_id, ?change, on_hand = stock.on_hand, actor, "stock changed");
         Ok(stock)
+    }
+
+    /// A page of a product's ledger, newest first.
+    pub async fn movements(
+        &self,
+        product_id: ProductId,
+        after: Option<MovementCursor>,
+        limit: agora_kernel::Limit,
+    ) -> Result<agora_kernel::Page<Movement>, StockError> {
+        self.ensure_product(product_id).await?;
+        let rows = self
+            .store
+            .movements(product_id, after.as_ref(), i64::from(limit.get()) + 1)
+            .await?;
+        let page = agora_kernel::Page::from_overfetch(rows, limit, |(_, c)| c.clone());
+        Ok(agora_kernel::Page {
+            items: page.items.into_iter().map(|(m, _)| m).collect(),
+            next_cursor: page.next_cursor,
+        })
     }
 
     async fn ensure_product(&self, product_id: ProductId) -> Result<(), StockError> {

@@ -43,6 +43,34 @@ impl StockLevel {
     }
 }
 
+/// One entry of the stock ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Movement {
+    /// `set` (a stocktake), `adjust` (a correction) or `sale` (a committed
+    /// reservation).
+    pub kind: String,
+    /// The change to on hand.
+    pub delta: i64,
+    /// On hand after it.
+    pub on_hand_after: i64,
+    /// Why, as given.
+    pub reason: String,
+    /// Who: a user or API key id, or the reservation key of a sale.
+    pub actor: String,
+    /// When.
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+/// Where a page of the ledger ends.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct MovementCursor {
+    /// The last entry's time, epoch milliseconds.
+    pub created_at: i64,
+    /// The last entry's id.
+    pub id: String,
+}
+
 /// What a staff change of stock is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -154,6 +182,50 @@ impl InventoryStore {
         .await?;
         tx.commit().await?;
         Ok(stock)
+    }
+
+    /// Up to `limit` ledger entries of a product after `after`, newest first,
+    /// each with its cursor.
+    pub async fn movements(
+        &self,
+        product_id: ProductId,
+        after: Option<&MovementCursor>,
+        limit: i64,
+    ) -> Result<Vec<(Movement, MovementCursor)>, StockError> {
+        let mut q = agora_platform::db::SqlBuilder::new(
+            "SELECT id, kind, delta, on_hand_after, reason, actor, created_at \
+             FROM inventory_movements WHERE product_id = ",
+        );
+        q.bind(product_id.to_db())?;
+        if let Some(after) = after {
+            q.push(" AND (created_at, id) < (")
+                .bind(after.created_at)?
+                .push(", ")
+                .bind(after.id.clone())?
+                .push(")");
+        }
+        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+            .bind(limit)?;
+        let rows = q.build().fetch_all(self.db.reader()).await?;
+        rows.iter()
+            .map(|r| {
+                let created_at: i64 = r.try_get(6)?;
+                Ok((
+                    Movement {
+                        kind: r.try_get(1)?,
+                        delta: r.try_get(2)?,
+                        on_hand_after: r.try_get(3)?,
+                        reason: r.try_get(4)?,
+                        actor: r.try_get(5)?,
+                        created_at: Timestamp::from_millis(created_at),
+                    },
+                    MovementCursor {
+                        created_at,
+                        id: r.try_get(0)?,
+                    },
+                ))
+            })
+            .collect()
     }
 
     /// The reservation with `key`.

@@ -9,6 +9,7 @@ mod cli;
 mod edge;
 mod helpers;
 mod identity;
+mod inventory;
 mod matrix;
 mod meta;
 mod mfa;

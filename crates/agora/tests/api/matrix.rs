@@ -142,6 +142,13 @@ const ROUTES: &[Route] = &[
     Route { method: "PATCH", path: "/api/v1/products/{id}", policy: Policy::Needs("catalog:write"), fixture: Fixture::Product,
         body: || Some(json!({ "name": "Renamed product" })), ok: 200 },
     Route { method: "DELETE", path: "/api/v1/products/{id}", policy: Policy::Needs("catalog:write"), fixture: Fixture::Product, body: no_body, ok: 200 },
+    // Inventory.
+    Route { method: "GET", path: "/api/v1/inventory/{product_id}", policy: Policy::Needs("inventory:manage"), fixture: Fixture::Product, body: no_body, ok: 200 },
+    Route { method: "PUT", path: "/api/v1/inventory/{product_id}", policy: Policy::Needs("inventory:manage"), fixture: Fixture::Product,
+        body: || Some(json!({ "on_hand": 5, "reason": "count" })), ok: 200 },
+    Route { method: "POST", path: "/api/v1/inventory/{product_id}/adjustments", policy: Policy::Needs("inventory:manage"), fixture: Fixture::Product,
+        body: || Some(json!({ "delta": 1, "reason": "found one" })), ok: 200 },
+    Route { method: "GET", path: "/api/v1/inventory/{product_id}/movements", policy: Policy::Needs("inventory:manage"), fixture: Fixture::Product, body: no_body, ok: 200 },
     Route { method: "GET", path: "/api/v1/categories", policy: Policy::Public, fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "POST", path: "/api/v1/categories", policy: Policy::Needs("catalog:write"), fixture: Fixture::None,
         body: || Some(json!({ "name": format!("Category {}", unique()) })), ok: 201 },
@@ -292,7 +299,7 @@ async fn every_caller_gets_exactly_the_status_the_policy_says() {
     for route in ROUTES {
         for who in EVERYONE {
             let path = match fixture(&app, &callers, route.fixture).await {
-                Some(id) => route.path.replace("{id}", &id),
+                Some(id) => route.path.replace("{id}", &id).replace("{product_id}", &id),
                 None => route.path.replace("{provider}", "unconfigured"),
             };
             let method = Method::from_bytes(route.method.as_bytes()).expect("a method");
