@@ -116,5 +116,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     v1.merge(agora_identity::http::IdentityApi::openapi());
     v1.merge(agora_catalog::http::CatalogApi::openapi());
     v1.merge(agora_inventory::http::InventoryApi::openapi());
+    v1.merge(agora_cart::http::CartApi::openapi());
     RootApi::openapi().nest("/api/v1", v1)
 }

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agora_cart::Carts;
+use agora_cart::store::CartStore;
 use agora_catalog::Catalog;
 use agora_catalog::store::CatalogStore;
 use agora_identity::Identity;
@@ -56,6 +58,7 @@ impl Application {
         }
         let inventory = inventory(&db, &catalog);
         let modules = Modules {
+            carts: carts(&db, &catalog),
             identity,
             catalog,
             inventory: inventory.clone(),
@@ -159,11 +162,21 @@ pub fn inventory(db: &Database, catalog: &Catalog) -> Inventory {
     )
 }
 
+/// The carts over `db`, priced by `catalog`, on the system clock.
+pub fn carts(db: &Database, catalog: &Catalog) -> Carts {
+    Carts::new(
+        CartStore::new(db.clone()),
+        Arc::new(catalog.clone()),
+        Arc::new(SystemClock),
+    )
+}
+
 /// Every module's migrations, in dependency order.
 async fn migrate(db: &Database) -> anyhow::Result<()> {
     db.migrate(&agora_identity::MIGRATIONS).await?;
     db.migrate(&agora_catalog::MIGRATIONS).await?;
-    db.migrate(&agora_inventory::MIGRATIONS).await
+    db.migrate(&agora_inventory::MIGRATIONS).await?;
+    db.migrate(&agora_cart::MIGRATIONS).await
 }
 
 /// The modules this process runs.
@@ -171,6 +184,7 @@ struct Modules {
     identity: Identity,
     catalog: Catalog,
     inventory: Inventory,
+    carts: Carts,
 }
 
 /// Builds the full router of the monolith.
@@ -184,12 +198,14 @@ fn router(
         identity,
         catalog,
         inventory,
+        carts,
     } = modules;
     let api = Router::new()
         .merge(api::router())
         .merge(agora_identity::http::router(identity.clone()))
         .merge(agora_catalog::http::router(catalog))
-        .merge(agora_inventory::http::router(inventory));
+        .merge(agora_inventory::http::router(inventory))
+        .merge(agora_cart::http::router(carts));
     let root = health::routes(db.clone())
         .merge(agora_identity::http::well_known_router(identity))
         .merge(api::docs_router());

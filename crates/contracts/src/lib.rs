@@ -7,9 +7,11 @@
 //! # Layout
 //! - [`catalog`]: [`catalog::CatalogPort`] — products by ids, with the price
 //!   snapshot that carts and orders rely on.
+//! - [`cart`]: [`cart::CartPort`] — a customer's cart lines, and clearing them.
 //! - [`inventory`]: [`inventory::InventoryPort`] — stock reservations, idempotent
 //!   by the caller's key.
 
+pub mod cart;
 pub mod catalog;
 pub mod inventory;
 

@@ -139,6 +139,14 @@ impl<T: serde::Serialize> ApiResponse<T> {
         r
     }
 
+    /// Adds a response header (a value that is not a valid header is skipped).
+    pub fn with_header(mut self, name: header::HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
     /// Sets `meta.next_cursor` (a list response with more pages).
     pub fn with_next_cursor(mut self, cursor: Option<String>) -> Self {
         self.next_cursor = cursor;

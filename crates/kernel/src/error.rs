@@ -99,6 +99,10 @@ error_codes! {
     InventoryBelowReserved = ("INVENTORY_BELOW_RESERVED", 409, "The change would leave fewer units on hand than are reserved for checkouts in progress (or fewer than zero). Nothing was changed.");
     InventoryReservationNotFound = ("INVENTORY_RESERVATION_NOT_FOUND", 404, "No reservation has this key.");
     InventoryReservationConflict = ("INVENTORY_RESERVATION_CONFLICT", 409, "The reservation key is already used with other lines, or the reservation is in a state that does not allow this (committing a released one, releasing a committed one).");
+    // Cart.
+    CartItemNotFound = ("CART_ITEM_NOT_FOUND", 404, "The cart has no line for this product.");
+    CartProductUnavailable = ("CART_PRODUCT_UNAVAILABLE", 422, "The product does not exist or is not for sale, so it cannot be added. Nothing was changed.");
+    CartQuantityLimit = ("CART_QUANTITY_LIMIT", 422, "A cart line holds at most 99 units; adding these would exceed it. Nothing was changed.");
     // Catalog.
     CatalogProductNotFound = ("CATALOG_PRODUCT_NOT_FOUND", 404, "No product has this id (or it is inactive and the caller is not staff).");
     CatalogCategoryNotFound = ("CATALOG_CATEGORY_NOT_FOUND", 404, "No category has this id.");

@@ -4,6 +4,7 @@
 
 mod abuse;
 mod api_keys;
+mod cart;
 mod catalog;
 mod cli;
 mod edge;

@@ -49,6 +49,9 @@ enum Policy {
     Public,
     /// A signed-in person acting on their own account (never an API key).
     OwnAccount,
+    /// A person's own resource that anonymous visitors have too (the cart, by
+    /// its token): never an API key.
+    Personal,
     /// Holders of this permission (people by their roles, or API keys).
     Needs(&'static str),
 }
@@ -149,6 +152,15 @@ const ROUTES: &[Route] = &[
     Route { method: "POST", path: "/api/v1/inventory/{product_id}/adjustments", policy: Policy::Needs("inventory:manage"), fixture: Fixture::Product,
         body: || Some(json!({ "delta": 1, "reason": "found one" })), ok: 200 },
     Route { method: "GET", path: "/api/v1/inventory/{product_id}/movements", policy: Policy::Needs("inventory:manage"), fixture: Fixture::Product, body: no_body, ok: 200 },
+    // Cart: everyone's own; adding needs a product for sale; the other routes
+    // find no line in a fresh caller's cart.
+    Route { method: "GET", path: "/api/v1/cart", policy: Policy::Personal, fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "DELETE", path: "/api/v1/cart", policy: Policy::Personal, fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "POST", path: "/api/v1/cart/items", policy: Policy::Personal, fixture: Fixture::Product,
+        body: || Some(json!({ "product_id": "{id}", "quantity": 1 })), ok: 200 },
+    Route { method: "PATCH", path: "/api/v1/cart/items/{product_id}", policy: Policy::Personal, fixture: Fixture::Product,
+        body: || Some(json!({ "quantity": 2 })), ok: 404 },
+    Route { method: "DELETE", path: "/api/v1/cart/items/{product_id}", policy: Policy::Personal, fixture: Fixture::Product, body: no_body, ok: 404 },
     Route { method: "GET", path: "/api/v1/categories", policy: Policy::Public, fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "POST", path: "/api/v1/categories", policy: Policy::Needs("catalog:write"), fixture: Fixture::None,
         body: || Some(json!({ "name": format!("Category {}", unique()) })), ok: 201 },
@@ -180,6 +192,10 @@ fn expected(policy: Policy, ok: u16, who: Who) -> Outcome {
     let forbidden = Outcome::Refused(403, "AUTH_FORBIDDEN");
     match (policy, who) {
         (Policy::Public, _) => allowed,
+        (Policy::Personal, Who::KeyWith | Who::KeyWithout) => {
+            Outcome::Refused(403, "AUTH_USER_REQUIRED")
+        }
+        (Policy::Personal, _) => allowed,
         (_, Who::Anonymous) => Outcome::Refused(401, "AUTH_REQUIRED"),
         (Policy::OwnAccount, Who::KeyWith | Who::KeyWithout) => {
             Outcome::Refused(403, "AUTH_USER_REQUIRED")
@@ -298,16 +314,24 @@ async fn every_caller_gets_exactly_the_status_the_policy_says() {
     let mut wrong = Vec::new();
     for route in ROUTES {
         for who in EVERYONE {
-            let path = match fixture(&app, &callers, route.fixture).await {
-                Some(id) => route.path.replace("{id}", &id).replace("{product_id}", &id),
+            let id = fixture(&app, &callers, route.fixture).await;
+            let path = match &id {
+                Some(id) => route.path.replace("{id}", id).replace("{product_id}", id),
                 None => route.path.replace("{provider}", "unconfigured"),
             };
+            // A body may name the fixture too, as "{id}".
+            let body = (route.body)().map(|b| match &id {
+                Some(id) => {
+                    serde_json::from_str(&b.to_string().replace("{id}", id)).expect("still JSON")
+                }
+                None => b,
+            });
             let method = Method::from_bytes(route.method.as_bytes()).expect("a method");
             let a = app
                 .call(
                     method,
                     &path,
-                    (route.body)(),
+                    body,
                     callers.credentials(&app, who, route.policy),
                 )
                 .await;

@@ -1,0 +1,63 @@
+//! The cart's errors and their public codes.
+
+use agora_contracts::PortError;
+use agora_kernel::{ApiError, ErrorCode};
+use agora_platform::db::database_failure;
+
+/// Everything that can go wrong in the cart module.
+#[derive(Debug, thiserror::Error)]
+pub enum CartError {
+    /// The cart has no line for this product.
+    #[error("item not found")]
+    ItemNotFound,
+    /// The product does not exist or is not for sale.
+    #[error("product unavailable")]
+    ProductUnavailable,
+    /// The line would exceed its quantity limit.
+    #[error("quantity limit")]
+    QuantityLimit,
+    /// The catalog could not be asked.
+    #[error(transparent)]
+    Catalog(#[from] PortError),
+    /// The database failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Anything else unexpected.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<CartError> for ApiError {
+    fn from(e: CartError) -> Self {
+        let code = match e {
+            CartError::Database(e) => return database_failure("cart", &e),
+            CartError::Unexpected(e) => return ApiError::internal(format!("{e:#}")),
+            CartError::Catalog(PortError::Unavailable { module, reason }) => {
+                return ApiError::from_code(ErrorCode::ServiceNotReady)
+                    .with_details(serde_json::json!({ "dependency": module }))
+                    .with_cause(reason);
+            }
+            CartError::Catalog(e) => return ApiError::internal(e),
+            CartError::ItemNotFound => ErrorCode::CartItemNotFound,
+            CartError::ProductUnavailable => ErrorCode::CartProductUnavailable,
+            CartError::QuantityLimit => ErrorCode::CartQuantityLimit,
+        };
+        ApiError::from_code(code)
+    }
+}
+
+impl From<CartError> for PortError {
+    fn from(e: CartError) -> Self {
+        match e {
+            CartError::Catalog(e) => e,
+            CartError::Database(sqlx::Error::PoolTimedOut) => PortError::Unavailable {
+                module: "cart",
+                reason: "database pool timed out".into(),
+            },
+            other => PortError::Internal {
+                module: "cart",
+                reason: format!("{other:#}"),
+            },
+        }
+    }
+}

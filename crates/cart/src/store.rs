@@ -1,0 +1,230 @@
+//! The cart's data access.
+
+use agora_kernel::{ProductId, Timestamp, UserId};
+use agora_platform::Database;
+use agora_platform::db::violation;
+use sqlx::Row;
+
+use crate::error::CartError;
+
+/// The most units of one product in a cart.
+pub const MAX_LINE_QUANTITY: i64 = 99;
+
+/// A stored cart line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredItem {
+    /// The product.
+    pub product_id: ProductId,
+    /// How many.
+    pub quantity: i64,
+}
+
+/// The cart's data access.
+#[derive(Debug, Clone)]
+pub struct CartStore {
+    db: Database,
+}
+
+impl CartStore {
+    /// A store over `db`.
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    /// The database (for tests and tools).
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// The id of `owner`'s cart.
+    pub async fn cart_of_owner(&self, owner: UserId) -> Result<Option<String>, CartError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM cart_carts WHERE owner = $1")
+                .bind(owner.to_db())
+                .fetch_optional(self.db.writer())
+                .await?,
+        )
+    }
+
+    /// The id of the anonymous cart whose token hashes to `token_hash`.
+    pub async fn cart_of_token(&self, token_hash: &str) -> Result<Option<String>, CartError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM cart_carts WHERE token_hash = $1")
+                .bind(token_hash.to_string())
+                .fetch_optional(self.db.writer())
+                .await?,
+        )
+    }
+
+    /// `owner`'s cart, created when missing (a concurrent creation is reused).
+    pub async fn owner_cart(&self, owner: UserId, now: Timestamp) -> Result<String, CartError> {
+        if let Some(id) = self.cart_of_owner(owner).await? {
+            return Ok(id);
+        }
+        let created = sqlx::query(
+            "INSERT INTO cart_carts (id, owner, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+        )
+        .bind(uuid::Uuid::now_v7().hyphenated().to_string())
+        .bind(owner.to_db())
+        .bind(now.as_millis())
+        .execute(self.db.writer())
+        .await;
+        match created {
+            Ok(_) => {}
+            Err(e) if violation(&e).is_some() => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.cart_of_owner(owner)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the cart of {owner} vanished").into())
+    }
+
+    /// A new anonymous cart for a token with hash `token_hash`.
+    pub async fn anonymous_cart(
+        &self,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<String, CartError> {
+        let id = uuid::Uuid::now_v7().hyphenated().to_string();
+        sqlx::query(
+            "INSERT INTO cart_carts (id, token_hash, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+        )
+        .bind(id.clone())
+        .bind(token_hash.to_string())
+        .bind(now.as_millis())
+        .execute(self.db.writer())
+        .await?;
+        Ok(id)
+    }
+
+    /// The cart's lines, oldest first.
+    pub async fn items(&self, cart: &str) -> Result<Vec<StoredItem>, CartError> {
+        let rows = sqlx::query(
+            "SELECT product_id, quantity FROM cart_items WHERE cart_id = $1 \
+             ORDER BY added_at, product_id",
+        )
+        .bind(cart.to_string())
+        .fetch_all(self.db.writer())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredItem {
+                    product_id: ProductId::from_db(&r.try_get::<String, _>(0)?)
+                        .map_err(|_| anyhow::anyhow!("corrupt cart_items.product_id"))?,
+                    quantity: r.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds `quantity` units of a product (to its line, if it has one).
+    /// `CartError::QuantityLimit` when the line would exceed the limit.
+    pub async fn add(
+        &self,
+        cart: &str,
+        product: ProductId,
+        quantity: i64,
+        now: Timestamp,
+    ) -> Result<(), CartError> {
+        let done = sqlx::query(
+            "INSERT INTO cart_items (cart_id, product_id, quantity, added_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = cart_items.quantity + excluded.quantity \
+             WHERE cart_items.quantity + excluded.quantity <= $5",
+        )
+        .bind(cart.to_string())
+        .bind(product.to_db())
+        .bind(quantity)
+        .bind(now.as_millis())
+        .bind(MAX_LINE_QUANTITY)
+        .execute(self.db.writer())
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(CartError::QuantityLimit);
+        }
+        self.touch(cart, now).await
+    }
+
+    /// Sets a line's quantity; `false` when the cart has no such line.
+    pub async fn set_quantity(
+        &self,
+        cart: &str,
+        product: ProductId,
+        quantity: i64,
+        now: Timestamp,
+    ) -> Result<bool, CartError> {
+        let done = sqlx::query(
+            "UPDATE cart_items SET quantity = $1 WHERE cart_id = $2 AND product_id = $3",
+        )
+        .bind(quantity)
+        .bind(cart.to_string())
+        .bind(product.to_db())
+        .execute(self.db.writer())
+        .await?;
+        self.touch(cart, now).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes a line; `false` when the cart has no such line.
+    pub async fn remove(
+        &self,
+        cart: &str,
+        product: ProductId,
+        now: Timestamp,
+    ) -> Result<bool, CartError> {
+        let done = sqlx::query("DELETE FROM cart_items WHERE cart_id = $1 AND product_id = $2")
+            .bind(cart.to_string())
+            .bind(product.to_db())
+            .execute(self.db.writer())
+            .await?;
+        self.touch(cart, now).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Removes every line.
+    pub async fn clear(&self, cart: &str, now: Timestamp) -> Result<(), CartError> {
+        sqlx::query("DELETE FROM cart_items WHERE cart_id = $1")
+            .bind(cart.to_string())
+            .execute(self.db.writer())
+            .await?;
+        self.touch(cart, now).await
+    }
+
+    /// Moves every line of cart `from` into cart `into` (adding quantities, at
+    /// most the line limit) and deletes `from`, in one transaction.
+    pub async fn merge(&self, from: &str, into: &str, now: Timestamp) -> Result<(), CartError> {
+        let mut tx = self.db.begin().await?;
+        // SQLite needs the WHERE to read `ON CONFLICT` as the upsert's, not a join's.
+        sqlx::query(
+            "INSERT INTO cart_items (cart_id, product_id, quantity, added_at) \
+             SELECT $1, product_id, quantity, added_at FROM cart_items WHERE cart_id = $2 \
+             ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = CASE \
+               WHEN cart_items.quantity + excluded.quantity > $3 THEN $3 \
+               ELSE cart_items.quantity + excluded.quantity END",
+        )
+        .bind(into.to_string())
+        .bind(from.to_string())
+        .bind(MAX_LINE_QUANTITY)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM cart_carts WHERE id = $1")
+            .bind(from.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE cart_carts SET updated_at = $1 WHERE id = $2")
+            .bind(now.as_millis())
+            .bind(into.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn touch(&self, cart: &str, now: Timestamp) -> Result<(), CartError> {
+        sqlx::query("UPDATE cart_carts SET updated_at = $1 WHERE id = $2")
+            .bind(now.as_millis())
+            .bind(cart.to_string())
+            .execute(self.db.writer())
+            .await?;
+        Ok(())
+    }
+}
