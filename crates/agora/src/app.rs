@@ -34,12 +34,16 @@ pub struct Application {
     router: Router,
     db: Database,
     inventory: Inventory,
+    carts: Carts,
     shutdown: Shutdown,
     grace: Duration,
 }
 
 /// How often lapsed stock reservations are released.
 const RESERVATION_SWEEP: Duration = Duration::from_secs(5);
+/// How often abandoned anonymous carts are deleted, and after how long.
+const CART_SWEEP: Duration = Duration::from_secs(3600);
+const ABANDONED_CART_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Application {
     /// Connects the database, runs migrations, seeds the demo catalog into an empty
@@ -57,8 +61,9 @@ impl Application {
                 .context("Failed to load the demo catalog")?;
         }
         let inventory = inventory(&db, &catalog);
+        let carts = carts(&db, &catalog);
         let modules = Modules {
-            carts: carts(&db, &catalog),
+            carts: carts.clone(),
             identity,
             catalog,
             inventory: inventory.clone(),
@@ -82,6 +87,7 @@ impl Application {
             router,
             db,
             inventory,
+            carts,
             shutdown: Shutdown::new(),
             grace: Duration::from_millis(config.server.shutdown_timeout_ms),
         })
@@ -100,11 +106,17 @@ impl Application {
     /// Serves until the shutdown signal, lets in-flight requests finish (bounded by
     /// `server.shutdown_timeout_ms`), then closes the database.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        let sweeper = tokio::spawn(
+        let mut sweepers = tokio::task::JoinSet::new();
+        sweepers.spawn(
             self.inventory
                 .clone()
                 .run_sweeper(RESERVATION_SWEEP, self.shutdown.clone()),
         );
+        sweepers.spawn(self.carts.clone().run_sweeper(
+            CART_SWEEP,
+            ABANDONED_CART_AGE,
+            self.shutdown.clone(),
+        ));
         let outcome = agora_platform::http::serve(
             self.listener,
             self.router,
@@ -112,9 +124,9 @@ impl Application {
             self.grace,
         )
         .await;
-        // The server stops only once shutdown fired, which also ends the sweeper.
+        // The server stops only once shutdown fired, which also ends the sweepers.
         self.shutdown.trigger();
-        let _ = sweeper.await;
+        sweepers.join_all().await;
         self.db.close().await;
         tracing::info!("agora stopped");
         outcome

@@ -16,6 +16,12 @@ pub enum CartError {
     /// The line would exceed its quantity limit.
     #[error("quantity limit")]
     QuantityLimit,
+    /// The cart has as many lines as it may.
+    #[error("cart full")]
+    Full,
+    /// The cart was merged or deleted while the request ran.
+    #[error("cart gone")]
+    Gone,
     /// The catalog could not be asked.
     #[error(transparent)]
     Catalog(#[from] PortError),
@@ -41,6 +47,8 @@ impl From<CartError> for ApiError {
             CartError::ItemNotFound => ErrorCode::CartItemNotFound,
             CartError::ProductUnavailable => ErrorCode::CartProductUnavailable,
             CartError::QuantityLimit => ErrorCode::CartQuantityLimit,
+            CartError::Full => ErrorCode::CartFull,
+            CartError::Gone => ErrorCode::CartConflict,
         };
         ApiError::from_code(code)
     }

@@ -156,6 +156,36 @@ impl Carts {
         self.priced(None, None).await
     }
 
+    /// Deletes anonymous carts untouched for `max_age`; returns how many.
+    pub async fn delete_abandoned(&self, max_age: std::time::Duration) -> Result<u64, CartError> {
+        let age = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        let before =
+            agora_kernel::Timestamp::from_millis(self.clock.now().as_millis().saturating_sub(age));
+        let deleted = self.store.delete_abandoned(before).await?;
+        if deleted > 0 {
+            tracing::info!(deleted, "abandoned anonymous carts deleted");
+        }
+        Ok(deleted)
+    }
+
+    /// Runs [`Self::delete_abandoned`] every `every` until `shutdown`.
+    pub async fn run_sweeper(
+        self,
+        every: std::time::Duration,
+        max_age: std::time::Duration,
+        shutdown: agora_platform::Shutdown,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.wait() => return,
+            }
+            if let Err(e) = self.delete_abandoned(max_age).await {
+                tracing::warn!(error = %e, "deleting abandoned carts failed; retrying later");
+            }
+        }
+    }
+
     /// The holder's cart id, if they have one; a customer's anonymous cart is
     /// merged into theirs first.
     async fn find(&self, holder: &Holder) -> Result<Option<String>, CartError> {

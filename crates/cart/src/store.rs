@@ -9,6 +9,8 @@ use crate::error::CartError;
 
 /// The most units of one product in a cart.
 pub const MAX_LINE_QUANTITY: i64 = 99;
+/// The most lines (distinct products) in a cart.
+pub const MAX_LINES: i64 = 100;
 
 /// A stored cart line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +128,19 @@ impl CartStore {
         quantity: i64,
         now: Timestamp,
     ) -> Result<(), CartError> {
+        let mut tx = self.db.begin().await?;
+        // Lock the cart, so concurrent adds count its lines one at a time.
+        claim(&mut tx, cart, now).await?;
+        let others: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM cart_items WHERE cart_id = $1 AND product_id <> $2",
+        )
+        .bind(cart.to_string())
+        .bind(product.to_db())
+        .fetch_one(&mut *tx)
+        .await?;
+        if others >= MAX_LINES {
+            return Err(CartError::Full);
+        }
         let done = sqlx::query(
             "INSERT INTO cart_items (cart_id, product_id, quantity, added_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (cart_id, product_id) DO UPDATE SET quantity = cart_items.quantity + excluded.quantity \
@@ -136,12 +151,13 @@ impl CartStore {
         .bind(quantity)
         .bind(now.as_millis())
         .bind(MAX_LINE_QUANTITY)
-        .execute(self.db.writer())
+        .execute(&mut *tx)
         .await?;
         if done.rows_affected() == 0 {
             return Err(CartError::QuantityLimit);
         }
-        self.touch(cart, now).await
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Sets a line's quantity; `false` when the cart has no such line.
@@ -193,6 +209,11 @@ impl CartStore {
     /// most the line limit) and deletes `from`, in one transaction.
     pub async fn merge(&self, from: &str, into: &str, now: Timestamp) -> Result<(), CartError> {
         let mut tx = self.db.begin().await?;
+        // Claim the anonymous cart: a concurrent merge of it waits here, then finds
+        // it gone and adds nothing a second time.
+        if claim(&mut tx, from, now).await.is_err() {
+            return Ok(());
+        }
         // SQLite needs the WHERE to read `ON CONFLICT` as the upsert's, not a join's.
         sqlx::query(
             "INSERT INTO cart_items (cart_id, product_id, quantity, added_at) \
@@ -219,6 +240,26 @@ impl CartStore {
         Ok(())
     }
 
+    /// Deletes anonymous carts untouched since `before` (with their lines);
+    /// returns how many.
+    pub async fn delete_abandoned(&self, before: Timestamp) -> Result<u64, CartError> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "DELETE FROM cart_items WHERE cart_id IN \
+             (SELECT id FROM cart_carts WHERE token_hash IS NOT NULL AND updated_at < $1)",
+        )
+        .bind(before.as_millis())
+        .execute(&mut *tx)
+        .await?;
+        let done =
+            sqlx::query("DELETE FROM cart_carts WHERE token_hash IS NOT NULL AND updated_at < $1")
+                .bind(before.as_millis())
+                .execute(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected())
+    }
+
     async fn touch(&self, cart: &str, now: Timestamp) -> Result<(), CartError> {
         sqlx::query("UPDATE cart_carts SET updated_at = $1 WHERE id = $2")
             .bind(now.as_millis())
@@ -227,4 +268,20 @@ impl CartStore {
             .await?;
         Ok(())
     }
+}
+
+/// Locks a cart row for the rest of the transaction (and marks it touched);
+/// `CartError::Gone` when it no longer exists.
+async fn claim(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    cart: &str,
+    now: Timestamp,
+) -> Result<(), CartError> {
+    let found: Option<String> =
+        sqlx::query_scalar("UPDATE cart_carts SET updated_at = $1 WHERE id = $2 RETURNING id")
+            .bind(now.as_millis())
+            .bind(cart.to_string())
+            .fetch_optional(&mut **tx)
+            .await?;
+    found.map(drop).ok_or(CartError::Gone)
 }

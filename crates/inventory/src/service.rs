@@ -104,12 +104,15 @@ impl Inventory {
         let now = self.clock.now();
         let mut released = 0;
         for key in self.store.lapsed(now, SWEEP_BATCH).await? {
-            if self
+            // One failing reservation must not hold back the others.
+            match self
                 .store
                 .settle(&key, ReservationStatus::Released, now)
-                .await?
+                .await
             {
-                released += 1;
+                Ok(true) => released += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(key, error = %e, "releasing a lapsed reservation failed"),
             }
         }
         if released > 0 {

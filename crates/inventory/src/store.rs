@@ -122,13 +122,9 @@ impl InventoryStore {
         now: Timestamp,
     ) -> Result<StockLevel, StockError> {
         let mut tx = self.db.begin().await?;
-        let before: i64 =
-            sqlx::query_scalar("SELECT on_hand FROM inventory_stock WHERE product_id = $1")
-                .bind(product_id.to_db())
-                .fetch_optional(&mut *tx)
-                .await?
-                .unwrap_or(0);
-        // Insert the row at zero when it is missing, then change it under the rule.
+        // Insert the row at zero when it is missing, then lock it and read it (a
+        // no-op update locks the row on PostgreSQL), so the delta written to the
+        // ledger is exact even while sales land concurrently.
         sqlx::query(
             "INSERT INTO inventory_stock (product_id, on_hand, reserved, updated_at) \
              VALUES ($1, 0, 0, $2) ON CONFLICT (product_id) DO NOTHING",
@@ -136,6 +132,13 @@ impl InventoryStore {
         .bind(product_id.to_db())
         .bind(now.as_millis())
         .execute(&mut *tx)
+        .await?;
+        let before: i64 = sqlx::query_scalar(
+            "UPDATE inventory_stock SET updated_at = updated_at WHERE product_id = $1 \
+             RETURNING on_hand",
+        )
+        .bind(product_id.to_db())
+        .fetch_one(&mut *tx)
         .await?;
         let (sql, value, kind) = match change {
             Change::Set(n) => (
@@ -250,6 +253,29 @@ impl InventoryStore {
         now: Timestamp,
     ) -> Result<Option<Reservation>, StockError> {
         let mut tx = self.db.begin().await?;
+        // The key first: a concurrent call with the same key waits here for this
+        // one and then finds the key taken, instead of competing for the stock.
+        let inserted = sqlx::query(
+            "INSERT INTO inventory_reservations (key, status, lines, expires_at, created_at, updated_at) \
+             VALUES ($1, 'held', $2, $3, $4, $4)",
+        )
+        .bind(key.to_string())
+        .bind(lines_to_db(lines)?)
+        .bind(expires_at.as_millis())
+        .bind(now.as_millis())
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Ok(_) => {}
+            Err(e)
+                if violation(&e).is_some_and(|v| {
+                    v.is_unique("inventory_reservations_pkey", "inventory_reservations.key")
+                }) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
         for line in lines {
             let done = sqlx::query(
                 "UPDATE inventory_stock SET reserved = reserved + $1, updated_at = $2 \
@@ -274,27 +300,6 @@ impl InventoryStore {
                     requested: line.quantity,
                 });
             }
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO inventory_reservations (key, status, lines, expires_at, created_at, updated_at) \
-             VALUES ($1, 'held', $2, $3, $4, $4)",
-        )
-        .bind(key.to_string())
-        .bind(lines_to_db(lines)?)
-        .bind(expires_at.as_millis())
-        .bind(now.as_millis())
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e)
-                if violation(&e).is_some_and(|v| {
-                    v.is_unique("inventory_reservations_pkey", "inventory_reservations.key")
-                }) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
         }
         tx.commit().await?;
         Ok(Some(Reservation {

@@ -103,6 +103,8 @@ error_codes! {
     CartItemNotFound = ("CART_ITEM_NOT_FOUND", 404, "The cart has no line for this product.");
     CartProductUnavailable = ("CART_PRODUCT_UNAVAILABLE", 422, "The product does not exist or is not for sale, so it cannot be added. Nothing was changed.");
     CartQuantityLimit = ("CART_QUANTITY_LIMIT", 422, "A cart line holds at most 99 units; adding these would exceed it. Nothing was changed.");
+    CartFull = ("CART_FULL", 422, "A cart holds at most 100 different products. Nothing was changed.");
+    CartConflict = ("CART_CONFLICT", 409, "The cart changed while the request ran (it was merged into a customer's cart, or deleted as abandoned). Read the cart again and retry.");
     // Catalog.
     CatalogProductNotFound = ("CATALOG_PRODUCT_NOT_FOUND", 404, "No product has this id (or it is inactive and the caller is not staff).");
     CatalogCategoryNotFound = ("CATALOG_CATEGORY_NOT_FOUND", 404, "No category has this id.");
