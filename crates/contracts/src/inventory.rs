@@ -76,7 +76,9 @@ pub enum InventoryError {
 #[async_trait]
 pub trait InventoryPort: Send + Sync {
     /// Sets aside every line or none, until `expires_at`. Repeating the call with
-    /// the same key and lines returns the same reservation.
+    /// the same key and lines returns the same reservation (held or committed);
+    /// if it was released meanwhile (or lapsed), the answer is
+    /// `WrongState(Released)`, never a success.
     async fn reserve(
         &self,
         key: &str,

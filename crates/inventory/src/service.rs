@@ -142,6 +142,11 @@ impl Inventory {
     ) -> Result<Reservation, StockError> {
         check_key(key)?;
         let lines = normalise(lines)?;
+        if expires_at <= self.clock.now() {
+            return Err(StockError::InvalidLines(
+                "expires_at must be in the future".into(),
+            ));
+        }
         if let Some(existing) = self.store.reservation(key).await? {
             return same_lines(existing, &lines);
         }
@@ -220,12 +225,16 @@ fn normalise(lines: &[StockLine]) -> Result<Vec<StockLine>, StockError> {
     Ok(sorted)
 }
 
+/// The answer to a repeated reserve: the stored reservation if the lines match
+/// and its units are (or were sold) held; a released one is no success.
 fn same_lines(existing: Reservation, lines: &[StockLine]) -> Result<Reservation, StockError> {
-    if existing.lines == lines {
-        Ok(existing)
-    } else {
-        Err(StockError::KeyReused)
+    if existing.lines != lines {
+        return Err(StockError::KeyReused);
     }
+    if existing.status == ReservationStatus::Released {
+        return Err(StockError::WrongState(ReservationStatus::Released));
+    }
+    Ok(existing)
 }
 
 #[async_trait]

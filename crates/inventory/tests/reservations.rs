@@ -221,6 +221,13 @@ async fn lapsed_reservations_are_released_and_cannot_be_committed() {
         Err(InventoryError::WrongState(ReservationStatus::Released))
     ));
     assert_eq!(f.inventory.release_lapsed().await.expect("swept"), 1);
+    // A retry of the lapsed reservation is no success.
+    assert!(matches!(
+        f.inventory
+            .reserve("slower", &[line(p, 2)], f.later(60_000))
+            .await,
+        Err(InventoryError::WrongState(ReservationStatus::Released))
+    ));
     assert_eq!(f.available(p).await, (4, 0, 4));
     assert_eq!(f.inventory.release_lapsed().await.expect("swept"), 0);
 }
