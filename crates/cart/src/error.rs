@@ -38,12 +38,7 @@ impl From<CartError> for ApiError {
         let code = match e {
             CartError::Database(e) => return database_failure("cart", &e),
             CartError::Unexpected(e) => return ApiError::internal(format!("{e:#}")),
-            CartError::Catalog(PortError::Unavailable { module, reason }) => {
-                return ApiError::from_code(ErrorCode::ServiceNotReady)
-                    .with_details(serde_json::json!({ "dependency": module }))
-                    .with_cause(reason);
-            }
-            CartError::Catalog(e) => return ApiError::internal(e),
+            CartError::Catalog(e) => return e.into(),
             CartError::ItemNotFound => ErrorCode::CartItemNotFound,
             CartError::ProductUnavailable => ErrorCode::CartProductUnavailable,
             CartError::QuantityLimit => ErrorCode::CartQuantityLimit,

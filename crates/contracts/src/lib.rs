@@ -35,3 +35,18 @@ pub enum PortError {
         reason: String,
     },
 }
+
+impl From<PortError> for agora_kernel::ApiError {
+    /// An unreachable module is `SERVICE_NOT_READY` naming it; anything else an
+    /// internal fault (the reason is logged, never shown).
+    fn from(e: PortError) -> Self {
+        match e {
+            PortError::Unavailable { module, reason } => {
+                agora_kernel::ApiError::from_code(agora_kernel::ErrorCode::ServiceNotReady)
+                    .with_details(serde_json::json!({ "dependency": module }))
+                    .with_cause(reason)
+            }
+            PortError::Internal { .. } => agora_kernel::ApiError::internal(e),
+        }
+    }
+}

@@ -52,12 +52,7 @@ impl From<StockError> for ApiError {
         let code = match e {
             StockError::Database(e) => return database_failure("inventory", &e),
             StockError::Unexpected(e) => return ApiError::internal(format!("{e:#}")),
-            StockError::Catalog(PortError::Unavailable { module, reason }) => {
-                return ApiError::from_code(ErrorCode::ServiceNotReady)
-                    .with_details(serde_json::json!({ "dependency": module }))
-                    .with_cause(reason);
-            }
-            StockError::Catalog(e) => return ApiError::internal(e),
+            StockError::Catalog(e) => return e.into(),
             StockError::InvalidLines(why) => {
                 return ApiError::validation(vec![agora_kernel::error::FieldError::new(
                     "lines", why,
