@@ -8,10 +8,8 @@ use agora_contracts::PortError;
 use agora_contracts::cart::{CartLine, CartPort};
 use agora_contracts::catalog::{CatalogPort, ProductSnapshot};
 use agora_kernel::{Clock, Money, ProductId, UserId};
-use agora_platform::auth::secret_hash;
+use agora_platform::auth::{random_secret, secret_hash};
 use async_trait::async_trait;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 use crate::error::CartError;
@@ -221,7 +219,7 @@ impl Carts {
         match holder {
             Holder::Customer(user, _) => Ok((self.store.owner_cart(*user, now).await?, None)),
             Holder::Visitor(_) => {
-                let token = new_token()?;
+                let token = random_secret(TOKEN_PREFIX)?;
                 let cart = self.store.anonymous_cart(&secret_hash(&token), now).await?;
                 Ok((cart, Some(token)))
             }
@@ -299,12 +297,6 @@ impl Carts {
 
 /// The prefix of anonymous cart tokens.
 pub const TOKEN_PREFIX: &str = "crt_";
-
-fn new_token() -> Result<String, CartError> {
-    let mut bytes = [0_u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
-    Ok(format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
-}
 
 #[async_trait]
 impl CartPort for Carts {

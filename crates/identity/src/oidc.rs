@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agora_kernel::{Timestamp, UserId};
-use agora_platform::auth::secret_hash;
+use agora_platform::auth::{random_secret, secret_hash};
 use agora_platform::config::OidcProvider;
 use anyhow::anyhow;
 use base64::Engine as _;
@@ -174,9 +174,9 @@ impl OidcProviders {
     pub async fn start(&self, name: &str) -> Result<StartedLogin, IdentityError> {
         let provider = self.provider(name)?;
         let metadata = self.metadata(provider).await?;
-        let state = random_token()?;
-        let nonce = random_token()?;
-        let code_verifier = random_token()?;
+        let state = random_secret("")?;
+        let nonce = random_secret("")?;
+        let code_verifier = random_secret("")?;
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(code_verifier.as_bytes()));
         let scope = provider.config.scopes.join(" ");
         let url = reqwest::Url::parse_with_params(
@@ -404,13 +404,6 @@ fn form_encode(s: &str) -> String {
 
 fn provider_failed(why: impl Into<String>) -> IdentityError {
     IdentityError::OidcProviderFailed(why.into())
-}
-
-/// 256 random bits in base64url: state, nonce, PKCE verifier, browser binding.
-pub fn random_token() -> Result<String, IdentityError> {
-    let mut bytes = [0_u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow!("no randomness: {e}"))?;
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// A login in flight, as stored.

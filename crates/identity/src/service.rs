@@ -7,11 +7,11 @@ use agora_kernel::{
     ApiKeyId, Clock, Limit, Page, Permission, Permissions, Principal, Role, SessionId, Timestamp,
     UserId,
 };
-use agora_platform::auth::{API_KEY_PREFIX, AccessClaims, Authenticator, secret_hash};
+use agora_platform::auth::{
+    API_KEY_PREFIX, AccessClaims, Authenticator, random_secret, secret_hash,
+};
 use agora_platform::config::AuthConfig;
 use anyhow::anyhow;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 
 use crate::api_keys::{ApiKey, CreatedApiKey, SHOWN_PREFIX_LEN, StoredApiKeys};
@@ -22,7 +22,7 @@ use crate::mfa::{
     CHALLENGE_TTL_SECS, MfaStatus, RecoveryCodes, TotpEnrolment, TotpSecret, new_recovery_codes,
     recovery_code_hash,
 };
-use crate::oidc::{OidcProviders, random_token};
+use crate::oidc::OidcProviders;
 use crate::password::PasswordHasher;
 use crate::store::{CreationCursor, IdentityStore, NewRefreshToken, RevokeReason, Rotation};
 use crate::throttle::{FailureState, LoginThrottle, ceil_secs};
@@ -234,7 +234,7 @@ impl Identity {
     /// Starts a login with OpenID Connect provider `provider`.
     pub async fn oidc_start(&self, provider: &str) -> Result<OidcStart, IdentityError> {
         let started = self.oidc.start(provider).await?;
-        let browser_binding = random_token()?;
+        let browser_binding = random_secret("")?;
         self.store
             .insert_oidc_login(provider, &started, &browser_binding, self.clock.now())
             .await?;
@@ -842,11 +842,4 @@ fn recovery_codes() -> Result<(Vec<String>, Vec<String>), IdentityError> {
     let codes = new_recovery_codes()?;
     let hashes = codes.iter().map(|c| recovery_code_hash(c)).collect();
     Ok((codes, hashes))
-}
-
-/// `prefix` followed by 256 random bits in base64url: a refresh token or API key.
-fn random_secret(prefix: &str) -> Result<String, IdentityError> {
-    let mut bytes = [0_u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow!("no randomness for a secret: {e}"))?;
-    Ok(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes)))
 }

@@ -74,6 +74,18 @@ pub trait ApiKeyResolver: Send + Sync + 'static {
     async fn resolve(&self, hash: &str) -> Result<Option<ApiKeyGrant>, ApiError>;
 }
 
+/// A fresh secret: `prefix` followed by 256 random bits in base64url (refresh
+/// tokens, API keys, challenge and cart tokens, OIDC state, nonce and verifier).
+pub fn random_secret(prefix: &str) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    let mut bytes = [0_u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+    Ok(format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
+}
+
 /// What is stored of a high-entropy secret (refresh token, API key): its SHA-256,
 /// hex. The secrets carry 256 random bits, so a fast hash is enough: no salt or
 /// stretching is needed to stop guessing.
