@@ -3,7 +3,7 @@
 use agora_kernel::access::require::InventoryManage;
 use agora_kernel::pagination::Limit;
 use agora_kernel::validation::{Problems, has_control_characters};
-use agora_kernel::{ApiError, ApiResponse, Cursor, ProductId};
+use agora_kernel::{ApiError, ApiResponse, Cursor, Principal, ProductId};
 use agora_platform::auth::Authorized;
 use agora_platform::http::{AppJson, AppPath, AppQuery};
 use axum::Router;
@@ -78,18 +78,19 @@ async fn set_stock(
     AppPath(product_id): AppPath<ProductId>,
     AppJson(body): AppJson<SetStock>,
 ) -> Result<ApiResponse<StockLevel>, ApiError> {
-    let mut p = Problems::default();
-    if !(0..=MAX_STOCK).contains(&body.on_hand) {
-        p.add("on_hand", format!("must be between 0 and {MAX_STOCK}"));
-    }
-    let reason = p.check("reason", parse_reason(&body.reason));
-    let reason = p.finish(|| reason)?;
-    let actor = staff.subject.to_string();
-    Ok(ApiResponse::ok(
-        inventory
-            .change(product_id, Change::Set(body.on_hand), &reason, &actor)
-            .await?,
-    ))
+    let change = if (0..=MAX_STOCK).contains(&body.on_hand) {
+        Ok(Change::Set(body.on_hand))
+    } else {
+        Err(format!("must be between 0 and {MAX_STOCK}"))
+    };
+    apply(
+        &inventory,
+        &staff,
+        product_id,
+        ("on_hand", change),
+        &body.reason,
+    )
+    .await
 }
 
 /// A correction of the stock on hand.
@@ -125,21 +126,21 @@ async fn adjust_stock(
     AppPath(product_id): AppPath<ProductId>,
     AppJson(body): AppJson<AdjustStock>,
 ) -> Result<ApiResponse<StockLevel>, ApiError> {
-    let mut p = Problems::default();
-    if body.delta == 0 || !(-MAX_STOCK..=MAX_STOCK).contains(&body.delta) {
-        p.add(
-            "delta",
-            format!("must be between -{MAX_STOCK} and {MAX_STOCK}, not 0"),
-        );
-    }
-    let reason = p.check("reason", parse_reason(&body.reason));
-    let reason = p.finish(|| reason)?;
-    let actor = staff.subject.to_string();
-    Ok(ApiResponse::ok(
-        inventory
-            .change(product_id, Change::Adjust(body.delta), &reason, &actor)
-            .await?,
-    ))
+    let change = if body.delta != 0 && (-MAX_STOCK..=MAX_STOCK).contains(&body.delta) {
+        Ok(Change::Adjust(body.delta))
+    } else {
+        Err(format!(
+            "must be between -{MAX_STOCK} and {MAX_STOCK}, not 0"
+        ))
+    };
+    apply(
+        &inventory,
+        &staff,
+        product_id,
+        ("delta", change),
+        &body.reason,
+    )
+    .await
 }
 
 /// A page of the ledger.
@@ -176,6 +177,27 @@ async fn movements(
         .movements(product_id, after, query.limit.unwrap_or_default())
         .await?;
     Ok(ApiResponse::ok(page.items).with_next_cursor(page.next_cursor))
+}
+
+/// Checks a staff change and its reason (every problem at once), then applies it
+/// with the caller as the ledger's actor.
+async fn apply(
+    inventory: &Inventory,
+    staff: &Principal,
+    product_id: ProductId,
+    (field, change): (&'static str, Result<Change, String>),
+    reason: &str,
+) -> Result<ApiResponse<StockLevel>, ApiError> {
+    let mut p = Problems::default();
+    let change = p.check(field, change);
+    let reason = p.check("reason", parse_reason(reason));
+    let (change, reason) = p.finish(|| Some((change?, reason?)))?;
+    let actor = staff.subject.to_string();
+    Ok(ApiResponse::ok(
+        inventory
+            .change(product_id, change, &reason, &actor)
+            .await?,
+    ))
 }
 
 fn parse_reason(raw: &str) -> Result<String, String> {
