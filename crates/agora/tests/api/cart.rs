@@ -49,6 +49,21 @@ async fn add(
     .await
 }
 
+async fn get_cart(app: &TestApp, who: As<'_>, token: Option<&str>) -> Answer {
+    cart_call(app, Method::GET, "/api/v1/cart", None, who, token).await
+}
+
+async fn set_quantity(app: &TestApp, who: As<'_>, product: &str, quantity: i64) -> Answer {
+    let path = format!("/api/v1/cart/items/{product}");
+    let body = json!({ "quantity": quantity });
+    cart_call(app, Method::PATCH, &path, Some(body), who, None).await
+}
+
+async fn remove_item(app: &TestApp, who: As<'_>, product: &str) -> Answer {
+    let path = format!("/api/v1/cart/items/{product}");
+    cart_call(app, Method::DELETE, &path, None, who, None).await
+}
+
 async fn product(app: &TestApp, amount: i64) -> String {
     app.create_product(json!({ "price": { "amount": amount, "currency": "USD" } }))
         .await["id"]
@@ -108,36 +123,12 @@ async fn a_customer_fills_changes_and_empties_their_cart() {
 
     // Someone else's cart is their own.
     let bob = app.register_and_login("bob@example.com").await;
-    let theirs = cart_call(
-        &app,
-        Method::GET,
-        "/api/v1/cart",
-        None,
-        As::Token(&bob),
-        None,
-    )
-    .await;
+    let theirs = get_cart(&app, As::Token(&bob), None).await;
     assert_eq!(theirs.data()["items"], json!([]));
 
-    let changed = cart_call(
-        &app,
-        Method::PATCH,
-        &format!("/api/v1/cart/items/{a}"),
-        Some(json!({ "quantity": 1 })),
-        As::Token(&ada),
-        None,
-    )
-    .await;
+    let changed = set_quantity(&app, As::Token(&ada), &a, 1).await;
     assert_eq!(lines(&changed)[0].1, 1);
-    let removed = cart_call(
-        &app,
-        Method::DELETE,
-        &format!("/api/v1/cart/items/{b}"),
-        None,
-        As::Token(&ada),
-        None,
-    )
-    .await;
+    let removed = remove_item(&app, As::Token(&ada), &b).await;
     assert_eq!(lines(&removed).len(), 1);
     let emptied = cart_call(
         &app,
@@ -172,15 +163,7 @@ async fn prices_come_from_the_catalog_when_read_and_unsellable_lines_are_flagged
     app.patch(&format!("/api/v1/products/{b}"), json!({ "active": false }))
         .await;
     app.delete(&format!("/api/v1/products/{c}")).await;
-    let cart = cart_call(
-        &app,
-        Method::GET,
-        "/api/v1/cart",
-        None,
-        As::Token(&ada),
-        None,
-    )
-    .await;
+    let cart = get_cart(&app, As::Token(&ada), None).await;
     assert_eq!(
         lines(&cart),
         vec![
@@ -218,30 +201,14 @@ async fn an_anonymous_cart_lives_by_its_token_and_merges_at_login() {
     assert!(second.headers.get("cart-token").is_none(), "the same cart");
     assert_eq!(lines(&second).len(), 2);
     for other in [None, Some("crt_someone-elses"), Some("nonsense")] {
-        let a = cart_call(
-            &app,
-            Method::GET,
-            "/api/v1/cart",
-            None,
-            As::Anonymous,
-            other,
-        )
-        .await;
+        let a = get_cart(&app, As::Anonymous, other).await;
         assert_eq!(a.data()["items"], json!([]), "{other:?}");
     }
 
     // Ada already has 5 of `a`; the merge adds, up to the line limit.
     let ada = app.register_and_login("ada@example.com").await;
     add(&app, As::Token(&ada), None, &a, 5).await;
-    let merged = cart_call(
-        &app,
-        Method::GET,
-        "/api/v1/cart",
-        None,
-        As::Token(&ada),
-        Some(&token),
-    )
-    .await;
+    let merged = get_cart(&app, As::Token(&ada), Some(&token)).await;
     // Lines keep the time they were first added: `b` came with the anonymous
     // cart (added before Ada's `a`).
     assert_eq!(
@@ -251,29 +218,13 @@ async fn an_anonymous_cart_lives_by_its_token_and_merges_at_login() {
             (a.clone(), 99, "available".into())
         ]
     );
-    let gone = cart_call(
-        &app,
-        Method::GET,
-        "/api/v1/cart",
-        None,
-        As::Anonymous,
-        Some(&token),
-    )
-    .await;
+    let gone = get_cart(&app, As::Anonymous, Some(&token)).await;
     assert_eq!(
         gone.data()["items"],
         json!([]),
         "the anonymous cart is gone"
     );
-    let again = cart_call(
-        &app,
-        Method::GET,
-        "/api/v1/cart",
-        None,
-        As::Token(&ada),
-        Some(&token),
-    )
-    .await;
+    let again = get_cart(&app, As::Token(&ada), Some(&token)).await;
     assert_eq!(
         lines(&again),
         lines(&merged),
@@ -322,41 +273,17 @@ async fn bad_cart_requests_are_refused_and_change_nothing() {
             "VALIDATION_FAILED",
         ),
         (
-            cart_call(
-                &app,
-                Method::PATCH,
-                &format!("/api/v1/cart/items/{a}"),
-                Some(json!({ "quantity": 0 })),
-                As::Token(&ada),
-                None,
-            )
-            .await,
+            set_quantity(&app, As::Token(&ada), &a, 0).await,
             422,
             "VALIDATION_FAILED",
         ),
         (
-            cart_call(
-                &app,
-                Method::PATCH,
-                &format!("/api/v1/cart/items/{missing}"),
-                Some(json!({ "quantity": 1 })),
-                As::Token(&ada),
-                None,
-            )
-            .await,
+            set_quantity(&app, As::Token(&ada), missing, 1).await,
             404,
             "CART_ITEM_NOT_FOUND",
         ),
         (
-            cart_call(
-                &app,
-                Method::DELETE,
-                &format!("/api/v1/cart/items/{missing}"),
-                None,
-                As::Token(&ada),
-                None,
-            )
-            .await,
+            remove_item(&app, As::Token(&ada), missing).await,
             404,
             "CART_ITEM_NOT_FOUND",
         ),
@@ -368,14 +295,6 @@ async fn bad_cart_requests_are_refused_and_change_nothing() {
             answer.body
         );
     }
-    let cart = cart_call(
-        &app,
-        Method::GET,
-        "/api/v1/cart",
-        None,
-        As::Token(&ada),
-        None,
-    )
-    .await;
+    let cart = get_cart(&app, As::Token(&ada), None).await;
     assert_eq!(lines(&cart), vec![(a, 90, "available".into())]);
 }
