@@ -50,24 +50,10 @@ async fn register(app: &TestApp, email: &str) {
 async fn a_burst_of_parallel_attempts_gets_no_more_than_the_limit() {
     let app = spawn_app_with(limits(3, 100, 100)).await;
     register(&app, "ada@example.com").await;
-    let mut burst = tokio::task::JoinSet::new();
-    for _ in 0..12 {
-        let (client, url) = (
-            app.client.clone(),
-            format!("{}/api/v1/auth/login", app.base),
-        );
-        burst.spawn(async move {
-            let response = client
-                .post(url)
-                .header("x-forwarded-for", "192.0.2.1")
-                .json(&json!({ "email": "ada@example.com", "password": "wrong password!" }))
-                .send()
-                .await
-                .expect("an answer");
-            TestApp::answer(response).await.code().to_string()
-        });
-    }
-    let codes = burst.join_all().await;
+    let wrong = json!({ "email": "ada@example.com", "password": "wrong password!" });
+    let codes = app
+        .post_concurrently("/api/v1/auth/login", vec![wrong; 12], "192.0.2.1")
+        .await;
     let count = |code: &str| codes.iter().filter(|c| c.as_str() == code).count();
     assert_eq!(
         (

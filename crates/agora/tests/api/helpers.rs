@@ -175,6 +175,29 @@ impl TestApp {
         self.login(email).await
     }
 
+    /// Posts every body to `path` at once, from client address `from`; returns
+    /// each answer's error code ("" for a success), in no particular order.
+    pub(crate) async fn post_concurrently(
+        &self,
+        path: &str,
+        bodies: Vec<Value>,
+        from: &str,
+    ) -> Vec<String> {
+        let mut burst = tokio::task::JoinSet::new();
+        for body in bodies {
+            let request = self
+                .client
+                .post(format!("{}{path}", self.base))
+                .header("x-forwarded-for", from)
+                .json(&body);
+            burst.spawn(async move {
+                let response = request.send().await.expect("an answer");
+                Self::answer(response).await.code().to_string()
+            });
+        }
+        burst.join_all().await
+    }
+
     /// Creates an API key with `permissions` as `by`; returns the key.
     pub(crate) async fn create_api_key(&self, by: As<'_>, permissions: &[&str]) -> String {
         let a = self

@@ -30,6 +30,12 @@ fn code(secret: &str, step: i64) -> String {
         .expect("a code")
 }
 
+/// The code of the next step: accepted (within the drift allowed) and not used
+/// yet, since confirmation used the current one.
+fn next_code(secret: &str) -> String {
+    code(secret, current_step() + 1)
+}
+
 /// A code that is none of the codes the secret accepts now.
 fn wrong_code(secret: &str) -> String {
     let step = current_step();
@@ -115,7 +121,7 @@ async fn a_login_with_totp_needs_a_fresh_code_and_refuses_a_replayed_one() {
 
     // The code that confirmed the enrolment is spent; the next step's works.
     let c = challenge(&app, "ada@example.com").await;
-    let next = code(&secret, current_step() + 1);
+    let next = next_code(&secret);
     let ok = second_factor(&app, &c, json!({ "code": next })).await;
     assert_eq!(ok.status, StatusCode::OK, "{:?}", ok.body);
     let access = ok.data()["access_token"].as_str().expect("a token");
@@ -128,12 +134,7 @@ async fn a_login_with_totp_needs_a_fresh_code_and_refuses_a_replayed_one() {
     assert_eq!(replay.status, StatusCode::UNAUTHORIZED);
     assert_eq!(replay.code(), "IDENTITY_MFA_CODE_INVALID");
     // A completed challenge cannot be used again.
-    let reuse = second_factor(
-        &app,
-        &c,
-        json!({ "code": code(&secret, current_step() + 1) }),
-    )
-    .await;
+    let reuse = second_factor(&app, &c, json!({ "code": next_code(&secret) })).await;
     assert_eq!(reuse.code(), "IDENTITY_MFA_CHALLENGE_INVALID");
     // Garbage in either field, and neither or both fields.
     for factor in [
@@ -167,12 +168,7 @@ async fn a_challenge_is_spent_after_five_wrong_codes() {
         let a = second_factor(&app, &c, json!({ "code": wrong })).await;
         assert_eq!(a.code(), "IDENTITY_MFA_CODE_INVALID");
     }
-    let right = second_factor(
-        &app,
-        &c,
-        json!({ "code": code(&secret, current_step() + 1) }),
-    )
-    .await;
+    let right = second_factor(&app, &c, json!({ "code": next_code(&secret) })).await;
     assert_eq!(right.code(), "IDENTITY_MFA_CHALLENGE_INVALID");
 }
 
@@ -339,12 +335,7 @@ async fn wrong_codes_count_as_failed_logins_and_a_right_password_does_not_clear_
     let a = second_factor(&app, &c, json!({ "code": wrong })).await;
     assert_eq!(a.code(), "IDENTITY_MFA_CODE_INVALID");
     // Three failures for the email: the right code is not even looked at.
-    let a = second_factor(
-        &app,
-        &c,
-        json!({ "code": code(&secret, current_step() + 1) }),
-    )
-    .await;
+    let a = second_factor(&app, &c, json!({ "code": next_code(&secret) })).await;
     assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{:?}", a.body);
     assert_eq!(a.code(), "IDENTITY_LOGIN_THROTTLED");
     let a = app.login_answer("ada@example.com", PASSWORD).await;
@@ -357,30 +348,17 @@ async fn parallel_guesses_on_one_challenge_get_no_more_than_its_allowance() {
     let token = app.register_and_login("ada@example.com").await;
     let (secret, _) = enable_totp(&app, &token).await;
     let c = challenge(&app, "ada@example.com").await;
-    let right = code(&secret, current_step() + 1);
-    let mut burst = tokio::task::JoinSet::new();
-    for i in 0..12 {
-        // Wrong codes that cannot collide with the right one.
-        let guess = format!(
-            "{:06}",
-            (right.parse::<u32>().unwrap_or(0) + 1 + i) % 1_000_000
-        );
-        let (client, url) = (
-            app.client.clone(),
-            format!("{}/api/v1/auth/login/mfa", app.base),
-        );
-        let body = json!({ "challenge_token": c, "code": guess });
-        burst.spawn(async move {
-            let response = client
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .expect("an answer");
-            TestApp::answer(response).await.code().to_string()
-        });
-    }
-    let codes = burst.join_all().await;
+    let right = next_code(&secret);
+    // Wrong codes that cannot collide with the right one.
+    let guesses = (0..12)
+        .map(|i| {
+            let guess = (right.parse::<u32>().unwrap_or(0) + 1 + i) % 1_000_000;
+            json!({ "challenge_token": c, "code": format!("{guess:06}") })
+        })
+        .collect();
+    let codes = app
+        .post_concurrently("/api/v1/auth/login/mfa", guesses, "192.0.2.1")
+        .await;
     let count = |code: &str| codes.iter().filter(|c| c.as_str() == code).count();
     assert_eq!(count("IDENTITY_MFA_CODE_INVALID"), 5, "{codes:?}");
     assert_eq!(count("IDENTITY_MFA_CHALLENGE_INVALID"), 7, "{codes:?}");
