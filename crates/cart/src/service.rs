@@ -319,6 +319,21 @@ impl CartPort for Carts {
             .collect())
     }
 
+    async fn remove_products(&self, owner: UserId, products: &[ProductId]) -> Result<(), PortError> {
+        if let Some(cart) = self
+            .store
+            .cart_of_owner(owner)
+            .await
+            .map_err(PortError::from)?
+        {
+            self.store
+                .remove_products(&cart, products, self.clock.now())
+                .await
+                .map_err(PortError::from)?;
+        }
+        Ok(())
+    }
+
     async fn clear(&self, owner: UserId) -> Result<(), PortError> {
         if let Some(cart) = self
             .store

@@ -196,6 +196,38 @@ impl CartStore {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Removes the lines of `products` (those bought at a checkout), in one
+    /// transaction; lines of other products stay.
+    pub async fn remove_products(
+        &self,
+        cart: &str,
+        products: &[ProductId],
+        now: Timestamp,
+    ) -> Result<(), CartError> {
+        if products.is_empty() {
+            return Ok(());
+        }
+        let mut q =
+            agora_platform::db::SqlBuilder::new("DELETE FROM cart_items WHERE cart_id = ");
+        q.bind(cart.to_string())?.push(" AND product_id IN (");
+        for (i, product) in products.iter().enumerate() {
+            if i > 0 {
+                q.push(", ");
+            }
+            q.bind(product.to_db())?;
+        }
+        q.push(")");
+        let mut tx = self.db.begin().await?;
+        q.build().execute(&mut *tx).await?;
+        sqlx::query("UPDATE cart_carts SET updated_at = $1 WHERE id = $2")
+            .bind(now.as_millis())
+            .bind(cart.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Removes every line.
     pub async fn clear(&self, cart: &str, now: Timestamp) -> Result<(), CartError> {
         sqlx::query("DELETE FROM cart_items WHERE cart_id = $1")

@@ -49,6 +49,24 @@ async fn the_port_reads_and_clears_a_customers_cart() {
         }]
     );
     assert_eq!(carts.lines(UserId::new()).await.expect("lines"), vec![]);
+    let cup = product(&catalog, 1).await;
+    carts
+        .add(&Holder::Customer(ada, None), cup, 1)
+        .await
+        .expect("added");
+    CartPort::remove_products(&carts, ada, &[mug.id]).await.expect("removed");
+    carts
+        .remove_products(ada, &[mug.id])
+        .await
+        .expect("removing twice is a no-op");
+    assert_eq!(
+        carts.lines(ada).await.expect("lines"),
+        vec![CartLine {
+            product_id: cup,
+            quantity: 1
+        }],
+        "only the bought lines go"
+    );
     carts.clear(ada).await.expect("cleared");
     carts.clear(ada).await.expect("clearing twice is a no-op");
     assert_eq!(carts.lines(ada).await.expect("lines"), vec![]);

@@ -20,6 +20,11 @@ pub trait CartPort: Send + Sync {
     /// The lines of `owner`'s cart, oldest first; empty when there is no cart.
     async fn lines(&self, owner: UserId) -> Result<Vec<CartLine>, PortError>;
 
-    /// Empties `owner`'s cart (after a checkout). Emptying an empty cart is a no-op.
+    /// Takes the lines of `products` out of `owner`'s cart (after a checkout bought
+    /// them); other lines stay. Removing absent lines is a no-op, so a repeat is
+    /// harmless.
+    async fn remove_products(&self, owner: UserId, products: &[ProductId]) -> Result<(), PortError>;
+
+    /// Empties `owner`'s cart. Emptying an empty cart is a no-op.
     async fn clear(&self, owner: UserId) -> Result<(), PortError>;
 }

@@ -10,10 +10,15 @@
 //! - [`cart`]: [`cart::CartPort`] — a customer's cart lines, and clearing them.
 //! - [`inventory`]: [`inventory::InventoryPort`] — stock reservations, idempotent
 //!   by the caller's key.
+//! - [`payments`]: [`payments::PaymentsPort`] — payments authorized, captured,
+//!   cancelled and refunded, idempotent by the caller's key.
+//! - [`events`]: the events modules publish, and their payloads.
 
 pub mod cart;
 pub mod catalog;
+pub mod events;
 pub mod inventory;
+pub mod payments;
 
 /// Why a port call failed, as the caller needs to know it.
 #[derive(Debug, thiserror::Error)]

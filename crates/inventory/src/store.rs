@@ -4,9 +4,13 @@
 //! rule (enough available units, on hand not below reserved), so concurrent
 //! callers can never together break it; the CHECK constraints stand behind it.
 
+use std::sync::Arc;
+
+use agora_contracts::events::{EventPayload, StockLow};
 use agora_contracts::inventory::{Reservation, ReservationStatus, StockLine};
 use agora_kernel::{ProductId, Timestamp};
 use agora_platform::Database;
+use agora_platform::bus::{Event, Outbox};
 use agora_platform::db::{Violation, violation};
 use anyhow::anyhow;
 use serde::Serialize;
@@ -84,12 +88,60 @@ pub enum Change {
 #[derive(Debug, Clone)]
 pub struct InventoryStore {
     db: Database,
+    outbox: Arc<Outbox>,
+    low_stock_threshold: i64,
 }
 
+/// The inventory's outbox table.
+pub const OUTBOX: &str = "inventory_outbox";
+/// The available units at or below which a product's stock is low, by default.
+pub const DEFAULT_LOW_STOCK_THRESHOLD: i64 = 5;
+
 impl InventoryStore {
-    /// A store over `db`.
+    /// A store over `db`, with the default low-stock threshold.
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            outbox: Arc::new(Outbox::new(OUTBOX)),
+            low_stock_threshold: DEFAULT_LOW_STOCK_THRESHOLD,
+        }
+    }
+
+    /// The same store with another low-stock threshold: a `StockLow` event is
+    /// published when a product's available units fall to it or below.
+    pub fn with_low_stock_threshold(mut self, threshold: i64) -> Self {
+        self.low_stock_threshold = threshold;
+        self
+    }
+
+    /// The module's outbox.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Appends `StockLow` to the outbox in `tx` when the available units of
+    /// `product_id` went from above the threshold to at or below it.
+    async fn low_stock(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        product_id: ProductId,
+        before: i64,
+        after: i64,
+        now: Timestamp,
+    ) -> Result<bool, StockError> {
+        let threshold = self.low_stock_threshold;
+        if !(before > threshold && after <= threshold) {
+            return Ok(false);
+        }
+        let payload = StockLow {
+            product_id,
+            available: after,
+            threshold,
+        };
+        let event = Event::new(StockLow::KIND, product_id, &payload, now)
+            .map_err(|e| StockError::Unexpected(e.into()))?;
+        self.outbox.append(tx, &event).await?;
+        Ok(true)
     }
 
     /// The database (for tests and tools).
@@ -133,13 +185,15 @@ impl InventoryStore {
         .bind(now.as_millis())
         .execute(&mut *tx)
         .await?;
-        let before: i64 = sqlx::query_scalar(
+        let locked = sqlx::query(
             "UPDATE inventory_stock SET updated_at = updated_at WHERE product_id = $1 \
-             RETURNING on_hand",
+             RETURNING on_hand, on_hand - reserved",
         )
         .bind(product_id.to_db())
         .fetch_one(&mut *tx)
         .await?;
+        let before: i64 = locked.try_get(0)?;
+        let available_before: i64 = locked.try_get(1)?;
         let (sql, value, kind) = match change {
             Change::Set(n) => (
                 "UPDATE inventory_stock SET on_hand = $1, updated_at = $2 \
@@ -183,7 +237,13 @@ impl InventoryStore {
             now,
         )
         .await?;
+        let low = self
+            .low_stock(&mut tx, product_id, available_before, stock.available, now)
+            .await?;
         tx.commit().await?;
+        if low {
+            self.outbox.notify();
+        }
         Ok(stock)
     }
 
@@ -276,17 +336,22 @@ impl InventoryStore {
             }
             Err(e) => return Err(e.into()),
         }
+        let mut low = false;
         for line in lines {
-            let done = sqlx::query(
+            let available: Option<i64> = sqlx::query_scalar(
                 "UPDATE inventory_stock SET reserved = reserved + $1, updated_at = $2 \
-                 WHERE product_id = $3 AND on_hand - reserved >= $1",
+                 WHERE product_id = $3 AND on_hand - reserved >= $1 RETURNING on_hand - reserved",
             )
             .bind(line.quantity)
             .bind(now.as_millis())
             .bind(line.product_id.to_db())
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await?;
-            if done.rows_affected() == 0 {
+            if let Some(after) = available {
+                low |= self
+                    .low_stock(&mut tx, line.product_id, after + line.quantity, after, now)
+                    .await?;
+            } else {
                 let available: Option<i64> = sqlx::query_scalar(
                     "SELECT on_hand - reserved FROM inventory_stock WHERE product_id = $1",
                 )
@@ -302,6 +367,9 @@ impl InventoryStore {
             }
         }
         tx.commit().await?;
+        if low {
+            self.outbox.notify();
+        }
         Ok(Some(Reservation {
             key: key.to_string(),
             status: ReservationStatus::Held,

@@ -296,3 +296,63 @@ async fn malformed_lines_are_refused() {
     }
     assert_eq!(f.available(p).await, (10, 0, 10));
 }
+
+/// Records the events it is handed.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<agora_platform::bus::Event>>);
+
+#[async_trait::async_trait]
+impl agora_platform::bus::Handler for Recorder {
+    async fn handle(&self, event: &agora_platform::bus::Event) -> anyhow::Result<()> {
+        self.0.lock().expect("lock").push(event.clone());
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn stock_falling_to_the_threshold_publishes_stock_low_once() {
+    use agora_contracts::events::{EventPayload, StockLow};
+    use agora_platform::bus::{Bus, InProcessBus, Relay};
+
+    let f = fixture().await;
+    let p = f.product(10).await;
+    let bus = Arc::new(InProcessBus::new());
+    let seen = Arc::new(Recorder::default());
+    bus.subscribe("test", &[StockLow::KIND], seen.clone());
+    let relay = Relay::new(
+        f.inventory.store().db().clone(),
+        f.inventory.store().outbox().clone(),
+        bus,
+        f.clock.clone(),
+    );
+    // 10 → 6 available: above the threshold (5), no event.
+    f.inventory
+        .reserve("a", &[line(p, 4)], f.later(60_000))
+        .await
+        .expect("reserved");
+    assert_eq!(relay.deliver().await.expect("relayed"), 0);
+    // 6 → 3: crosses it.
+    f.inventory
+        .reserve("b", &[line(p, 3)], f.later(60_000))
+        .await
+        .expect("reserved");
+    // 3 → 2 by a staff adjustment: already low, no second event.
+    f.inventory
+        .change(p, Change::Adjust(-1), "broken", "test")
+        .await
+        .expect("adjusted");
+    assert_eq!(relay.deliver().await.expect("relayed"), 1);
+    assert_eq!(relay.deliver().await.expect("relayed"), 0, "published once");
+    let events = seen.0.lock().expect("lock").clone();
+    assert_eq!(events.len(), 1);
+    let low: StockLow = events[0].payload().expect("a StockLow");
+    assert_eq!(
+        low,
+        StockLow {
+            product_id: p,
+            available: 3,
+            threshold: 5
+        }
+    );
+    assert_eq!(events[0].aggregate_id, p.to_string());
+}

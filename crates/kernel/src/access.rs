@@ -45,7 +45,9 @@ impl Role {
         use Permission::*;
         match self {
             Role::Customer => Permissions::EMPTY,
-            Role::Staff => Permissions::of(&[CatalogWrite, InventoryManage]),
+            Role::Staff => {
+                Permissions::of(&[CatalogWrite, InventoryManage, OrdersManage, PaymentsManage])
+            }
             Role::Admin => Permissions::ALL,
         }
     }
@@ -95,6 +97,8 @@ macro_rules! permissions {
 permissions! {
     CatalogWrite = "catalog:write", CatalogWrite: "Create, change and delete products and categories; see inactive products.";
     InventoryManage = "inventory:manage", InventoryManage: "Read stock levels and their ledger; set and adjust stock.";
+    OrdersManage = "orders:manage", OrdersManage: "See everyone's orders; cancel, refund and fulfil them.";
+    PaymentsManage = "payments:manage", PaymentsManage: "See payments with their refunds and provider events; refund captured payments.";
     UsersManage = "users:manage", UsersManage: "List users, change their roles, disable and enable them.";
     ApiKeysManage = "api_keys:manage", ApiKeysManage: "Create, list and revoke API keys for service accounts (granting only permissions the caller holds).";
 }

@@ -56,6 +56,10 @@ error_codes! {
     RequestInvalidQuery = ("REQUEST_INVALID_QUERY", 400, "A query-string parameter is malformed, out of range or unknown. `details` names it.");
     RequestInvalidPath = ("REQUEST_INVALID_PATH", 400, "A path parameter is malformed, for example an id of the wrong kind or shape.");
     RequestInvalidCursor = ("REQUEST_INVALID_CURSOR", 400, "The pagination cursor was not issued by this endpoint for this sort order. Start again without a cursor.");
+    RequestIdempotencyKeyMissing = ("REQUEST_IDEMPOTENCY_KEY_MISSING", 400, "This endpoint changes money or stock and needs an `Idempotency-Key` header: a value unique to this attempt (a UUID will do), sent again unchanged when retrying it.");
+    RequestIdempotencyKeyInvalid = ("REQUEST_IDEMPOTENCY_KEY_INVALID", 400, "The `Idempotency-Key` header is empty, longer than 255 characters, or not printable ASCII.");
+    RequestIdempotencyKeyReused = ("REQUEST_IDEMPOTENCY_KEY_REUSED", 422, "This `Idempotency-Key` was already used with a different request (another body or endpoint). Use a new key for a new request. Nothing was changed.");
+    RequestInProgress = ("REQUEST_IN_PROGRESS", 409, "A request with this `Idempotency-Key` is still being processed. Wait the `Retry-After` seconds and send it again unchanged to get its answer.");
     ValidationFailed = ("VALIDATION_FAILED", 422, "The request is well-formed but breaks a rule: `details.fields` lists each field and what is wrong with it. Nothing was changed.");
     RouteNotFound = ("ROUTE_NOT_FOUND", 404, "No endpoint has this path. See `/api/v1/openapi.json`.");
     MethodNotAllowed = ("METHOD_NOT_ALLOWED", 405, "The endpoint exists but does not accept this HTTP method.");
@@ -99,6 +103,24 @@ error_codes! {
     InventoryBelowReserved = ("INVENTORY_BELOW_RESERVED", 409, "The change would leave fewer units on hand than are reserved for checkouts in progress (or fewer than zero). Nothing was changed.");
     InventoryReservationNotFound = ("INVENTORY_RESERVATION_NOT_FOUND", 404, "No reservation has this key.");
     InventoryReservationConflict = ("INVENTORY_RESERVATION_CONFLICT", 409, "The reservation key is already used with other lines, or the reservation is in a state that does not allow this (committing a released one, releasing a committed one).");
+    // Orders.
+    OrdersCartEmpty = ("ORDERS_CART_EMPTY", 422, "The cart has nothing to check out. Nothing was changed.");
+    OrdersProductUnavailable = ("ORDERS_PRODUCT_UNAVAILABLE", 422, "A cart line is for a product that no longer exists or is not for sale; `details.product_ids` lists them. Remove them from the cart and check out again. Nothing was changed.");
+    OrdersCurrencyMismatch = ("ORDERS_CURRENCY_MISMATCH", 422, "The cart's products are priced in more than one currency, and an order is paid in one. `details.currencies` lists them. Nothing was changed.");
+    OrdersOutOfStock = ("ORDERS_OUT_OF_STOCK", 409, "Not enough units were available for a line; `details` names the product, what is available and what was asked. The order was cancelled and nothing was charged; `details.order_id` names it.");
+    OrdersPaymentDeclined = ("ORDERS_PAYMENT_DECLINED", 402, "The payment provider declined the payment; `details.reason` holds its code (e.g. `card_declined`, `insufficient_funds`). The order was cancelled and its stock released; `details.order_id` names it.");
+    OrdersPaymentUnavailable = ("ORDERS_PAYMENT_UNAVAILABLE", 502, "The payment provider failed or did not answer in time, even after retries. The order was cancelled, nothing was charged and its stock was released; `details.order_id` names it. Try again later with a new `Idempotency-Key`.");
+    OrdersOrderNotFound = ("ORDERS_ORDER_NOT_FOUND", 404, "No order has this id, or it is not the caller's.");
+    OrdersInvalidTransition = ("ORDERS_INVALID_TRANSITION", 409, "The order's status does not allow this (e.g. cancelling a fulfilled or refunded order, refunding an unpaid one); `details` names the status. Nothing was changed.");
+    OrdersRefundExceedsPaid = ("ORDERS_REFUND_EXCEEDS_PAID", 422, "The refund is larger than what is left to refund of the order (`details.refundable_minor`). Nothing was changed.");
+    // Payments.
+    PaymentsPaymentNotFound = ("PAYMENTS_PAYMENT_NOT_FOUND", 404, "No payment has this id.");
+    PaymentsInvalidState = ("PAYMENTS_INVALID_STATE", 409, "The payment's status does not allow this (capturing a voided payment, voiding a captured one, refunding an uncaptured one); `details.status` names it. Nothing was changed.");
+    PaymentsRefundExceedsCaptured = ("PAYMENTS_REFUND_EXCEEDS_CAPTURED", 422, "The refund is larger than what was captured and not yet refunded (`details.refundable_minor`), or in another currency. Nothing was changed.");
+    PaymentsProviderUnavailable = ("PAYMENTS_PROVIDER_UNAVAILABLE", 502, "The payment provider failed or did not answer in time. Retrying with the same `Idempotency-Key` is safe: the provider does the work at most once.");
+    PaymentsUnknownProvider = ("PAYMENTS_UNKNOWN_PROVIDER", 404, "No payment provider has this name.");
+    PaymentsWebhookSignatureInvalid = ("PAYMENTS_WEBHOOK_SIGNATURE_INVALID", 400, "The webhook's `Agora-Signature` header is missing, malformed, does not match the body, or its timestamp is outside the tolerance window. The event was not stored.");
+    PaymentsWebhookInvalid = ("PAYMENTS_WEBHOOK_INVALID", 400, "The webhook is signed correctly but its body is not an event this server understands. The event was not stored.");
     // Cart.
     CartItemNotFound = ("CART_ITEM_NOT_FOUND", 404, "The cart has no line for this product.");
     CartProductUnavailable = ("CART_PRODUCT_UNAVAILABLE", 422, "The product does not exist or is not for sale, so it cannot be added. Nothing was changed.");

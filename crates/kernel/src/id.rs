@@ -147,6 +147,21 @@ typed_id!(
     ApiKeyId,
     "key"
 );
+typed_id!(
+    /// Identifies an order.
+    OrderId,
+    "ord"
+);
+typed_id!(
+    /// Identifies a payment (an intent to take money for one order).
+    PaymentId,
+    "pay"
+);
+typed_id!(
+    /// Identifies a published event.
+    EventId,
+    "evt"
+);
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,9 @@ pub mod validation;
 pub use access::{Permission, Permissions, Principal, Role, Subject};
 pub use envelope::{ApiResponse, RequestContext};
 pub use error::{ApiError, ErrorCode};
-pub use id::{ApiKeyId, CategoryId, IdParseError, ProductId, SessionId, UserId};
+pub use id::{
+    ApiKeyId, CategoryId, EventId, IdParseError, OrderId, PaymentId, ProductId, SessionId, UserId,
+};
 pub use money::{Currency, Money, MoneyError};
 pub use pagination::{Cursor, Limit, Page};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -20,6 +20,12 @@ impl Timestamp {
         self.0
     }
 
+    /// This moment plus `d` (saturating at the end of time).
+    pub fn plus(self, d: std::time::Duration) -> Timestamp {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(ms))
+    }
+
     /// The RFC 3339 form, e.g. `2026-11-23T09:15:00.123Z`. Times before 1970 or
     /// after 9999 cannot be written in that form and are clamped to those bounds.
     pub fn to_rfc3339(self) -> String {

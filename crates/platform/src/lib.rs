@@ -1,6 +1,8 @@
 //! The platform: adapters every module stands on, behind small interfaces.
 //!
 //! # Layout
+//! - [`bus`]: events, the bus that carries them (in-process here), and each
+//!   module's outbox, relay and inbox that make delivery reliable.
 //! - [`config`]: layered configuration (defaults → TOML file → `AGORA_*` environment
 //!   → command-line flags), validated at start-up with the offending key named.
 //! - [`telemetry`]: `tracing` subscriber, readable or JSON logs.
@@ -15,6 +17,7 @@
 //! - `testing` (feature `test-support`): a fresh database per test.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -123,9 +123,65 @@ where
     }
 }
 
+/// The `Idempotency-Key` header of a request that changes money or stock: 1 to
+/// 255 printable ASCII characters. Missing → `REQUEST_IDEMPOTENCY_KEY_MISSING`
+/// (400); empty, too long or not printable → `REQUEST_IDEMPOTENCY_KEY_INVALID`
+/// (400).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(pub String);
+
+/// The longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+impl IdempotencyKey {
+    /// Checks a header value.
+    pub fn parse(raw: Option<&[u8]>) -> Result<IdempotencyKey, ApiError> {
+        let raw = raw.ok_or_else(|| ApiError::from_code(ErrorCode::RequestIdempotencyKeyMissing))?;
+        if raw.is_empty()
+            || raw.len() > MAX_IDEMPOTENCY_KEY
+            || !raw.iter().all(|b| (0x20..0x7f).contains(b))
+            || raw.iter().all(|b| *b == b' ')
+        {
+            return Err(ApiError::from_code(ErrorCode::RequestIdempotencyKeyInvalid));
+        }
+        Ok(IdempotencyKey(String::from_utf8_lossy(raw).into_owned()))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        IdempotencyKey::parse(
+            parts
+                .headers
+                .get("idempotency-key")
+                .map(http::HeaderValue::as_bytes),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        assert_eq!(
+            IdempotencyKey::parse(Some(b"abc-123")).map(|k| k.0).ok(),
+            Some("abc-123".to_string())
+        );
+        let code = |raw: Option<&[u8]>| IdempotencyKey::parse(raw).map_err(|e| e.code());
+        assert_eq!(code(None), Err(ErrorCode::RequestIdempotencyKeyMissing));
+        for bad in [&b""[..], b"   ", b"tab\there", "caf\u{e9}".as_bytes(), &[b'k'; 256]] {
+            assert_eq!(
+                code(Some(bad)),
+                Err(ErrorCode::RequestIdempotencyKeyInvalid),
+                "{bad:?}"
+            );
+        }
+        assert!(code(Some(&[b'k'; 255])).is_ok());
+    }
 
     #[test]
     fn axum_prefixes_are_removed_from_messages() {

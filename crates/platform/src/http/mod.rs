@@ -13,5 +13,5 @@ pub mod health;
 pub mod server;
 
 pub use edge::ClientAddress;
-pub use extract::{AppJson, AppPath, AppQuery};
+pub use extract::{AppJson, AppPath, AppQuery, IdempotencyKey};
 pub use server::{build_router, serve};

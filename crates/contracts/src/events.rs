@@ -1,0 +1,115 @@
+//! The events modules publish, with their payloads. An event's `kind` is
+//! `<module>.<event>`; its payload is the JSON of the struct here. Kinds and
+//! fields are only ever added, never renamed or removed (consumers in other
+//! processes read them).
+
+use agora_kernel::{Money, OrderId, PaymentId, ProductId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// An event payload and the kind it is published as.
+pub trait EventPayload: Serialize + for<'de> Deserialize<'de> {
+    /// E.g. `orders.order_confirmed`.
+    const KIND: &'static str;
+}
+
+/// A customer placed an order: it exists, its saga has started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// The order.
+    pub order_id: OrderId,
+    /// Its customer.
+    pub user_id: UserId,
+    /// What it costs.
+    pub total: Money,
+}
+impl EventPayload for OrderPlaced {
+    const KIND: &'static str = "orders.order_placed";
+}
+
+/// An order was paid (captured) and its stock committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderConfirmed {
+    /// The order.
+    pub order_id: OrderId,
+    /// Its customer.
+    pub user_id: UserId,
+    /// What was paid.
+    pub total: Money,
+}
+impl EventPayload for OrderConfirmed {
+    const KIND: &'static str = "orders.order_confirmed";
+}
+
+/// An order was cancelled: its stock was released and nothing is owed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    /// The order.
+    pub order_id: OrderId,
+    /// Its customer.
+    pub user_id: UserId,
+    /// Why, e.g. `payment_declined`, `out_of_stock`, `cancelled_by_staff`.
+    pub reason: String,
+}
+impl EventPayload for OrderCancelled {
+    const KIND: &'static str = "orders.order_cancelled";
+}
+
+/// A payment was authorized: the amount is held on the card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentAuthorized {
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// The caller's reference (an order id).
+    pub reference: String,
+    /// The amount held.
+    pub amount: Money,
+}
+impl EventPayload for PaymentAuthorized {
+    const KIND: &'static str = "payments.payment_authorized";
+}
+
+/// A payment failed: the provider declined it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentFailed {
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// The caller's reference (an order id).
+    pub reference: String,
+    /// The provider's decline code.
+    pub reason: String,
+}
+impl EventPayload for PaymentFailed {
+    const KIND: &'static str = "payments.payment_failed";
+}
+
+/// Captured money was given back, in part or in full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    /// The payment.
+    pub payment_id: PaymentId,
+    /// The caller's reference (an order id).
+    pub reference: String,
+    /// This refund.
+    pub amount: Money,
+    /// Everything refunded of the payment so far, in minor units.
+    pub refunded_total_minor: i64,
+    /// Whether all of the captured money is now refunded.
+    pub fully_refunded: bool,
+}
+impl EventPayload for PaymentRefunded {
+    const KIND: &'static str = "payments.payment_refunded";
+}
+
+/// A product's available stock fell to or below the low-stock threshold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockLow {
+    /// The product.
+    pub product_id: ProductId,
+    /// Units available now (on hand minus reserved).
+    pub available: i64,
+    /// The threshold it crossed.
+    pub threshold: i64,
+}
+impl EventPayload for StockLow {
+    const KIND: &'static str = "inventory.stock_low";
+}

@@ -1,0 +1,106 @@
+//! The orders module's errors and their public codes.
+
+use agora_contracts::PortError;
+use agora_kernel::{ApiError, ErrorCode};
+use agora_platform::db::database_failure;
+
+use crate::domain::OrderStatus;
+
+/// Everything that can go wrong in the orders module.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    /// The `Idempotency-Key` was used for another request.
+    #[error("idempotency key reused")]
+    KeyReused,
+    /// A request with this key is still running.
+    #[error("request in progress")]
+    InProgress,
+    /// The cart is empty.
+    #[error("cart empty")]
+    CartEmpty,
+    /// Cart lines for products that cannot be sold.
+    #[error("products unavailable")]
+    ProductsUnavailable(Vec<String>),
+    /// The cart mixes currencies.
+    #[error("currency mismatch")]
+    CurrencyMismatch(Vec<String>),
+    /// The total does not fit.
+    #[error("the order total is out of range")]
+    TotalOutOfRange,
+    /// No such order (or not the caller's).
+    #[error("order not found")]
+    NotFound,
+    /// The order's status does not allow it.
+    #[error("invalid transition from {0:?}")]
+    InvalidTransition(OrderStatus),
+    /// The refund is more than what is left.
+    #[error("refund exceeds what was paid")]
+    RefundExceedsPaid {
+        /// What is left to refund.
+        refundable_minor: i64,
+    },
+    /// The payment provider failed (for staff refunds and cancellations).
+    #[error("payment provider unavailable")]
+    PaymentUnavailable,
+    /// Another module could not be called.
+    #[error(transparent)]
+    Port(#[from] PortError),
+    /// The database failed.
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    /// Anything else unexpected.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<serde_json::Error> for OrderError {
+    fn from(e: serde_json::Error) -> Self {
+        OrderError::Unexpected(e.into())
+    }
+}
+
+impl From<agora_kernel::IdParseError> for OrderError {
+    fn from(e: agora_kernel::IdParseError) -> Self {
+        OrderError::Unexpected(anyhow::anyhow!("a stored id is malformed: {e}"))
+    }
+}
+
+impl From<OrderError> for ApiError {
+    fn from(e: OrderError) -> Self {
+        let code = match e {
+            OrderError::Database(e) => return database_failure("orders", &e),
+            OrderError::Unexpected(e) => return ApiError::internal(format!("{e:#}")),
+            OrderError::Port(e) => return e.into(),
+            OrderError::ProductsUnavailable(ids) => {
+                return ApiError::from_code(ErrorCode::OrdersProductUnavailable)
+                    .with_details(serde_json::json!({ "product_ids": ids }));
+            }
+            OrderError::CurrencyMismatch(currencies) => {
+                return ApiError::from_code(ErrorCode::OrdersCurrencyMismatch)
+                    .with_details(serde_json::json!({ "currencies": currencies }));
+            }
+            OrderError::InvalidTransition(status) => {
+                return ApiError::from_code(ErrorCode::OrdersInvalidTransition)
+                    .with_details(serde_json::json!({ "status": status }));
+            }
+            OrderError::RefundExceedsPaid { refundable_minor } => {
+                return ApiError::from_code(ErrorCode::OrdersRefundExceedsPaid)
+                    .with_details(serde_json::json!({ "refundable_minor": refundable_minor }));
+            }
+            OrderError::InProgress => {
+                return ApiError::from_code(ErrorCode::RequestInProgress).with_retry_after(1);
+            }
+            OrderError::TotalOutOfRange => {
+                return ApiError::validation(vec![agora_kernel::error::FieldError::new(
+                    "cart",
+                    "the order total is out of range",
+                )]);
+            }
+            OrderError::KeyReused => ErrorCode::RequestIdempotencyKeyReused,
+            OrderError::CartEmpty => ErrorCode::OrdersCartEmpty,
+            OrderError::NotFound => ErrorCode::OrdersOrderNotFound,
+            OrderError::PaymentUnavailable => ErrorCode::PaymentsProviderUnavailable,
+        };
+        ApiError::from_code(code)
+    }
+}

@@ -1,0 +1,388 @@
+//! Messaging: events, the bus that carries them, and the outbox and inbox that make
+//! delivery reliable.
+//!
+//! A module never publishes straight to the bus. It appends the event to its
+//! **outbox** table in the same transaction as the change the event describes
+//! ([`Outbox::append`]), so an event exists if and only if the change committed.
+//! A [`Relay`] per module reads unpublished rows in order, publishes them, and
+//! marks them published; a crash between publishing and marking publishes again,
+//! so delivery is at least once. Consumers make it effectively once with their
+//! **inbox** ([`Inbox::first_time`]): they record the event id in the same
+//! transaction as their effect, and skip ids already recorded.
+//!
+//! The [`Bus`] trait has the in-process implementation here ([`InProcessBus`]),
+//! which hands each event to every subscribed handler and reports failure if one
+//! fails, so the relay keeps the row and tries again later. The NATS JetStream
+//! backend implements the same trait.
+//!
+//! Each module owns its tables, named after it:
+//! ```sql
+//! CREATE TABLE <module>_outbox (
+//!     seq          -- BIGSERIAL / INTEGER PRIMARY KEY AUTOINCREMENT: publication order
+//!     id           TEXT NOT NULL UNIQUE,   -- the event id (UUIDv7)
+//!     kind         TEXT NOT NULL,          -- `<module>.<event>`
+//!     aggregate_id TEXT NOT NULL,          -- the entity it is about
+//!     payload      TEXT NOT NULL,          -- JSON
+//!     occurred_at  BIGINT NOT NULL,        -- epoch ms
+//!     published_at BIGINT,                 -- NULL until the relay published it
+//!     attempts     BIGINT NOT NULL DEFAULT 0,
+//!     last_error   TEXT
+//! );
+//! CREATE TABLE <module>_inbox (
+//!     consumer TEXT NOT NULL, event_id TEXT NOT NULL, handled_at BIGINT NOT NULL,
+//!     PRIMARY KEY (consumer, event_id)
+//! );
+//! ```
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use agora_kernel::{Clock, EventId, Timestamp};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use tokio::sync::Notify;
+
+use crate::{Database, Shutdown};
+
+/// An event: something that happened in a module, for others to react to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique; consumers deduplicate by it.
+    pub id: EventId,
+    /// `<module>.<event>`, e.g. `orders.order_confirmed`.
+    pub kind: String,
+    /// The entity it is about (an order id, a payment id, a product id).
+    pub aggregate_id: String,
+    /// When it happened.
+    pub occurred_at: Timestamp,
+    /// Its payload, as JSON.
+    pub payload: serde_json::Value,
+}
+
+impl Event {
+    /// A new event of `kind` about `aggregate_id`.
+    pub fn new<P: Serialize>(
+        kind: &str,
+        aggregate_id: impl std::fmt::Display,
+        payload: &P,
+        now: Timestamp,
+    ) -> Result<Event, serde_json::Error> {
+        Ok(Event {
+            id: EventId::new(),
+            kind: kind.to_string(),
+            aggregate_id: aggregate_id.to_string(),
+            occurred_at: now,
+            payload: serde_json::to_value(payload)?,
+        })
+    }
+
+    /// The payload read as `P`.
+    pub fn payload<P: for<'de> Deserialize<'de>>(&self) -> Result<P, serde_json::Error> {
+        P::deserialize(&self.payload)
+    }
+}
+
+/// Handles the events a consumer subscribed to. Must be idempotent: the same
+/// event can arrive more than once (record it in an [`Inbox`]).
+#[async_trait]
+pub trait Handler: Send + Sync {
+    /// Handles one event. An error leaves the event to be delivered again.
+    async fn handle(&self, event: &Event) -> anyhow::Result<()>;
+}
+
+/// Why a publication failed: the event stays in the outbox and is tried again.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing {kind} {id} failed: {reason}")]
+pub struct PublishError {
+    /// The event's kind.
+    pub kind: String,
+    /// The event's id.
+    pub id: EventId,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Carries events from the outbox relays to the consumers.
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Delivers `event`. `Ok` means the bus took responsibility for it.
+    async fn publish(&self, event: &Event) -> Result<(), PublishError>;
+
+    /// Has `handler`, known as `consumer`, receive every event whose kind is in
+    /// `kinds`.
+    fn subscribe(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>);
+}
+
+struct Subscription {
+    consumer: String,
+    kinds: Vec<String>,
+    handler: Arc<dyn Handler>,
+}
+
+/// The bus of the monolith: events go to the handlers in this process. Publishing
+/// returns once every interested handler has handled the event, so an event is
+/// marked published only when it was handled; a failing handler makes the relay
+/// deliver it again (to every handler: their inboxes skip the repeat).
+#[derive(Default)]
+pub struct InProcessBus {
+    subscriptions: RwLock<Vec<Arc<Subscription>>>,
+}
+
+impl InProcessBus {
+    /// A bus with no subscribers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for InProcessBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InProcessBus").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn publish(&self, event: &Event) -> Result<(), PublishError> {
+        let interested: Vec<Arc<Subscription>> = self
+            .subscriptions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|s| s.kinds.contains(&event.kind))
+            .cloned()
+            .collect();
+        for subscription in interested {
+            if let Err(e) = subscription.handler.handle(event).await {
+                return Err(PublishError {
+                    kind: event.kind.clone(),
+                    id: event.id,
+                    reason: format!("consumer {} failed: {e:#}", subscription.consumer),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn subscribe(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>) {
+        self.subscriptions
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::new(Subscription {
+                consumer: consumer.to_string(),
+                kinds: kinds.iter().map(|k| (*k).to_string()).collect(),
+                handler,
+            }));
+    }
+}
+
+/// A module's outbox table.
+#[derive(Debug)]
+pub struct Outbox {
+    table: &'static str,
+    wake: Notify,
+}
+
+impl Outbox {
+    /// The outbox in `table` (e.g. `orders_outbox`).
+    pub fn new(table: &'static str) -> Self {
+        Self {
+            table,
+            wake: Notify::new(),
+        }
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &'static str {
+        self.table
+    }
+
+    /// Appends `event` in `tx`: it is published if and only if `tx` commits.
+    /// Call [`Outbox::notify`] after the commit to publish it at once.
+    pub async fn append(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        event: &Event,
+    ) -> Result<(), sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {} (id, kind, aggregate_id, payload, occurred_at) VALUES ($1, $2, $3, $4, $5)",
+            self.table
+        );
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(event.id.to_db())
+            .bind(event.kind.clone())
+            .bind(event.aggregate_id.clone())
+            .bind(event.payload.to_string())
+            .bind(event.occurred_at.as_millis())
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+    }
+
+    /// Wakes the relay: something was committed to the outbox.
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// How many events wait to be published.
+    pub async fn backlog(&self, db: &Database) -> Result<i64, sqlx::Error> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE published_at IS NULL",
+            self.table
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(db.writer())
+            .await
+    }
+}
+
+/// Publishes a module's outbox to the bus, in order, until shutdown.
+pub struct Relay {
+    db: Database,
+    outbox: Arc<Outbox>,
+    bus: Arc<dyn Bus>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Rows a relay reads and publishes per round.
+const RELAY_BATCH: i64 = 100;
+/// How often a relay looks without being woken (events of other processes).
+const RELAY_POLL: Duration = Duration::from_millis(500);
+
+impl Relay {
+    /// A relay from `outbox` in `db` to `bus`.
+    pub fn new(
+        db: Database,
+        outbox: Arc<Outbox>,
+        bus: Arc<dyn Bus>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            db,
+            outbox,
+            bus,
+            clock,
+        }
+    }
+
+    /// Publishes what waits, round after round, until the signal fires. A failed
+    /// publication is retried with a growing pause (up to 30 s).
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut pause = RELAY_POLL;
+        loop {
+            let wait = match self.deliver().await {
+                Ok(n) if n as i64 == RELAY_BATCH => Duration::ZERO,
+                Ok(_) => {
+                    pause = RELAY_POLL;
+                    RELAY_POLL
+                }
+                Err(e) => {
+                    tracing::warn!(outbox = self.outbox.table, error = %e, "outbox relay failed; retrying");
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                    pause
+                }
+            };
+            tokio::select! {
+                () = shutdown.wait() => return,
+                () = self.outbox.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Publishes one batch of waiting events, oldest first, and marks those
+    /// published; stops at the first failure (later events wait behind it, so
+    /// each aggregate's events arrive in order). Returns how many were published.
+    pub async fn deliver(&self) -> anyhow::Result<usize> {
+        let table = self.outbox.table;
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT id, kind, aggregate_id, payload, occurred_at FROM {table} \
+             WHERE published_at IS NULL ORDER BY seq LIMIT $1"
+        )))
+        .bind(RELAY_BATCH)
+        .fetch_all(self.db.writer())
+        .await?;
+        let mut published = Vec::with_capacity(rows.len());
+        let mut failure = None;
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            let payload: String = row.try_get(3)?;
+            let event = Event {
+                id: EventId::from_db(&id)?,
+                kind: row.try_get(1)?,
+                aggregate_id: row.try_get(2)?,
+                payload: serde_json::from_str(&payload)?,
+                occurred_at: Timestamp::from_millis(row.try_get(4)?),
+            };
+            match self.bus.publish(&event).await {
+                Ok(()) => published.push(id),
+                Err(e) => {
+                    failure = Some((id, e));
+                    break;
+                }
+            }
+        }
+        let now = self.clock.now().as_millis();
+        if !published.is_empty() {
+            let mut q = crate::db::SqlBuilder::new("UPDATE ");
+            q.push(table).push(" SET published_at = ").bind(now)?
+                .push(" WHERE id IN (");
+            for (i, id) in published.iter().enumerate() {
+                if i > 0 {
+                    q.push(", ");
+                }
+                q.bind(id.clone())?;
+            }
+            q.push(")");
+            q.build().execute(self.db.writer()).await?;
+        }
+        if let Some((id, e)) = failure {
+            sqlx::query(AssertSqlSafe(format!(
+                "UPDATE {table} SET attempts = attempts + 1, last_error = $1 WHERE id = $2"
+            )))
+            .bind(e.reason.clone())
+            .bind(id)
+            .execute(self.db.writer())
+            .await?;
+            return Err(e.into());
+        }
+        Ok(published.len())
+    }
+}
+
+/// A module's inbox table: which events each of its consumers has handled.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbox {
+    table: &'static str,
+}
+
+impl Inbox {
+    /// The inbox in `table` (e.g. `orders_inbox`).
+    pub const fn new(table: &'static str) -> Self {
+        Self { table }
+    }
+
+    /// Records in `tx` that `consumer` handles `event`; `false` when it already
+    /// had (then skip it, and roll back or commit `tx` unchanged).
+    pub async fn first_time(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        consumer: &str,
+        event: &Event,
+        now: Timestamp,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = format!(
+            "INSERT INTO {} (consumer, event_id, handled_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (consumer, event_id) DO NOTHING",
+            self.table
+        );
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(consumer.to_string())
+            .bind(event.id.to_db())
+            .bind(now.as_millis())
+            .execute(&mut **tx)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
