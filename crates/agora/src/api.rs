@@ -117,5 +117,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     v1.merge(agora_catalog::http::CatalogApi::openapi());
     v1.merge(agora_inventory::http::InventoryApi::openapi());
     v1.merge(agora_cart::http::CartApi::openapi());
+    v1.merge(agora_orders::http::OrdersApi::openapi());
+    v1.merge(agora_payments::http::PaymentsApi::openapi());
     RootApi::openapi().nest("/api/v1", v1)
 }

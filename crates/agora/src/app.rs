@@ -17,7 +17,14 @@ use agora_identity::store::IdentityStore;
 use agora_inventory::Inventory;
 use agora_inventory::store::InventoryStore;
 use agora_kernel::{Clock, SystemClock};
+use agora_orders::Orders;
+use agora_orders::saga::SagaSettings;
+use agora_orders::store::OrdersStore;
+use agora_payments::Payments;
+use agora_payments::provider::{SimulatedBehaviour, SimulatedProvider};
+use agora_payments::store::PaymentStore;
 use agora_platform::auth::Authenticator;
+use agora_platform::bus::{Bus, InProcessBus, Outbox, Relay};
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
 use agora_platform::{Config, Database, Shutdown};
@@ -35,6 +42,9 @@ pub struct Application {
     db: Database,
     inventory: Inventory,
     carts: Carts,
+    orders: Orders,
+    payments: Payments,
+    relays: Vec<Relay>,
     shutdown: Shutdown,
     grace: Duration,
 }
@@ -44,6 +54,11 @@ const RESERVATION_SWEEP: Duration = Duration::from_secs(5);
 /// How often abandoned anonymous carts are deleted, and after how long.
 const CART_SWEEP: Duration = Duration::from_secs(3600);
 const ABANDONED_CART_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often unfinished checkout sagas are looked for (after a crash, or
+/// between retries).
+const SAGA_RECOVERY: Duration = Duration::from_secs(1);
+/// How often provider calls left without an answer are repeated.
+const PAYMENT_RESOLVER: Duration = Duration::from_secs(30);
 
 impl Application {
     /// Connects the database, runs migrations, seeds the demo catalog into an empty
@@ -62,11 +77,16 @@ impl Application {
         }
         let inventory = inventory(&db, &catalog);
         let carts = carts(&db, &catalog);
+        let payments = payments(&config, &db);
+        let orders = orders(&db, &catalog, &carts, &inventory, &payments);
+        let relays = messaging(&db, &inventory, &payments, &orders);
         let modules = Modules {
             carts: carts.clone(),
             identity,
             catalog,
             inventory: inventory.clone(),
+            orders: orders.clone(),
+            payments: payments.clone(),
         };
         let router = router(&config, &db, authenticator, modules);
         let listener = TcpListener::bind(config.server.addr)
@@ -88,6 +108,9 @@ impl Application {
             db,
             inventory,
             carts,
+            orders,
+            payments,
+            relays,
             shutdown: Shutdown::new(),
             grace: Duration::from_millis(config.server.shutdown_timeout_ms),
         })
@@ -117,6 +140,19 @@ impl Application {
             ABANDONED_CART_AGE,
             self.shutdown.clone(),
         ));
+        sweepers.spawn(
+            self.orders
+                .clone()
+                .run_recovery(SAGA_RECOVERY, self.shutdown.clone()),
+        );
+        sweepers.spawn(
+            self.payments
+                .clone()
+                .run_resolver(PAYMENT_RESOLVER, self.shutdown.clone()),
+        );
+        for relay in self.relays {
+            sweepers.spawn(relay.run(self.shutdown.clone()));
+        }
         let outcome = agora_platform::http::serve(
             self.listener,
             self.router,
@@ -183,12 +219,78 @@ pub fn carts(db: &Database, catalog: &Catalog) -> Carts {
     )
 }
 
+/// The payments over `db`, with the simulated provider as configured, on the
+/// system clock.
+pub fn payments(config: &Config, db: &Database) -> Payments {
+    Payments::new(
+        PaymentStore::new(
+            db.clone(),
+            Arc::new(Outbox::new(agora_payments::OUTBOX_TABLE)),
+        ),
+        Arc::new(SimulatedProvider::new(SimulatedBehaviour::from_config(
+            &config.payments,
+        ))),
+        Arc::new(SystemClock),
+        agora_payments::WebhookSettings::from_config(&config.payments),
+    )
+}
+
+/// The orders over `db`, calling the other modules in this process.
+pub fn orders(
+    db: &Database,
+    catalog: &Catalog,
+    carts: &Carts,
+    inventory: &Inventory,
+    payments: &Payments,
+) -> Orders {
+    Orders::new(
+        OrdersStore::new(db.clone()),
+        agora_orders::Participants {
+            catalog: Arc::new(catalog.clone()),
+            cart: Arc::new(carts.clone()),
+            inventory: Arc::new(inventory.clone()),
+            payments: Arc::new(payments.clone()),
+        },
+        Arc::new(Outbox::new(agora_orders::service::OUTBOX)),
+        Arc::new(SystemClock),
+        SagaSettings::default(),
+    )
+}
+
+/// The in-process bus with its consumers, and one outbox relay per module that
+/// publishes events.
+fn messaging(
+    db: &Database,
+    inventory: &Inventory,
+    payments: &Payments,
+    orders: &Orders,
+) -> Vec<Relay> {
+    use agora_contracts::events::{EventPayload, PaymentRefunded};
+    let bus = Arc::new(InProcessBus::new());
+    bus.subscribe(
+        agora_orders::service::PAYMENT_EVENTS_CONSUMER,
+        &[PaymentRefunded::KIND],
+        Arc::new(orders.clone()),
+    );
+    let bus: Arc<dyn Bus> = bus;
+    [
+        inventory.store().outbox().clone(),
+        payments.store().outbox().clone(),
+        orders.outbox().clone(),
+    ]
+    .into_iter()
+    .map(|outbox| Relay::new(db.clone(), outbox, bus.clone(), Arc::new(SystemClock)))
+    .collect()
+}
+
 /// Every module's migrations, in dependency order.
 async fn migrate(db: &Database) -> anyhow::Result<()> {
     db.migrate(&agora_identity::MIGRATIONS).await?;
     db.migrate(&agora_catalog::MIGRATIONS).await?;
     db.migrate(&agora_inventory::MIGRATIONS).await?;
-    db.migrate(&agora_cart::MIGRATIONS).await
+    db.migrate(&agora_cart::MIGRATIONS).await?;
+    db.migrate(&agora_payments::MIGRATIONS).await?;
+    db.migrate(&agora_orders::MIGRATIONS).await
 }
 
 /// The modules this process runs.
@@ -197,6 +299,8 @@ struct Modules {
     catalog: Catalog,
     inventory: Inventory,
     carts: Carts,
+    orders: Orders,
+    payments: Payments,
 }
 
 /// Builds the full router of the monolith.
@@ -211,13 +315,17 @@ fn router(
         catalog,
         inventory,
         carts,
+        orders,
+        payments,
     } = modules;
     let api = Router::new()
         .merge(api::router())
         .merge(agora_identity::http::router(identity.clone()))
         .merge(agora_catalog::http::router(catalog))
         .merge(agora_inventory::http::router(inventory))
-        .merge(agora_cart::http::router(carts));
+        .merge(agora_cart::http::router(carts))
+        .merge(agora_orders::http::router(orders))
+        .merge(agora_payments::http::router(payments));
     let root = health::routes(db.clone())
         .merge(agora_identity::http::well_known_router(identity))
         .merge(api::docs_router());

@@ -319,7 +319,11 @@ impl CartPort for Carts {
             .collect())
     }
 
-    async fn remove_products(&self, owner: UserId, products: &[ProductId]) -> Result<(), PortError> {
+    async fn remove_products(
+        &self,
+        owner: UserId,
+        products: &[ProductId],
+    ) -> Result<(), PortError> {
         if let Some(cart) = self
             .store
             .cart_of_owner(owner)

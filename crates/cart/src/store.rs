@@ -207,8 +207,7 @@ impl CartStore {
         if products.is_empty() {
             return Ok(());
         }
-        let mut q =
-            agora_platform::db::SqlBuilder::new("DELETE FROM cart_items WHERE cart_id = ");
+        let mut q = agora_platform::db::SqlBuilder::new("DELETE FROM cart_items WHERE cart_id = ");
         q.bind(cart.to_string())?.push(" AND product_id IN (");
         for (i, product) in products.iter().enumerate() {
             if i > 0 {

@@ -54,7 +54,9 @@ async fn the_port_reads_and_clears_a_customers_cart() {
         .add(&Holder::Customer(ada, None), cup, 1)
         .await
         .expect("added");
-    CartPort::remove_products(&carts, ada, &[mug.id]).await.expect("removed");
+    CartPort::remove_products(&carts, ada, &[mug.id])
+        .await
+        .expect("removed");
     carts
         .remove_products(ada, &[mug.id])
         .await

@@ -23,7 +23,8 @@ pub trait CartPort: Send + Sync {
     /// Takes the lines of `products` out of `owner`'s cart (after a checkout bought
     /// them); other lines stay. Removing absent lines is a no-op, so a repeat is
     /// harmless.
-    async fn remove_products(&self, owner: UserId, products: &[ProductId]) -> Result<(), PortError>;
+    async fn remove_products(&self, owner: UserId, products: &[ProductId])
+    -> Result<(), PortError>;
 
     /// Empties `owner`'s cart. Emptying an empty cart is a no-op.
     async fn clear(&self, owner: UserId) -> Result<(), PortError>;

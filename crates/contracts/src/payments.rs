@@ -114,7 +114,9 @@ pub enum PaymentError {
 pub trait PaymentsPort: Send + Sync {
     /// Authorizes `amount` on the card behind `payment_token`, for `reference`
     /// (e.g. an order id). A decline is not an error: the payment comes back
-    /// `Declined` with its reason.
+    /// `Declined` with its reason. When the provider fails or does not answer,
+    /// the payment comes back `Processing`: repeat the call with the same key to
+    /// settle it, or cancel it.
     async fn authorize(
         &self,
         key: &str,
@@ -129,7 +131,8 @@ pub trait PaymentsPort: Send + Sync {
 
     /// Lets the authorization go, or, if the money was already captured, refunds
     /// what is left of it: afterwards the customer is out of nothing. Cancelling
-    /// a declined, voided or refunded payment is a no-op.
+    /// a declined, voided or refunded payment is a no-op. A `processing` payment
+    /// is settled first, or its authorization cancelled at the provider.
     async fn cancel(&self, key: &str, payment: PaymentId) -> Result<Payment, PaymentError>;
 
     /// Refunds `amount` of the captured money (partial refunds allowed, in

@@ -499,9 +499,10 @@ impl Orders {
     /// Authorizes the order's payment with the saga's key; repeating it returns
     /// the same payment.
     async fn authorize(&self, saga: &SagaRow, order: &Order) -> Result<Payment, Failure> {
-        let token = saga.payment_token.as_deref().ok_or_else(|| {
-            Failure::Final("payment_failed", json!({ "order_id": order.id }))
-        })?;
+        let token = saga
+            .payment_token
+            .as_deref()
+            .ok_or_else(|| Failure::Final("payment_failed", json!({ "order_id": order.id })))?;
         self.inner
             .payments
             .authorize(

@@ -151,7 +151,9 @@ impl Orders {
         if let Some(record) = self.inner.store.idempotency(&caller, key).await? {
             return self.replay(&caller, key, record, &request_hash).await;
         }
-        let order = self.price_cart(user, key, payment_token, &request_hash).await?;
+        let order = self
+            .price_cart(user, key, payment_token, &request_hash)
+            .await?;
         let now = self.now();
         let owner = format!("{}/checkout", self.inner.node);
         let placed = Event::new(
@@ -170,14 +172,7 @@ impl Orders {
         let placed = self
             .inner
             .store
-            .place(
-                &order,
-                &owner,
-                now,
-                &self.inner.outbox,
-                &placed,
-                now,
-            )
+            .place(&order, &owner, now, &self.inner.outbox, &placed, now)
             .await?;
         if placed.is_none() {
             // A concurrent request with this key placed its order first.
@@ -376,6 +371,9 @@ impl Orders {
             .store
             .transition(
                 id,
+                // The refund's event may have made it `refunded` meanwhile: the
+                // cancellation (which includes the refund) still applies.
+                &[OrderStatus::Confirmed, OrderStatus::Refunded],
                 OrderStatus::Cancelled,
                 Some(reason),
                 Some(&event),
@@ -454,6 +452,7 @@ impl Orders {
             .store
             .transition(
                 id,
+                &OrderStatus::sources(OrderStatus::Fulfilled),
                 OrderStatus::Fulfilled,
                 None,
                 None,

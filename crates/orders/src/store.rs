@@ -423,7 +423,14 @@ impl OrdersStore {
                 .await?;
         }
         if let Some(status) = progress.status
-            && !set_status(&mut tx, saga.order_id, status, now).await?
+            && !set_status(
+                &mut tx,
+                saga.order_id,
+                &OrderStatus::sources(status),
+                status,
+                now,
+            )
+            .await?
         {
             return Err(anyhow!(
                 "order {} cannot become {status:?} in its saga",
@@ -550,12 +557,13 @@ impl OrdersStore {
             .collect()
     }
 
-    /// Moves an order to `to` (only from a status that allows it), with `event`
-    /// in the outbox, in one transaction. `false` when its status does not allow
-    /// it.
+    /// Moves an order to `to` if its status is one of `from`, with `event` in the
+    /// outbox, in one transaction. `false` when its status is not.
+    #[allow(clippy::too_many_arguments)]
     pub async fn transition(
         &self,
         order_id: OrderId,
+        from: &[OrderStatus],
         to: OrderStatus,
         reason: Option<&str>,
         event: Option<&Event>,
@@ -563,7 +571,7 @@ impl OrdersStore {
         now: Timestamp,
     ) -> Result<bool, OrderError> {
         let mut tx = self.db.begin().await?;
-        if !set_status(&mut tx, order_id, to, now).await? {
+        if !set_status(&mut tx, order_id, from, to, now).await? {
             return Ok(false);
         }
         if let Some(reason) = reason {
@@ -640,10 +648,11 @@ fn refund_update(
     .bind(order_id.to_db())
 }
 
-/// Sets the order's status to `to` if its current status allows it.
+/// Sets the order's status to `to` if its current status is one of `from`.
 async fn set_status(
     tx: &mut Transaction<'static, Any>,
     order_id: OrderId,
+    from: &[OrderStatus],
     to: OrderStatus,
     now: Timestamp,
 ) -> Result<bool, OrderError> {
@@ -654,7 +663,7 @@ async fn set_status(
         .push(" WHERE id = ")
         .bind(order_id.to_db())?
         .push(" AND status IN (");
-    for (i, from) in OrderStatus::sources(to).iter().enumerate() {
+    for (i, from) in from.iter().enumerate() {
         if i > 0 {
             q.push(", ");
         }

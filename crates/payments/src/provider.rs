@@ -5,13 +5,17 @@
 //! simulated provider knows a few documented test tokens (docs/checkout.md) and
 //! behaves like a real one: calls are idempotent by key, amounts are checked
 //! against what was authorized and captured, and it can be made slow, flaky or
-//! silent to exercise the checkout's failure paths.
+//! silent to exercise the checkout's failure paths. Given a [`WebhookTarget`], it
+//! also tells the shop what happened the way real providers do: after each
+//! operation that took effect it POSTs a signed event ([`crate::webhook`]) in the
+//! background, retrying a few times.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use agora_kernel::Money;
+use agora_platform::config::{PaymentsConfig, Secret};
 use async_trait::async_trait;
 
 /// An authorization the provider granted or refused.
@@ -53,6 +57,10 @@ pub enum ProviderError {
 /// the work once per key and answers repeats with the first answer.
 #[async_trait]
 pub trait PaymentProvider: Send + Sync {
+    /// The provider's name: stored with each payment, and the `{provider}` of its
+    /// webhook route.
+    fn name(&self) -> &str;
+
     /// Holds `amount` on the card behind `payment_token`.
     async fn authorize(
         &self,
@@ -72,6 +80,12 @@ pub trait PaymentProvider: Send + Sync {
     /// Lets an uncaptured authorization go.
     async fn void(&self, key: &str, provider_ref: &str) -> Result<(), ProviderError>;
 
+    /// Makes sure the authorization sent with `key` never holds money, whether
+    /// or not it reached the provider: voids it if it was granted, and makes any
+    /// later authorization with `key` a decline (`canceled`). For authorizations
+    /// whose answer was lost (like cancelling a payment intent by its id).
+    async fn cancel_authorization(&self, key: &str) -> Result<(), ProviderError>;
+
     /// Gives back `amount` (in total at most what was captured).
     async fn refund(
         &self,
@@ -81,6 +95,9 @@ pub trait PaymentProvider: Send + Sync {
     ) -> Result<(), ProviderError>;
 }
 
+/// The simulated provider's name.
+pub const SIMULATED: &str = "simulated";
+
 /// How the simulated provider behaves besides its token rules.
 #[derive(Debug, Clone, Default)]
 pub struct SimulatedBehaviour {
@@ -89,7 +106,45 @@ pub struct SimulatedBehaviour {
     /// The share of calls, 0 to 1, that fail with `Unavailable` before doing
     /// anything.
     pub error_rate: f64,
+    /// Where to send webhooks; none are sent without one.
+    pub webhook: Option<WebhookTarget>,
 }
+
+impl SimulatedBehaviour {
+    /// The behaviour the configuration asks for (`payments.simulated.*`); webhooks
+    /// are signed with `payments.webhook_secret`.
+    pub fn from_config(config: &PaymentsConfig) -> Self {
+        Self {
+            latency: Duration::from_millis(config.simulated.latency_ms),
+            error_rate: config.simulated.error_rate,
+            webhook: config
+                .simulated
+                .webhook_url
+                .as_ref()
+                .map(|url| WebhookTarget {
+                    url: url.clone(),
+                    secret: config.effective_webhook_secret(),
+                }),
+        }
+    }
+}
+
+/// Where the simulated provider sends its webhooks, and the secret it signs them
+/// with.
+#[derive(Debug, Clone)]
+pub struct WebhookTarget {
+    /// The endpoint, e.g. `http://127.0.0.1:8080/api/v1/webhooks/payments/simulated`.
+    pub url: String,
+    /// The shared signing secret (masked when printed).
+    pub secret: Secret,
+}
+
+/// Deliveries of one webhook event before the provider gives up on it.
+const WEBHOOK_DELIVERIES: u32 = 4;
+/// The pause before the first redelivery; it doubles after each failure.
+const WEBHOOK_RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// How long one delivery may take.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A payment the simulated provider holds.
 #[derive(Debug, Clone)]
@@ -98,6 +153,28 @@ struct Payment {
     captured: i64,
     refunded: i64,
     voided: bool,
+}
+
+/// What a webhook event reports: its type and the payment's totals after it.
+#[derive(Debug, Clone)]
+struct Notice {
+    kind: &'static str,
+    provider_ref: String,
+    amount: Money,
+    captured: i64,
+    refunded: i64,
+}
+
+impl Payment {
+    fn notice(&self, kind: &'static str, provider_ref: &str) -> Notice {
+        Notice {
+            kind,
+            provider_ref: provider_ref.to_string(),
+            amount: self.authorized,
+            captured: self.captured,
+            refunded: self.refunded,
+        }
+    }
 }
 
 impl Ledger {
@@ -120,14 +197,34 @@ struct Ledger {
 pub struct SimulatedProvider {
     behaviour: SimulatedBehaviour,
     ledger: Mutex<Ledger>,
+    /// Sends webhooks; built only when there is a target.
+    client: Option<reqwest::Client>,
+}
+
+impl std::fmt::Debug for SimulatedProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulatedProvider")
+            .field("behaviour", &self.behaviour)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SimulatedProvider {
     /// A simulated provider behaving as `behaviour` says.
     pub fn new(behaviour: SimulatedBehaviour) -> Self {
+        let client = behaviour.webhook.as_ref().and_then(|_| {
+            reqwest::Client::builder()
+                .timeout(WEBHOOK_TIMEOUT)
+                .build()
+                .map_err(
+                    |e| tracing::warn!(error = %e, "no HTTP client: simulated webhooks are off"),
+                )
+                .ok()
+        });
         Self {
             behaviour,
             ledger: Mutex::new(Ledger::default()),
+            client,
         }
     }
 
@@ -145,20 +242,93 @@ impl SimulatedProvider {
         self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `op` once per key; repeats get the first answer.
+    /// Runs `op` once per key; repeats get the first answer. The first success
+    /// is announced by webhook.
     fn once(
         &self,
         key: &str,
-        op: impl FnOnce(&mut Ledger) -> Result<(), ProviderError>,
+        op: impl FnOnce(&mut Ledger) -> Result<Notice, ProviderError>,
     ) -> Result<(), ProviderError> {
-        let mut ledger = self.ledger();
-        if let Some(answer) = ledger.done.get(key) {
-            return answer.clone();
-        }
-        let answer = op(&mut ledger);
-        ledger.done.insert(key.to_string(), answer.clone());
-        answer
+        let notice = {
+            let mut ledger = self.ledger();
+            if let Some(answer) = ledger.done.get(key) {
+                return answer.clone();
+            }
+            let answer = op(&mut ledger);
+            ledger.done.insert(
+                key.to_string(),
+                answer.as_ref().map(drop).map_err(Clone::clone),
+            );
+            answer?
+        };
+        self.announce(notice);
+        Ok(())
     }
+
+    /// Sends `notice` to the webhook target, if any, in the background: signed
+    /// afresh for each delivery, redelivered after a failure with a doubling
+    /// pause, abandoned after [`WEBHOOK_DELIVERIES`].
+    fn announce(&self, notice: Notice) {
+        let (Some(target), Some(client)) = (self.behaviour.webhook.clone(), self.client.clone())
+        else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let event = serde_json::json!({
+            "id": format!("evt_sim_{}", uuid::Uuid::now_v7().simple()),
+            "type": notice.kind,
+            "created": unix_secs(),
+            "data": {
+                "provider_ref": notice.provider_ref,
+                "amount_minor": notice.amount.amount_minor(),
+                "currency": notice.amount.currency().code(),
+                "captured_minor": notice.captured,
+                "refunded_minor": notice.refunded,
+            }
+        });
+        let body = event.to_string();
+        runtime.spawn(async move {
+            let mut pause = WEBHOOK_RETRY_PAUSE;
+            for delivery in 1..=WEBHOOK_DELIVERIES {
+                let signature = crate::webhook::sign(
+                    target.secret.expose().as_bytes(),
+                    unix_secs(),
+                    body.as_bytes(),
+                );
+                let sent = client
+                    .post(&target.url)
+                    .header("content-type", "application/json")
+                    .header(crate::webhook::SIGNATURE_HEADER, signature)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status().is_success() => return,
+                    Ok(response) => tracing::warn!(
+                        url = %target.url, status = response.status().as_u16(), delivery,
+                        "a simulated webhook was refused"
+                    ),
+                    Err(e) => tracing::warn!(
+                        url = %target.url, error = %e, delivery,
+                        "a simulated webhook could not be delivered"
+                    ),
+                }
+                if delivery < WEBHOOK_DELIVERIES {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        });
+    }
+}
+
+fn unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// What a test token does (docs/checkout.md lists them).
@@ -224,6 +394,10 @@ fn chance() -> f64 {
 
 #[async_trait]
 impl PaymentProvider for SimulatedProvider {
+    fn name(&self) -> &str {
+        SIMULATED
+    }
+
     async fn authorize(
         &self,
         key: &str,
@@ -241,34 +415,44 @@ impl PaymentProvider for SimulatedProvider {
             }
             Err(e) => Err(e),
             Ok(Err(reason)) => Ok(Authorization::Declined { reason }),
-            Ok(Ok((brand, last4))) => {
-                let provider_ref = format!("sim_{}", uuid_like(key));
-                Ok(Authorization::Approved {
-                    provider_ref,
-                    brand,
-                    last4,
-                })
-            }
+            Ok(Ok((brand, last4))) => Ok(Authorization::Approved {
+                provider_ref: provider_ref(key),
+                brand,
+                last4,
+            }),
         };
-        let mut ledger = self.ledger();
-        // A concurrent repeat may have answered first: keep that answer.
-        if let Some(first) = ledger.authorizations.get(key) {
-            return first.clone();
+        let notice = {
+            let mut ledger = self.ledger();
+            // A concurrent repeat may have answered first: keep that answer.
+            if let Some(first) = ledger.authorizations.get(key) {
+                return first.clone();
+            }
+            let payment = Payment {
+                authorized: amount,
+                captured: 0,
+                refunded: 0,
+                voided: false,
+            };
+            let notice = match &answer {
+                Ok(Authorization::Approved { provider_ref, .. }) => {
+                    ledger
+                        .payments
+                        .insert(provider_ref.clone(), payment.clone());
+                    Some(payment.notice("payment.authorized", provider_ref))
+                }
+                Ok(Authorization::Declined { .. }) => {
+                    Some(payment.notice("payment.declined", &provider_ref(key)))
+                }
+                Err(_) => None,
+            };
+            ledger
+                .authorizations
+                .insert(key.to_string(), answer.clone());
+            notice
+        };
+        if let Some(notice) = notice {
+            self.announce(notice);
         }
-        if let Ok(Authorization::Approved { provider_ref, .. }) = &answer {
-            ledger.payments.insert(
-                provider_ref.clone(),
-                Payment {
-                    authorized: amount,
-                    captured: 0,
-                    refunded: 0,
-                    voided: false,
-                },
-            );
-        }
-        ledger
-            .authorizations
-            .insert(key.to_string(), answer.clone());
         answer
     }
 
@@ -292,7 +476,7 @@ impl PaymentProvider for SimulatedProvider {
                 return Err(ProviderError::Refused("more than authorized".into()));
             }
             payment.captured += amount.amount_minor();
-            Ok(())
+            Ok(payment.notice("payment.captured", provider_ref))
         })
     }
 
@@ -306,8 +490,42 @@ impl PaymentProvider for SimulatedProvider {
                 ));
             }
             payment.voided = true;
-            Ok(())
+            Ok(payment.notice("payment.voided", provider_ref))
         })
+    }
+
+    async fn cancel_authorization(&self, key: &str) -> Result<(), ProviderError> {
+        self.weather().await?;
+        let notice = {
+            let mut ledger = self.ledger();
+            match ledger.authorizations.get(key).cloned() {
+                Some(Ok(Authorization::Approved { provider_ref, .. })) => {
+                    let payment = ledger.payment(&provider_ref)?;
+                    if payment.captured > 0 {
+                        return Err(ProviderError::Refused(
+                            "already captured: refund instead".into(),
+                        ));
+                    }
+                    let first = !payment.voided;
+                    payment.voided = true;
+                    first.then(|| payment.notice("payment.voided", &provider_ref))
+                }
+                Some(Ok(Authorization::Declined { .. })) => None,
+                Some(Err(_)) | None => {
+                    ledger.authorizations.insert(
+                        key.to_string(),
+                        Ok(Authorization::Declined {
+                            reason: "canceled".into(),
+                        }),
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(notice) = notice {
+            self.announce(notice);
+        }
+        Ok(())
     }
 
     async fn refund(
@@ -325,15 +543,18 @@ impl PaymentProvider for SimulatedProvider {
                 return Err(ProviderError::Refused("more than captured".into()));
             }
             payment.refunded += amount.amount_minor();
-            Ok(())
+            Ok(payment.notice("payment.refunded", provider_ref))
         })
     }
 }
 
-/// A short, stable reference derived from an idempotency key.
-fn uuid_like(key: &str) -> String {
+/// The provider's id of the payment authorized with `key`: short and stable.
+fn provider_ref(key: &str) -> String {
     use sha2::Digest as _;
-    hex::encode(&sha2::Sha256::digest(key.as_bytes())[..12])
+    format!(
+        "sim_{}",
+        hex::encode(&sha2::Sha256::digest(key.as_bytes())[..12])
+    )
 }
 
 #[cfg(test)]

@@ -326,7 +326,9 @@ impl Relay {
         let now = self.clock.now().as_millis();
         if !published.is_empty() {
             let mut q = crate::db::SqlBuilder::new("UPDATE ");
-            q.push(table).push(" SET published_at = ").bind(now)?
+            q.push(table)
+                .push(" SET published_at = ")
+                .bind(now)?
                 .push(" WHERE id IN (");
             for (i, id) in published.iter().enumerate() {
                 if i > 0 {

@@ -30,6 +30,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Demo data.
     pub seed: SeedConfig,
+    /// Payments: the provider and its webhooks.
+    pub payments: PaymentsConfig,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             log: LogConfig::default(),
             auth: AuthConfig::default(),
             seed: SeedConfig::default(),
+            payments: PaymentsConfig::default(),
         }
     }
 }
@@ -272,6 +275,70 @@ pub struct SeedConfig {
 impl Default for SeedConfig {
     fn default() -> Self {
         Self { demo: true }
+    }
+}
+
+/// The webhook secret used when `payments.webhook_secret` is not set. For
+/// development and tests only: anyone who reads this source can sign webhooks
+/// with it, so a deployment that receives real webhooks must set its own.
+pub const DEVELOPMENT_WEBHOOK_SECRET: &str = "whsec_agora_development_only";
+
+/// Payments: the payment provider and its signed webhooks. See
+/// `docs/configuration.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaymentsConfig {
+    /// The built-in simulated provider.
+    pub simulated: SimulatedProviderConfig,
+    /// The secret webhooks are signed with (`Agora-Signature`). When absent, the
+    /// development secret [`DEVELOPMENT_WEBHOOK_SECRET`]: set one in any
+    /// deployment that receives real webhooks. Never printed.
+    pub webhook_secret: Option<Secret>,
+    /// How far a webhook's signed time may be from the server's clock before it
+    /// is refused as a replay, in seconds.
+    pub webhook_tolerance_secs: u64,
+}
+
+impl Default for PaymentsConfig {
+    fn default() -> Self {
+        Self {
+            simulated: SimulatedProviderConfig::default(),
+            webhook_secret: None,
+            webhook_tolerance_secs: 300,
+        }
+    }
+}
+
+impl PaymentsConfig {
+    /// The webhook secret in effect: the configured one, or the development one.
+    pub fn effective_webhook_secret(&self) -> Secret {
+        self.webhook_secret
+            .clone()
+            .unwrap_or_else(|| Secret::new(DEVELOPMENT_WEBHOOK_SECRET))
+    }
+}
+
+/// The simulated payment provider: how slow and flaky it is, and where it sends
+/// its webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimulatedProviderConfig {
+    /// Added to every provider call.
+    pub latency_ms: u64,
+    /// The share of provider calls, 0 to 1, that fail as unavailable.
+    pub error_rate: f64,
+    /// Where the provider POSTs its signed webhook events, e.g.
+    /// `http://127.0.0.1:8080/api/v1/webhooks/payments/simulated`. None: no webhooks.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for SimulatedProviderConfig {
+    fn default() -> Self {
+        Self {
+            latency_ms: 0,
+            error_rate: 0.0,
+            webhook_url: None,
+        }
     }
 }
 
@@ -513,6 +580,37 @@ impl Config {
         if !(1..=100).contains(&argon2.iterations) {
             return fail("auth.argon2.iterations", "must be between 1 and 100");
         }
+        let payments = &self.payments;
+        if payments.simulated.latency_ms > 60_000 {
+            return fail("payments.simulated.latency_ms", "must be at most 60000");
+        }
+        if !(0.0..=1.0).contains(&payments.simulated.error_rate) {
+            return fail("payments.simulated.error_rate", "must be between 0 and 1");
+        }
+        if let Some(url) = &payments.simulated.webhook_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return fail(
+                "payments.simulated.webhook_url",
+                "must be an http:// or https:// URL",
+            );
+        }
+        if payments
+            .webhook_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().len() < 16)
+        {
+            return fail(
+                "payments.webhook_secret",
+                "must have at least 16 characters",
+            );
+        }
+        if !(1..=3600).contains(&payments.webhook_tolerance_secs) {
+            return fail(
+                "payments.webhook_tolerance_secs",
+                "must be between 1 and 3600",
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             return fail("log.filter", "is not a valid tracing filter");
         }
@@ -669,6 +767,96 @@ mod tests {
     }
 
     #[test]
+    fn payments_default_to_a_quiet_simulated_provider_and_the_development_secret() {
+        Jail::expect_with(|_| {
+            let c = load(&Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.payments.simulated.latency_ms, 0);
+            assert_eq!(c.payments.simulated.error_rate, 0.0);
+            assert_eq!(c.payments.simulated.webhook_url, None);
+            assert_eq!(c.payments.webhook_tolerance_secs, 300);
+            assert_eq!(
+                c.payments.effective_webhook_secret().expose(),
+                DEVELOPMENT_WEBHOOK_SECRET
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn payments_settings_come_from_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.set_env("AGORA_PAYMENTS__SIMULATED__LATENCY_MS", "250");
+            jail.set_env("AGORA_PAYMENTS__SIMULATED__ERROR_RATE", "0.25");
+            jail.set_env(
+                "AGORA_PAYMENTS__SIMULATED__WEBHOOK_URL",
+                "http://127.0.0.1:8080/api/v1/webhooks/payments/simulated",
+            );
+            jail.set_env(
+                "AGORA_PAYMENTS__WEBHOOK_SECRET",
+                "whsec_a_real_secret_value",
+            );
+            jail.set_env("AGORA_PAYMENTS__WEBHOOK_TOLERANCE_SECS", "60");
+            let c = load(&Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.payments.simulated.latency_ms, 250);
+            assert_eq!(c.payments.simulated.error_rate, 0.25);
+            assert!(c.payments.simulated.webhook_url.is_some());
+            assert_eq!(
+                c.payments.effective_webhook_secret().expose(),
+                "whsec_a_real_secret_value"
+            );
+            assert_eq!(c.payments.webhook_tolerance_secs, 60);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_payments_settings_name_their_key() {
+        Jail::expect_with(|jail| {
+            for (var, value, key) in [
+                (
+                    "AGORA_PAYMENTS__SIMULATED__ERROR_RATE",
+                    "1.5",
+                    "payments.simulated.error_rate",
+                ),
+                (
+                    "AGORA_PAYMENTS__SIMULATED__ERROR_RATE",
+                    "-0.1",
+                    "payments.simulated.error_rate",
+                ),
+                (
+                    "AGORA_PAYMENTS__SIMULATED__LATENCY_MS",
+                    "600000",
+                    "payments.simulated.latency_ms",
+                ),
+                (
+                    "AGORA_PAYMENTS__SIMULATED__WEBHOOK_URL",
+                    "ftp://x",
+                    "payments.simulated.webhook_url",
+                ),
+                (
+                    "AGORA_PAYMENTS__WEBHOOK_SECRET",
+                    "short",
+                    "payments.webhook_secret",
+                ),
+                (
+                    "AGORA_PAYMENTS__WEBHOOK_TOLERANCE_SECS",
+                    "0",
+                    "payments.webhook_tolerance_secs",
+                ),
+            ] {
+                jail.clear_env();
+                jail.set_env(var, value);
+                let err = load(&Overrides::default())
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(err.contains(key), "{var}={value}: {err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_missing_config_file_is_an_error() {
         let err = Config::load(
             Some(Path::new("/nonexistent/agora.toml")),
@@ -682,8 +870,10 @@ mod tests {
         let mut c = Config::default();
         c.auth.signing_key = Some(Secret::new("super-secret-signing-key"));
         c.database.url = Some("postgres://agora:hunter2@db:5432/agora".into());
+        c.payments.webhook_secret = Some(Secret::new("whsec_very_secret_webhook_key"));
         let shown = c.to_masked_toml();
         assert!(!shown.contains("super-secret"), "{shown}");
+        assert!(!shown.contains("whsec_very_secret"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(
             shown.contains("postgres://agora:********@db:5432/agora"),

@@ -105,9 +105,24 @@ impl TestApp {
         body: Option<Value>,
         who: As<'_>,
     ) -> Answer {
+        self.call_with(method, path, body, who, &[]).await
+    }
+
+    /// Sends a request with an optional JSON body and extra headers.
+    pub(crate) async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        who: As<'_>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         let mut req = self
             .client
             .request(method, format!("{}{}", self.base, path));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         match who {
             As::Anonymous => {}
             As::Staff => req = req.bearer_auth(&self.staff_token),
@@ -259,6 +274,60 @@ impl TestApp {
     /// Creates a product as staff from `overrides` on top of a valid body; returns it.
     pub(crate) async fn create_product(&self, overrides: Value) -> Value {
         let a = self.post("/api/v1/products", product_body(overrides)).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
+        a.data().clone()
+    }
+
+    /// A product at `amount` cents with `on_hand` units in stock; returns its id.
+    pub(crate) async fn stocked_product(&self, amount: i64, on_hand: i64) -> String {
+        let product = self
+            .create_product(json!({ "price": { "amount": amount, "currency": "USD" } }))
+            .await;
+        let id = product["id"].as_str().expect("an id").to_string();
+        let a = self
+            .call(
+                Method::PUT,
+                &format!("/api/v1/inventory/{id}"),
+                Some(json!({ "on_hand": on_hand, "reason": "test stock" })),
+                As::Staff,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+        id
+    }
+
+    /// Puts `quantity` of `product` in the caller's cart.
+    pub(crate) async fn add_to_cart(&self, who: As<'_>, product: &str, quantity: i64) {
+        let a = self
+            .call(
+                Method::POST,
+                "/api/v1/cart/items",
+                Some(json!({ "product_id": product, "quantity": quantity })),
+                who,
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{:?}", a.body);
+    }
+
+    /// Checks out the caller's cart with `payment_token`, under `key`.
+    pub(crate) async fn checkout(&self, who: As<'_>, key: &str, payment_token: &str) -> Answer {
+        self.call_with(
+            Method::POST,
+            "/api/v1/checkout",
+            Some(json!({ "payment_token": payment_token })),
+            who,
+            &[("idempotency-key", key)],
+        )
+        .await
+    }
+
+    /// A confirmed order of the caller's (one unit of a fresh product); returns it.
+    pub(crate) async fn place_order(&self, who: As<'_>) -> Value {
+        let product = self.stocked_product(1500, 10).await;
+        self.add_to_cart(who, &product, 1).await;
+        let a = self
+            .checkout(who, &uuid::Uuid::now_v7().to_string(), "tok_visa")
+            .await;
         assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
         a.data().clone()
     }

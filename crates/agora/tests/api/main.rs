@@ -15,3 +15,4 @@ mod matrix;
 mod meta;
 mod mfa;
 mod oidc;
+mod orders;

@@ -54,12 +54,21 @@ enum Policy {
     Personal,
     /// Holders of this permission (people by their roles, or API keys).
     Needs(&'static str),
+    /// Every person, for their own things; holders of this permission (people or
+    /// API keys) for everyone's.
+    Mine(&'static str),
+    /// The fixture's owner (the customer), and holders of this permission; to
+    /// anyone else it does not exist (404 with this code).
+    Owner(&'static str, &'static str),
 }
 
 /// The permissions each role holds, as docs/security.md documents them.
 fn holds(who: Who, permission: &str) -> bool {
     match who {
-        Who::Staff => matches!(permission, "catalog:write" | "inventory:manage"),
+        Who::Staff => matches!(
+            permission,
+            "catalog:write" | "inventory:manage" | "orders:manage" | "payments:manage"
+        ),
         Who::Admin => true,
         _ => false,
     }
@@ -73,6 +82,10 @@ enum Fixture {
     Category,
     User,
     ApiKey,
+    /// A confirmed order of the customer's.
+    Order,
+    /// The payment of a confirmed order of the customer's.
+    Payment,
 }
 
 struct Route {
@@ -154,6 +167,22 @@ const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/api/v1/inventory/{product_id}/movements", policy: Policy::Needs("inventory:manage"), fixture: Fixture::Product, body: no_body, ok: 200 },
     // Cart: everyone's own; adding needs a product for sale; the other routes
     // find no line in a fresh caller's cart.
+    // Orders. (Routes needing an Idempotency-Key answer its absence once allowed.)
+    Route { method: "POST", path: "/api/v1/checkout", policy: Policy::OwnAccount, fixture: Fixture::None,
+        body: || Some(json!({ "payment_token": "tok_visa" })), ok: 400 },
+    Route { method: "GET", path: "/api/v1/orders", policy: Policy::Mine("orders:manage"), fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "GET", path: "/api/v1/orders/{order_id}", policy: Policy::Owner("orders:manage", "ORDERS_ORDER_NOT_FOUND"), fixture: Fixture::Order, body: no_body, ok: 200 },
+    Route { method: "POST", path: "/api/v1/orders/{order_id}/cancel", policy: Policy::Needs("orders:manage"), fixture: Fixture::Order,
+        body: || Some(json!({ "reason": "customer asked" })), ok: 200 },
+    Route { method: "POST", path: "/api/v1/orders/{order_id}/refunds", policy: Policy::Needs("orders:manage"), fixture: Fixture::Order,
+        body: || Some(json!({ "amount_minor": 100, "reason": "scratched" })), ok: 400 },
+    Route { method: "POST", path: "/api/v1/orders/{order_id}/fulfil", policy: Policy::Needs("orders:manage"), fixture: Fixture::Order, body: no_body, ok: 200 },
+    // Payments.
+    Route { method: "GET", path: "/api/v1/payments", policy: Policy::Needs("payments:manage"), fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "GET", path: "/api/v1/payments/{payment_id}", policy: Policy::Needs("payments:manage"), fixture: Fixture::Payment, body: no_body, ok: 200 },
+    Route { method: "POST", path: "/api/v1/payments/{payment_id}/refunds", policy: Policy::Needs("payments:manage"), fixture: Fixture::Payment,
+        body: || Some(json!({ "amount_minor": 100, "reason": "scratched" })), ok: 400 },
+    Route { method: "POST", path: "/api/v1/webhooks/payments/{provider}", policy: Policy::Public, fixture: Fixture::None, body: || Some(json!({})), ok: 404 },
     Route { method: "GET", path: "/api/v1/cart", policy: Policy::Personal, fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "DELETE", path: "/api/v1/cart", policy: Policy::Personal, fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "POST", path: "/api/v1/cart/items", policy: Policy::Personal, fixture: Fixture::Product,
@@ -205,6 +234,11 @@ fn expected(policy: Policy, ok: u16, who: Who) -> Outcome {
         (Policy::Needs(_), Who::KeyWithout) => forbidden,
         (Policy::Needs(permission), who) if holds(who, permission) => allowed,
         (Policy::Needs(_), _) => forbidden,
+        (Policy::Mine(_), Who::KeyWithout) => forbidden,
+        (Policy::Mine(_), _) => allowed,
+        (Policy::Owner(_, _), Who::Customer | Who::KeyWith) => allowed,
+        (Policy::Owner(permission, _), who) if holds(who, permission) => allowed,
+        (Policy::Owner(_, hidden), _) => Outcome::Refused(404, hidden),
     }
 }
 
@@ -256,7 +290,7 @@ impl Callers {
 
     fn credentials<'a>(&'a self, app: &'a TestApp, who: Who, policy: Policy) -> As<'a> {
         let needed = match policy {
-            Policy::Needs(p) => p,
+            Policy::Needs(p) | Policy::Mine(p) | Policy::Owner(p, _) => p,
             _ => "catalog:write",
         };
         match who {
@@ -293,6 +327,15 @@ async fn fixture(app: &TestApp, callers: &Callers, fixture: Fixture) -> Option<S
                 .await;
             a.data()["id"].as_str().map(str::to_string)
         }
+        Fixture::Order | Fixture::Payment => {
+            let order = app.place_order(As::Token(&callers.customer)).await;
+            let field = if matches!(fixture, Fixture::Order) {
+                "id"
+            } else {
+                "payment_id"
+            };
+            order[field].as_str().map(str::to_string)
+        }
         Fixture::ApiKey => {
             let a = app
                 .call(
@@ -316,7 +359,12 @@ async fn every_caller_gets_exactly_the_status_the_policy_says() {
         for who in EVERYONE {
             let id = fixture(&app, &callers, route.fixture).await;
             let path = match &id {
-                Some(id) => route.path.replace("{id}", id).replace("{product_id}", id),
+                Some(id) => route
+                    .path
+                    .replace("{id}", id)
+                    .replace("{product_id}", id)
+                    .replace("{order_id}", id)
+                    .replace("{payment_id}", id),
                 None => route.path.replace("{provider}", "unconfigured"),
             };
             // A body may name the fixture too, as "{id}".

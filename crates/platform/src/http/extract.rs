@@ -136,7 +136,8 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 impl IdempotencyKey {
     /// Checks a header value.
     pub fn parse(raw: Option<&[u8]>) -> Result<IdempotencyKey, ApiError> {
-        let raw = raw.ok_or_else(|| ApiError::from_code(ErrorCode::RequestIdempotencyKeyMissing))?;
+        let raw =
+            raw.ok_or_else(|| ApiError::from_code(ErrorCode::RequestIdempotencyKeyMissing))?;
         if raw.is_empty()
             || raw.len() > MAX_IDEMPOTENCY_KEY
             || !raw.iter().all(|b| (0x20..0x7f).contains(b))
@@ -173,7 +174,13 @@ mod tests {
         );
         let code = |raw: Option<&[u8]>| IdempotencyKey::parse(raw).map_err(|e| e.code());
         assert_eq!(code(None), Err(ErrorCode::RequestIdempotencyKeyMissing));
-        for bad in [&b""[..], b"   ", b"tab\there", "caf\u{e9}".as_bytes(), &[b'k'; 256]] {
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"tab\there",
+            "caf\u{e9}".as_bytes(),
+            &[b'k'; 256],
+        ] {
             assert_eq!(
                 code(Some(bad)),
                 Err(ErrorCode::RequestIdempotencyKeyInvalid),

@@ -1,0 +1,698 @@
+//! The checkout's guarantees, against a real database (SQLite, or PostgreSQL when
+//! `AGORA_TEST_POSTGRES_URL` is set) and the real catalog, cart, inventory and
+//! payments modules with the simulated provider: no overselling, no double
+//! charge, no lost order, whatever fails, repeats or crashes.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agora_cart::Carts;
+use agora_cart::service::Holder;
+use agora_cart::store::CartStore;
+use agora_catalog::Catalog;
+use agora_catalog::domain::ProductDraft;
+use agora_catalog::http::CreateProduct;
+use agora_catalog::store::CatalogStore;
+use agora_contracts::cart::CartPort;
+use agora_contracts::payments::{PaymentStatus, PaymentsPort};
+use agora_inventory::Inventory;
+use agora_inventory::store::{Change, InventoryStore};
+use agora_kernel::{ManualClock, Money, OrderId, ProductId, Timestamp, UserId};
+use agora_orders::domain::OrderStatus;
+use agora_orders::saga::{CrashPoint, SagaSettings, Step};
+use agora_orders::store::{OrdersStore, StoredResponse};
+use agora_orders::{Orders, Participants};
+use agora_payments::Payments;
+use agora_payments::provider::{
+    Authorization, PaymentProvider, ProviderError, SimulatedBehaviour, SimulatedProvider,
+};
+use agora_payments::service::WebhookSettings;
+use agora_payments::store::PaymentStore;
+use agora_platform::bus::Outbox;
+use agora_platform::config::Secret;
+use agora_platform::testing::TestDatabase;
+use async_trait::async_trait;
+
+const START: i64 = 1_700_000_000_000;
+
+/// Which provider operation a fault hits, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Authorize,
+    Capture,
+    Void,
+    Refund,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Fails without doing anything.
+    Unavailable,
+    /// Does the work, then the answer is lost.
+    TimeoutAfterEffect,
+}
+
+/// The simulated provider with faults injected into chosen operations: the
+/// next `count` calls of `op` fail as `fault` says.
+struct Faulty {
+    inner: SimulatedProvider,
+    faults: Mutex<Vec<(Op, Fault, u32)>>,
+    calls: Mutex<Vec<Op>>,
+}
+
+impl Faulty {
+    fn new() -> Self {
+        Self {
+            inner: SimulatedProvider::new(SimulatedBehaviour::default()),
+            faults: Mutex::new(Vec::new()),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn inject(&self, op: Op, fault: Fault, count: u32) {
+        self.faults.lock().expect("lock").push((op, fault, count));
+    }
+
+    /// The fault for this call of `op`, if one is due.
+    fn due(&self, op: Op) -> Option<Fault> {
+        self.calls.lock().expect("lock").push(op);
+        let mut faults = self.faults.lock().expect("lock");
+        let f = faults.iter_mut().find(|(o, _, n)| *o == op && *n > 0)?;
+        f.2 -= 1;
+        Some(f.1)
+    }
+
+    fn calls(&self, op: Op) -> usize {
+        self.calls
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|o| **o == op)
+            .count()
+    }
+
+    async fn run<T>(
+        &self,
+        op: Op,
+        call: impl std::future::Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        match self.due(op) {
+            Some(Fault::Unavailable) => Err(ProviderError::Unavailable("injected".into())),
+            Some(Fault::TimeoutAfterEffect) => {
+                let _ = call.await;
+                Err(ProviderError::Timeout)
+            }
+            None => call.await,
+        }
+    }
+}
+
+#[async_trait]
+impl PaymentProvider for Faulty {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn authorize(
+        &self,
+        key: &str,
+        token: &str,
+        amount: Money,
+    ) -> Result<Authorization, ProviderError> {
+        self.run(Op::Authorize, self.inner.authorize(key, token, amount))
+            .await
+    }
+
+    async fn capture(&self, key: &str, r: &str, amount: Money) -> Result<(), ProviderError> {
+        self.run(Op::Capture, self.inner.capture(key, r, amount))
+            .await
+    }
+
+    async fn void(&self, key: &str, r: &str) -> Result<(), ProviderError> {
+        self.run(Op::Void, self.inner.void(key, r)).await
+    }
+
+    async fn cancel_authorization(&self, key: &str) -> Result<(), ProviderError> {
+        self.inner.cancel_authorization(key).await
+    }
+
+    async fn refund(&self, key: &str, r: &str, amount: Money) -> Result<(), ProviderError> {
+        self.run(Op::Refund, self.inner.refund(key, r, amount))
+            .await
+    }
+}
+
+struct Shop {
+    orders: Orders,
+    catalog: Catalog,
+    carts: Carts,
+    inventory: Inventory,
+    payments: Payments,
+    provider: Arc<Faulty>,
+    clock: Arc<ManualClock>,
+    db: TestDatabase,
+}
+
+fn settings() -> SagaSettings {
+    SagaSettings {
+        retry_pause: Duration::from_millis(1),
+        ..SagaSettings::default()
+    }
+}
+
+async fn shop() -> Shop {
+    let db = TestDatabase::new().await.expect("a database");
+    for m in [
+        &agora_catalog::MIGRATIONS,
+        &agora_inventory::MIGRATIONS,
+        &agora_cart::MIGRATIONS,
+        &agora_payments::MIGRATIONS,
+        &agora_orders::MIGRATIONS,
+    ] {
+        db.db.migrate(m).await.expect("migrations");
+    }
+    let clock = Arc::new(ManualClock::new(Timestamp::from_millis(START)));
+    let catalog = Catalog::new(CatalogStore::new(db.db.clone()), clock.clone());
+    let inventory = Inventory::new(
+        InventoryStore::new(db.db.clone()),
+        Arc::new(catalog.clone()),
+        clock.clone(),
+    );
+    let carts = Carts::new(
+        CartStore::new(db.db.clone()),
+        Arc::new(catalog.clone()),
+        clock.clone(),
+    );
+    let provider = Arc::new(Faulty::new());
+    let payments = Payments::new(
+        PaymentStore::new(
+            db.db.clone(),
+            Arc::new(Outbox::new(agora_payments::OUTBOX_TABLE)),
+        ),
+        provider.clone(),
+        clock.clone(),
+        WebhookSettings {
+            secret: Secret::new("test-secret"),
+            tolerance_secs: 300,
+        },
+    );
+    let orders = orders(&db, &catalog, &carts, &inventory, &payments, &clock);
+    Shop {
+        orders,
+        catalog,
+        carts,
+        inventory,
+        payments,
+        provider,
+        clock,
+        db,
+    }
+}
+
+/// An orders module over the shop's database and participants: a second one is
+/// a restarted process.
+fn orders(
+    db: &TestDatabase,
+    catalog: &Catalog,
+    carts: &Carts,
+    inventory: &Inventory,
+    payments: &Payments,
+    clock: &Arc<ManualClock>,
+) -> Orders {
+    Orders::new(
+        OrdersStore::new(db.db.clone()),
+        Participants {
+            catalog: Arc::new(catalog.clone()),
+            cart: Arc::new(carts.clone()),
+            inventory: Arc::new(inventory.clone()),
+            payments: Arc::new(payments.clone()),
+        },
+        Arc::new(Outbox::new(agora_orders::service::OUTBOX)),
+        clock.clone(),
+        settings(),
+    )
+}
+
+static SKU: AtomicI64 = AtomicI64::new(0);
+
+impl Shop {
+    /// A product at `price` cents with `on_hand` units.
+    async fn product(&self, price: i64, on_hand: i64) -> ProductId {
+        let n = SKU.fetch_add(1, Ordering::Relaxed);
+        let request: CreateProduct = serde_json::from_value(serde_json::json!({
+            "sku": format!("SKU-{n}"),
+            "name": format!("Thing {n}"),
+            "price": {"amount": price, "currency": "USD"},
+        }))
+        .expect("a request");
+        let product = self
+            .catalog
+            .create_product(ProductDraft::try_from(request).expect("valid"))
+            .await
+            .expect("created");
+        self.inventory
+            .change(product.id, Change::Set(on_hand), "initial count", "test")
+            .await
+            .expect("stocked");
+        product.id
+    }
+
+    /// A customer with `lines` in their cart.
+    async fn customer(&self, lines: &[(ProductId, i64)]) -> UserId {
+        let user = UserId::new();
+        for (product, quantity) in lines {
+            self.carts
+                .add(&Holder::Customer(user, None), *product, *quantity)
+                .await
+                .expect("added to the cart");
+        }
+        user
+    }
+
+    /// On hand, reserved.
+    async fn stock(&self, p: ProductId) -> (i64, i64) {
+        let s = self.inventory.stock(p).await.expect("stock");
+        (s.on_hand, s.reserved)
+    }
+
+    async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(self.db.db.writer())
+            .await
+            .expect("a count")
+    }
+
+    /// The order a stored response names.
+    fn order_id(response: &StoredResponse) -> OrderId {
+        let id = response.body["data"]["id"]
+            .as_str()
+            .or_else(|| response.body["error"]["details"]["order_id"].as_str())
+            .expect("an order id");
+        OrderId::parse(id).expect("an order id")
+    }
+
+    /// Asserts the end state every finished saga must reach: confirmed, captured
+    /// and sold; or cancelled, with nothing charged and the stock back.
+    async fn assert_settled(&self, order_id: OrderId) -> OrderStatus {
+        let order = self.orders.order(order_id).await.expect("the order");
+        let held = self
+            .count("SELECT COUNT(*) FROM inventory_reservations WHERE status = 'held'")
+            .await;
+        assert_eq!(held, 0, "no reservation is left held");
+        let payment = match order.payment_id {
+            Some(p) => self.payments.payment(p).await.expect("payments"),
+            None => None,
+        };
+        match order.status {
+            OrderStatus::Confirmed => {
+                let payment = payment.expect("a confirmed order has a payment");
+                assert_eq!(payment.status, PaymentStatus::Captured);
+                assert_eq!(payment.captured_minor, order.total.amount_minor());
+            }
+            OrderStatus::Cancelled => {
+                assert!(order.cancel_reason.is_some());
+                if let Some(payment) = payment {
+                    assert!(
+                        matches!(
+                            payment.status,
+                            PaymentStatus::Voided
+                                | PaymentStatus::Declined
+                                | PaymentStatus::Refunded
+                        ),
+                        "{payment:?}"
+                    );
+                    assert_eq!(payment.captured_minor, payment.refunded_minor);
+                }
+            }
+            other => panic!("order {order_id} ended {other:?}"),
+        }
+        order.status
+    }
+}
+
+fn error_code(response: &StoredResponse) -> &str {
+    response.body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_checkout_confirms_the_order_takes_the_money_and_sells_the_stock() {
+    let s = shop().await;
+    let (mug, cup, other) = (
+        s.product(1200, 5).await,
+        s.product(300, 5).await,
+        s.product(100, 5).await,
+    );
+    let ada = s.customer(&[(mug, 2), (cup, 1)]).await;
+    let response = s
+        .orders
+        .checkout(ada, "k1", "tok_visa")
+        .await
+        .expect("checkout");
+    assert_eq!(response.status, 201, "{response:?}");
+    let order = &response.body["data"];
+    assert_eq!(order["status"], "confirmed");
+    assert_eq!(
+        order["total"],
+        serde_json::json!({"amount": 2700, "currency": "USD"})
+    );
+    assert_eq!(order["lines"].as_array().map(Vec::len), Some(2));
+    let id = Shop::order_id(&response);
+    assert_eq!(s.assert_settled(id).await, OrderStatus::Confirmed);
+    assert_eq!(s.stock(mug).await, (3, 0));
+    assert_eq!(s.stock(cup).await, (4, 0));
+    assert_eq!(s.carts.lines(ada).await.expect("cart"), vec![]);
+    // A line added meanwhile would stay: only bought products leave the cart.
+    s.carts
+        .add(&Holder::Customer(ada, None), other, 1)
+        .await
+        .expect("added");
+    let log = s.orders.store().saga_log(id).await.expect("log");
+    let steps: Vec<_> = log
+        .iter()
+        .filter(|(_, phase, _)| phase == "succeeded")
+        .map(|(step, _, _)| step.as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "reserve",
+            "authorize",
+            "capture",
+            "commit_stock",
+            "clear_cart"
+        ]
+    );
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM orders_outbox").await,
+        2,
+        "OrderPlaced and OrderConfirmed"
+    );
+    assert_eq!(s.carts.lines(ada).await.expect("cart").len(), 1);
+}
+
+#[tokio::test]
+async fn fifty_concurrent_checkouts_for_ten_units_confirm_exactly_ten() {
+    let s = Arc::new(shop().await);
+    let p = s.product(500, 10).await;
+    let mut customers = Vec::new();
+    for _ in 0..50 {
+        customers.push(s.customer(&[(p, 1)]).await);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, user) in customers.into_iter().enumerate() {
+        let orders = s.orders.clone();
+        tasks.spawn(async move { orders.checkout(user, &format!("k{i}"), "tok_visa").await });
+    }
+    let responses: Vec<StoredResponse> = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.expect("every checkout gets an answer"))
+        .collect();
+    let confirmed = responses.iter().filter(|r| r.status == 201).count();
+    let short = responses
+        .iter()
+        .filter(|r| r.status == 409 && error_code(r) == "ORDERS_OUT_OF_STOCK")
+        .count();
+    assert_eq!((confirmed, short), (10, 40));
+    assert_eq!(s.stock(p).await, (0, 0));
+    for r in &responses {
+        s.assert_settled(Shop::order_id(r)).await;
+    }
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM payments_payments WHERE status = 'captured'")
+            .await,
+        10
+    );
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_twenty_times_makes_one_order_and_one_charge() {
+    let s = shop().await;
+    let p = s.product(700, 10).await;
+    let ada = s.customer(&[(p, 2)]).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let orders = s.orders.clone();
+        tasks.spawn(async move { orders.checkout(ada, "same-key", "tok_visa").await });
+    }
+    let responses: Vec<StoredResponse> = tasks
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.expect("an answer"))
+        .collect();
+    assert!(responses.iter().all(|r| *r == responses[0]), "one answer");
+    assert_eq!(responses[0].status, 201);
+    assert_eq!(s.count("SELECT COUNT(*) FROM orders_orders").await, 1);
+    assert_eq!(s.count("SELECT COUNT(*) FROM payments_payments").await, 1);
+    assert_eq!(s.provider.calls(Op::Authorize), 1);
+    assert_eq!(s.provider.calls(Op::Capture), 1);
+    assert_eq!(s.stock(p).await, (8, 0));
+    // The same key with another body is refused, and changes nothing.
+    let other = s.orders.checkout(ada, "same-key", "tok_mastercard").await;
+    assert!(
+        matches!(other, Err(agora_orders::error::OrderError::KeyReused)),
+        "{other:?}"
+    );
+    assert_eq!(s.count("SELECT COUNT(*) FROM orders_orders").await, 1);
+}
+
+#[tokio::test]
+async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
+    let s = shop().await;
+    let p = s.product(700, 3).await;
+    let ada = s.customer(&[(p, 2)]).await;
+    let response = s
+        .orders
+        .checkout(ada, "k", "tok_declined")
+        .await
+        .expect("an answer");
+    assert_eq!(response.status, 402);
+    assert_eq!(error_code(&response), "ORDERS_PAYMENT_DECLINED");
+    assert_eq!(response.body["error"]["details"]["reason"], "card_declined");
+    let id = Shop::order_id(&response);
+    assert_eq!(s.assert_settled(id).await, OrderStatus::Cancelled);
+    let order = s.orders.order(id).await.expect("order");
+    assert_eq!(order.cancel_reason.as_deref(), Some("payment_declined"));
+    assert_eq!(s.stock(p).await, (3, 0));
+    assert_eq!(
+        s.carts.lines(ada).await.expect("cart").len(),
+        1,
+        "the cart is kept for another try"
+    );
+}
+
+#[tokio::test]
+async fn provider_failures_at_each_step_leave_everything_consistent() {
+    // (operation, fault, how many calls fail, the order's expected end)
+    let cases = [
+        (Op::Authorize, Fault::Unavailable, 1, OrderStatus::Confirmed),
+        (
+            Op::Authorize,
+            Fault::TimeoutAfterEffect,
+            1,
+            OrderStatus::Confirmed,
+        ),
+        (
+            Op::Authorize,
+            Fault::Unavailable,
+            100,
+            OrderStatus::Cancelled,
+        ),
+        (Op::Capture, Fault::Unavailable, 2, OrderStatus::Confirmed),
+        (
+            Op::Capture,
+            Fault::TimeoutAfterEffect,
+            1,
+            OrderStatus::Confirmed,
+        ),
+        (Op::Capture, Fault::Unavailable, 100, OrderStatus::Cancelled),
+    ];
+    for (op, fault, count, expected) in cases {
+        let s = shop().await;
+        let p = s.product(900, 5).await;
+        let ada = s.customer(&[(p, 1)]).await;
+        s.provider.inject(op, fault, count);
+        let response = s.orders.checkout(ada, "k", "tok_visa").await;
+        let case = format!("{op:?} {fault:?} x{count}");
+        let response = match response {
+            Ok(r) => r,
+            Err(e) => panic!("{case}: {e:?}"),
+        };
+        let id = Shop::order_id(&response);
+        assert_eq!(s.assert_settled(id).await, expected, "{case}");
+        match expected {
+            OrderStatus::Confirmed => {
+                assert_eq!(response.status, 201, "{case}");
+                assert_eq!(s.stock(p).await, (4, 0), "{case}");
+            }
+            _ => {
+                assert_eq!(response.status, 502, "{case}");
+                assert_eq!(error_code(&response), "ORDERS_PAYMENT_UNAVAILABLE");
+                assert_eq!(s.stock(p).await, (5, 0), "{case}");
+            }
+        }
+        assert!(
+            s.count("SELECT COUNT(*) FROM payments_payments").await <= 1,
+            "{case}: one payment at most"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_any_two_steps_is_recovered() {
+    let points = [
+        (CrashPoint::Before(Step::Reserve), "tok_visa"),
+        (CrashPoint::After(Step::Reserve), "tok_visa"),
+        (CrashPoint::Before(Step::Authorize), "tok_visa"),
+        (CrashPoint::After(Step::Authorize), "tok_visa"),
+        (CrashPoint::Before(Step::Capture), "tok_visa"),
+        (CrashPoint::After(Step::Capture), "tok_visa"),
+        (CrashPoint::Before(Step::CommitStock), "tok_visa"),
+        (CrashPoint::After(Step::CommitStock), "tok_visa"),
+        (CrashPoint::Before(Step::ClearCart), "tok_visa"),
+        (CrashPoint::After(Step::ClearCart), "tok_visa"),
+        (CrashPoint::Before(Step::CancelPayment), "tok_declined"),
+        (CrashPoint::After(Step::CancelPayment), "tok_declined"),
+        (CrashPoint::Before(Step::ReleaseStock), "tok_declined"),
+        (CrashPoint::After(Step::ReleaseStock), "tok_declined"),
+    ];
+    for (point, token) in points {
+        let s = shop().await;
+        let p = s.product(400, 5).await;
+        let ada = s.customer(&[(p, 1)]).await;
+        s.orders.crash_at_point(Some(point));
+        assert!(
+            s.orders.checkout(ada, "k", token).await.is_err(),
+            "{point:?}: the process died"
+        );
+        // A new process on the same database, once the dead one's lease ran out.
+        let restarted = orders(
+            &s.db,
+            &s.catalog,
+            &s.carts,
+            &s.inventory,
+            &s.payments,
+            &s.clock,
+        );
+        assert_eq!(
+            restarted.recover().await.expect("recovery"),
+            0,
+            "{point:?}: the lease still holds"
+        );
+        s.clock.advance(Duration::from_secs(31));
+        assert_eq!(restarted.recover().await.expect("recovery"), 1, "{point:?}");
+        let id: String = sqlx::query_scalar("SELECT id FROM orders_orders")
+            .fetch_one(s.db.db.writer())
+            .await
+            .expect("the order");
+        let id = OrderId::from_db(&id).expect("an id");
+        let status = s.assert_settled(id).await;
+        let expected = if token == "tok_visa" {
+            OrderStatus::Confirmed
+        } else {
+            OrderStatus::Cancelled
+        };
+        assert_eq!(status, expected, "{point:?}");
+        let sold = if expected == OrderStatus::Confirmed {
+            1
+        } else {
+            0
+        };
+        assert_eq!(s.stock(p).await, (5 - sold, 0), "{point:?}");
+        assert!(s.provider.calls(Op::Capture) <= 2, "{point:?}");
+        // The replay of the request answers as the saga ended.
+        let replay = restarted.checkout(ada, "k", token).await.expect("a replay");
+        assert_eq!(
+            replay.status,
+            if sold == 1 { 201 } else { 402 },
+            "{point:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn staff_refunds_are_partial_or_full_and_never_exceed_the_payment() {
+    let s = shop().await;
+    let p = s.product(1000, 5).await;
+    let ada = s.customer(&[(p, 1)]).await;
+    let response = s
+        .orders
+        .checkout(ada, "k", "tok_visa")
+        .await
+        .expect("checkout");
+    let id = Shop::order_id(&response);
+    let order = s
+        .orders
+        .refund(id, 400, "scratched", "r1")
+        .await
+        .expect("refund");
+    assert_eq!(
+        (order.status, order.refunded_minor),
+        (OrderStatus::Confirmed, 400)
+    );
+    let again = s
+        .orders
+        .refund(id, 400, "scratched", "r1")
+        .await
+        .expect("a repeat");
+    assert_eq!(again.refunded_minor, 400, "a repeat refunds nothing more");
+    let too_much = s.orders.refund(id, 601, "more", "r2").await;
+    assert!(
+        matches!(
+            too_much,
+            Err(agora_orders::error::OrderError::RefundExceedsPaid {
+                refundable_minor: 600
+            })
+        ),
+        "{too_much:?}"
+    );
+    let order = s
+        .orders
+        .refund(id, 600, "the rest", "r3")
+        .await
+        .expect("refund");
+    assert_eq!(
+        (order.status, order.refunded_minor),
+        (OrderStatus::Refunded, 1000)
+    );
+    let after = s.orders.cancel(id, "late").await;
+    assert!(
+        matches!(
+            after,
+            Err(agora_orders::error::OrderError::InvalidTransition(
+                OrderStatus::Refunded
+            ))
+        ),
+        "{after:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_checkouts_are_refused_and_change_nothing() {
+    let s = shop().await;
+    let p = s.product(1000, 5).await;
+    let empty = s.customer(&[]).await;
+    let r = s.orders.checkout(empty, "k", "tok_visa").await;
+    assert!(
+        matches!(r, Err(agora_orders::error::OrderError::CartEmpty)),
+        "{r:?}"
+    );
+    let ada = s.customer(&[(p, 1)]).await;
+    s.catalog
+        .delete_product(p)
+        .await
+        .expect("the product is deleted");
+    let r = s.orders.checkout(ada, "k2", "tok_visa").await;
+    assert!(
+        matches!(
+            r,
+            Err(agora_orders::error::OrderError::ProductsUnavailable(_))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(s.count("SELECT COUNT(*) FROM orders_orders").await, 0);
+    assert_eq!(s.count("SELECT COUNT(*) FROM orders_idempotency").await, 0);
+}
