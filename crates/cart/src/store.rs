@@ -43,7 +43,7 @@ impl CartStore {
         Ok(
             sqlx::query_scalar("SELECT id FROM cart_carts WHERE owner = $1")
                 .bind(owner.to_db())
-                .fetch_optional(self.db.writer())
+                .fetch_optional(self.db.reader())
                 .await?,
         )
     }
@@ -53,7 +53,7 @@ impl CartStore {
         Ok(
             sqlx::query_scalar("SELECT id FROM cart_carts WHERE token_hash = $1")
                 .bind(token_hash.to_string())
-                .fetch_optional(self.db.writer())
+                .fetch_optional(self.db.reader())
                 .await?,
         )
     }
@@ -106,7 +106,7 @@ impl CartStore {
              ORDER BY added_at, product_id",
         )
         .bind(cart.to_string())
-        .fetch_all(self.db.writer())
+        .fetch_all(self.db.reader())
         .await?;
         rows.iter()
             .map(|r| {

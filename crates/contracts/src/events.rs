@@ -47,7 +47,8 @@ pub struct OrderCancelled {
     pub order_id: OrderId,
     /// Its customer.
     pub user_id: UserId,
-    /// Why, e.g. `payment_declined`, `out_of_stock`, `cancelled_by_staff`.
+    /// Why: the checkout's reason (`payment_declined`, `out_of_stock`, …) or
+    /// the reason staff gave.
     pub reason: String,
 }
 impl EventPayload for OrderCancelled {

@@ -297,7 +297,7 @@ impl InventoryStore {
             "SELECT key, status, lines, expires_at FROM inventory_reservations WHERE key = $1",
         )
         .bind(key.to_string())
-        .fetch_optional(self.db.writer())
+        .fetch_optional(self.db.reader())
         .await?;
         row.map(|r| reservation_from_row(&r)).transpose()
     }

@@ -128,8 +128,8 @@ pub struct Order {
     /// Its payment, once one was made.
     #[schema(value_type = Option<String>)]
     pub payment_id: Option<PaymentId>,
-    /// Why it was cancelled (e.g. `payment_declined`, `out_of_stock`,
-    /// `cancelled_by_staff`).
+    /// Why it was cancelled: the checkout's reason (`payment_declined`,
+    /// `out_of_stock`, `payment_unavailable`, …) or the reason staff gave.
     pub cancel_reason: Option<String>,
     /// When it was placed.
     #[schema(value_type = String, format = DateTime)]

@@ -66,6 +66,7 @@ pub struct CheckoutRequest {
         (status = 409, description = "`ORDERS_OUT_OF_STOCK` (the order was cancelled), `REQUEST_IN_PROGRESS`", body = agora_kernel::envelope::Failure),
         (status = 422, description = "`ORDERS_CART_EMPTY`, `ORDERS_PRODUCT_UNAVAILABLE`, `ORDERS_CURRENCY_MISMATCH`, `REQUEST_IDEMPOTENCY_KEY_REUSED`, `VALIDATION_FAILED`", body = agora_kernel::envelope::Failure),
         (status = 502, description = "`ORDERS_PAYMENT_UNAVAILABLE`: the order was cancelled", body = agora_kernel::envelope::Failure),
+        (status = 503, description = "`SERVICE_NOT_READY`: the inventory failed (the order was cancelled), or the database is overloaded", body = agora_kernel::envelope::Failure),
     )
 )]
 async fn checkout(
@@ -221,7 +222,7 @@ async fn show(
 /// Why staff cancel an order.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CancelRequest {
+pub struct OrderCancelRequest {
     /// Why, 1 to 200 characters (kept on the order and in its event).
     #[schema(example = "customer asked before shipping")]
     reason: String,
@@ -232,7 +233,7 @@ pub struct CancelRequest {
 #[utoipa::path(
     post, path = "/orders/{order_id}/cancel", tag = "orders",
     params(("order_id" = String, Path, description = "The order's id, `ord_…`")),
-    request_body = CancelRequest,
+    request_body = OrderCancelRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The cancelled order.", body = inline(agora_kernel::envelope::Success<Order>)),
@@ -247,7 +248,7 @@ async fn cancel(
     State(orders): State<Orders>,
     _staff: Authorized<OrdersManage>,
     AppPath(order_id): AppPath<OrderId>,
-    AppJson(body): AppJson<CancelRequest>,
+    AppJson(body): AppJson<OrderCancelRequest>,
 ) -> Result<ApiResponse<Order>, ApiError> {
     let mut p = Problems::default();
     let reason = p.check("reason", check_reason(&body.reason));
@@ -269,7 +270,7 @@ fn check_reason(raw: &str) -> Result<String, String> {
 /// A refund of part or all of an order's payment.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RefundRequest {
+pub struct OrderRefundRequest {
     /// How much, in minor units of the order's currency: more than zero, at most
     /// what is left to refund.
     #[schema(example = 500)]
@@ -287,7 +288,7 @@ pub struct RefundRequest {
         ("order_id" = String, Path, description = "The order's id, `ord_…`"),
         ("Idempotency-Key" = String, Header, description = "Unique per refund, 1–255 printable ASCII characters."),
     ),
-    request_body = RefundRequest,
+    request_body = OrderRefundRequest,
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The order, with its refunded amount (and status `refunded` once all was refunded).", body = inline(agora_kernel::envelope::Success<Order>)),
@@ -304,11 +305,17 @@ async fn refund(
     _staff: Authorized<OrdersManage>,
     AppPath(order_id): AppPath<OrderId>,
     key: IdempotencyKey,
-    AppJson(body): AppJson<RefundRequest>,
+    AppJson(body): AppJson<OrderRefundRequest>,
 ) -> Result<ApiResponse<Order>, ApiError> {
     let mut p = Problems::default();
     let reason = p.check("reason", check_reason(&body.reason));
-    let reason = p.finish(|| reason)?;
+    let amount = p.check(
+        "amount_minor",
+        Some(body.amount_minor)
+            .filter(|a| *a > 0)
+            .ok_or_else(|| "must be more than zero".to_string()),
+    );
+    let (reason, _) = p.finish(|| Some((reason?, amount?)))?;
     Ok(ApiResponse::ok(
         orders
             .refund(order_id, body.amount_minor, &reason, &key.0)
@@ -340,7 +347,7 @@ async fn fulfil(
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(checkout, list, show, cancel, refund, fulfil),
-    components(schemas(Order, crate::domain::OrderLine, OrderStatus, CheckoutRequest, CancelRequest, RefundRequest)),
+    components(schemas(Order, crate::domain::OrderLine, OrderStatus, CheckoutRequest, OrderCancelRequest, OrderRefundRequest)),
     tags((name = "orders", description = "Checkout and orders"))
 )]
 pub struct OrdersApi;

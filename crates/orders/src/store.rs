@@ -144,7 +144,7 @@ impl OrdersStore {
         )
         .bind(caller.to_string())
         .bind(key.to_string())
-        .fetch_optional(self.db.writer())
+        .fetch_optional(self.db.reader())
         .await?;
         let Some(row) = row else { return Ok(None) };
         let status: Option<i64> = row.try_get(2)?;
@@ -249,7 +249,7 @@ impl OrdersStore {
     pub async fn order(&self, id: OrderId) -> Result<Option<Order>, OrderError> {
         let mut q = SqlBuilder::new(ORDER_COLUMNS);
         q.push(" WHERE id = ").bind(id.to_db())?;
-        let row = q.build().fetch_optional(self.db.writer()).await?;
+        let row = q.build().fetch_optional(self.db.reader()).await?;
         let Some(row) = row else { return Ok(None) };
         let mut orders = self.with_lines(vec![row]).await?;
         Ok(orders.pop())
@@ -313,7 +313,7 @@ impl OrdersStore {
             q.bind(o.id.to_db())?;
         }
         q.push(") ORDER BY order_id, product_id");
-        let lines = q.build().fetch_all(self.db.writer()).await?;
+        let lines = q.build().fetch_all(self.db.reader()).await?;
         for row in &lines {
             let order_id = OrderId::from_db(&row.try_get::<String, _>(0)?)?;
             let Some(order) = orders.iter_mut().find(|o| o.id == order_id) else {
@@ -339,7 +339,7 @@ impl OrdersStore {
              FROM orders_sagas WHERE order_id = $1",
         )
         .bind(order_id.to_db())
-        .fetch_optional(self.db.writer())
+        .fetch_optional(self.db.reader())
         .await?;
         row.as_ref().map(saga_from_row).transpose()
     }
@@ -385,7 +385,7 @@ impl OrdersStore {
         let moved = sqlx::query(
             "UPDATE orders_sagas SET step = $1, state = $2, attempts = 0, last_error = NULL, \
              payment_id = COALESCE($3, payment_id), \
-             payment_token = CASE WHEN $4 = 1 THEN NULL ELSE payment_token END, \
+             payment_token = CASE WHEN $4 = 1 OR $3 IS NOT NULL THEN NULL ELSE payment_token END, \
              lease_until = CASE WHEN $4 = 1 THEN 0 ELSE lease_until END, \
              next_attempt_at = $5, updated_at = $5 \
              WHERE order_id = $6 AND lease_owner = $7 AND step = $8 AND state = $9",
@@ -503,7 +503,7 @@ impl OrdersStore {
     ) -> Result<(String, serde_json::Value), OrderError> {
         let row = sqlx::query("SELECT cancel_reason, failure FROM orders_orders WHERE id = $1")
             .bind(order_id.to_db())
-            .fetch_one(self.db.writer())
+            .fetch_one(self.db.reader())
             .await?;
         let reason: Option<String> = row.try_get(0)?;
         let failure: Option<String> = row.try_get(1)?;
@@ -534,7 +534,7 @@ impl OrdersStore {
         )
         .bind(now.as_millis())
         .bind(limit)
-        .fetch_all(self.db.writer())
+        .fetch_all(self.db.reader())
         .await?;
         ids.iter()
             .map(|id| OrderId::from_db(id).map_err(Into::into))
@@ -550,7 +550,7 @@ impl OrdersStore {
             "SELECT step, phase, detail FROM orders_saga_log WHERE order_id = $1 ORDER BY at, id",
         )
         .bind(order_id.to_db())
-        .fetch_all(self.db.writer())
+        .fetch_all(self.db.reader())
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))

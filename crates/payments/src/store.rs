@@ -390,7 +390,7 @@ impl PaymentStore {
             " FROM payments_payments WHERE id = $1"
         ))
         .bind(id.to_db())
-        .fetch_optional(self.db.writer())
+        .fetch_optional(self.db.reader())
         .await?;
         row.as_ref().map(payment_from_row).transpose()
     }
@@ -403,7 +403,7 @@ impl PaymentStore {
             " FROM payments_payments WHERE authorize_key = $1"
         ))
         .bind(key.to_string())
-        .fetch_optional(self.db.writer())
+        .fetch_optional(self.db.reader())
         .await?;
         row.as_ref().map(payment_from_row).transpose()
     }
@@ -413,7 +413,7 @@ impl PaymentStore {
         let token: Option<Option<String>> =
             sqlx::query_scalar("SELECT payment_token FROM payments_payments WHERE id = $1")
                 .bind(id.to_db())
-                .fetch_optional(self.db.writer())
+                .fetch_optional(self.db.reader())
                 .await?;
         Ok(token.flatten())
     }
@@ -594,7 +594,7 @@ impl PaymentStore {
             " FROM payments_operations WHERE key = $1"
         ))
         .bind(key.to_string())
-        .fetch_optional(self.db.writer())
+        .fetch_optional(self.db.reader())
         .await?;
         row.as_ref().map(operation_from_row).transpose()
     }

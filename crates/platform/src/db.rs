@@ -122,12 +122,16 @@ impl Database {
         self.backend
     }
 
-    /// The pool for reads that need not see this request's own writes.
+    /// The pool for reads. A read sees every commit that finished before it
+    /// started, this request's own included (SQLite in WAL mode; the PostgreSQL
+    /// primary), so reads go here and leave the one SQLite writer connection to
+    /// writes. (Read replicas, when they come, will need a primary-only reader
+    /// for read-your-writes.)
     pub fn reader(&self) -> &AnyPool {
         &self.reader
     }
 
-    /// The pool for writes, and for reads that must see the latest commit.
+    /// The pool for writes (and reads inside a write transaction).
     pub fn writer(&self) -> &AnyPool {
         &self.writer
     }
