@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks complete checkouts against the release build: virtual customers sign
-# in once, then loop "3 products into the cart, check out with tok_visa", for a
+# in once, then loop "3 of 30 products into the cart, check out with tok_visa", for a
 # fixed time. Sets the result beside the database's own commit ceiling measured in
 # the same run: a bare one-row insert-transaction loop on SQLite (WAL,
 # synchronous=FULL, as Agora runs it), and pgbench with one insert per

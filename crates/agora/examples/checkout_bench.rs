@@ -75,6 +75,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Products stocked for the run; each checkout buys 3 of them, a different three
+/// each time, so orders spread over the stock as in a shop (not all on one row).
+const PRODUCTS: usize = 30;
+
 /// Customer `token`'s loop until `deadline`: 3 products into the cart, checkout.
 async fn run(
     client: std::sync::Arc<Client>,
@@ -83,9 +87,14 @@ async fn run(
     deadline: Instant,
 ) -> anyhow::Result<Tally> {
     let mut tally = Tally::default();
+    let mut next = token.len() * 7;
     while Instant::now() < deadline {
         let started = Instant::now();
-        for product in products.iter() {
+        let picks: Vec<&String> = (0..3)
+            .map(|i| &products[(next + i * 11) % products.len()])
+            .collect();
+        next += 1;
+        for product in picks {
             let (status, body) = client
                 .send(
                     reqwest::Method::POST,
@@ -152,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let admin = client.login(admin_email, admin_password).await?;
     let mut products = Vec::new();
-    for i in 0..3 {
+    for i in 0..PRODUCTS {
         let sku = format!("BENCH-{}-{i}", uuid::Uuid::now_v7().simple());
         let (status, body) = client
             .send(
@@ -160,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
                 "/api/v1/products",
                 Some(&admin),
                 Some(json!({ "sku": sku, "name": format!("Bench product {sku}"),
-                             "price": { "amount": 1000 + i, "currency": "USD" } })),
+                             "price": { "amount": 1000 + i as i64, "currency": "USD" } })),
                 None,
             )
             .await?;

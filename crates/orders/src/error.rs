@@ -24,7 +24,7 @@ pub enum OrderError {
     /// The cart mixes currencies.
     #[error("currency mismatch")]
     CurrencyMismatch(Vec<String>),
-    /// The total does not fit.
+    /// The total is zero, or does not fit.
     #[error("the order total is out of range")]
     TotalOutOfRange,
     /// No such order (or not the caller's).
@@ -93,7 +93,7 @@ impl From<OrderError> for ApiError {
             OrderError::TotalOutOfRange => {
                 return ApiError::validation(vec![agora_kernel::error::FieldError::new(
                     "cart",
-                    "the order total is out of range",
+                    "the order total must be more than zero and within range",
                 )]);
             }
             OrderError::KeyReused => ErrorCode::RequestIdempotencyKeyReused,

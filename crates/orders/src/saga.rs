@@ -140,6 +140,9 @@ pub struct SagaSettings {
     /// Attempts a request makes itself before leaving the rest to the recovery
     /// loop.
     pub inline_attempts: i64,
+    /// How long a repeated request waits for the first one to finish before it
+    /// answers `REQUEST_IN_PROGRESS`.
+    pub replay_wait: Duration,
 }
 
 impl Default for SagaSettings {
@@ -150,6 +153,7 @@ impl Default for SagaSettings {
             max_attempts: 4,
             retry_pause: Duration::from_millis(100),
             inline_attempts: 4,
+            replay_wait: Duration::from_secs(10),
         }
     }
 }
@@ -185,7 +189,18 @@ impl Orders {
     /// step must wait (then the recovery loop resumes it). Does nothing when
     /// another driver holds it.
     pub async fn drive(&self, order_id: OrderId) -> Result<(), OrderError> {
-        let owner = format!("{}/{}", self.inner.node, uuid::Uuid::now_v7().simple());
+        self.drive_as(order_id, &self.new_driver()).await
+    }
+
+    /// A lease owner name for one driver: this process and a unique suffix, so
+    /// that two drivers in one process never share a lease either.
+    pub(crate) fn new_driver(&self) -> String {
+        format!("{}/{}", self.inner.node, uuid::Uuid::now_v7().simple())
+    }
+
+    /// Drives the saga as `owner` (who may already hold its lease).
+    pub(crate) async fn drive_as(&self, order_id: OrderId, owner: &str) -> Result<(), OrderError> {
+        let owner = owner.to_string();
         let now = self.now();
         let Some(mut saga) = self
             .inner
@@ -235,7 +250,15 @@ impl Orders {
             }
             Err(Failure::Passing(error)) => {
                 let attempts = saga.attempts + 1;
-                if saga.state == SagaState::Running && attempts >= self.inner.settings.max_attempts
+                // Once a capture was sent the money may be taken, so capture and
+                // the stock commit after it are never given up on for a passing
+                // failure: they are retried (until the reservation lapses, which
+                // is final and compensated).
+                let may_give_up =
+                    matches!(saga.step, Step::Reserve | Step::Authorize | Step::ClearCart);
+                if saga.state == SagaState::Running
+                    && may_give_up
+                    && attempts >= self.inner.settings.max_attempts
                 {
                     // Give up, telling the customer which part failed.
                     let reason = match saga.step {
@@ -256,10 +279,22 @@ impl Orders {
                 }
                 let pause = self.pause(attempts);
                 let inline = attempts < self.inner.settings.inline_attempts;
-                self.inner
+                let held = self
+                    .inner
                     .store
-                    .failed(saga, owner, &error, now.plus(pause), !inline, now)
+                    .failed(
+                        saga,
+                        owner,
+                        &error,
+                        now.plus(pause),
+                        (!inline).then(|| self.lease_end(now)),
+                        now,
+                    )
                     .await?;
+                if held.is_none() {
+                    tracing::info!(order_id = %saga.order_id, "saga lease lost; another driver has it");
+                    return Ok(Next::Stop);
+                }
                 saga.attempts = attempts;
                 tracing::warn!(order_id = %order.id, step = saga.step.as_str(), attempts, error, "saga step failed; will retry");
                 if inline {
@@ -310,7 +345,14 @@ impl Orders {
         if !self
             .inner
             .store
-            .advance(saga, owner, progress, &self.inner.outbox, now)
+            .advance(
+                saga,
+                owner,
+                progress,
+                &self.inner.outbox,
+                self.lease_end(now),
+                now,
+            )
             .await?
         {
             tracing::info!(order_id = %saga.order_id, "saga lease lost; another driver has it");
@@ -542,7 +584,16 @@ impl Orders {
             }
             Step::ReleaseStock => {
                 match self.inner.inventory.release(&key(id, "reserve")).await {
+                    Ok(r) if r.status == ReservationStatus::Committed => {
+                        // Sold by a driver that lost its lease mid-step: the order
+                        // is cancelled and refunded; the units are counted as sold
+                        // until staff put them back.
+                        tracing::error!(order_id = %id, "a cancelled order's stock was committed; adjust the stock by hand");
+                    }
                     Ok(_) | Err(InventoryError::NotFound) => {}
+                    Err(InventoryError::WrongState(ReservationStatus::Committed)) => {
+                        tracing::error!(order_id = %id, "a cancelled order's stock was committed; adjust the stock by hand");
+                    }
                     Err(InventoryError::Port(e)) => return Err(e.into()),
                     Err(e) => return Err(Failure::Passing(e.to_string())),
                 }

@@ -65,8 +65,6 @@ pub const INBOX: Inbox = Inbox::new("orders_inbox");
 /// The consumer of payment events.
 pub const PAYMENT_EVENTS_CONSUMER: &str = "orders.payment_events";
 
-/// How long a repeated checkout waits for the first one to finish.
-const REPLAY_WAIT: Duration = Duration::from_secs(10);
 /// Sagas the recovery loop resumes per round.
 const RECOVERY_BATCH: i64 = 50;
 
@@ -155,7 +153,7 @@ impl Orders {
             .price_cart(user, key, payment_token, &request_hash)
             .await?;
         let now = self.now();
-        let owner = format!("{}/checkout", self.inner.node);
+        let owner = self.new_driver();
         let placed = Event::new(
             events::OrderPlaced::KIND,
             order.id,
@@ -166,13 +164,20 @@ impl Orders {
             },
             now,
         )?;
-        // The saga starts leased to nobody in particular for a moment (`owner`
-        // never drives): the request's driver claims it at once, and if this
-        // process dies first, the recovery loop takes it after the lease.
+        // The saga starts leased to this request's driver, so the recovery loop
+        // leaves it alone; if this process dies, the loop takes it over once the
+        // lease has run out.
         let placed = self
             .inner
             .store
-            .place(&order, &owner, now, &self.inner.outbox, &placed, now)
+            .place(
+                &order,
+                &owner,
+                self.lease_end(now),
+                &self.inner.outbox,
+                &placed,
+                now,
+            )
             .await?;
         if placed.is_none() {
             // A concurrent request with this key placed its order first.
@@ -186,7 +191,7 @@ impl Orders {
         }
         self.inner.outbox.notify();
         tracing::info!(order_id = %order.id, user_id = %user, total = %order.total, "order placed");
-        self.drive(order.id).await?;
+        self.drive_as(order.id, &owner).await?;
         let record = self
             .inner
             .store
@@ -207,7 +212,7 @@ impl Orders {
         if record.request_hash != request_hash {
             return Err(OrderError::KeyReused);
         }
-        let deadline = tokio::time::Instant::now() + REPLAY_WAIT;
+        let deadline = tokio::time::Instant::now() + self.inner.settings.replay_wait;
         loop {
             if let Some(response) = record.response {
                 return Ok(response);
@@ -276,6 +281,10 @@ impl Orders {
             total = total
                 .checked_add(line.line_total)
                 .map_err(|_| OrderError::TotalOutOfRange)?;
+        }
+        if total.amount_minor() <= 0 {
+            // A payment of nothing cannot be authorized.
+            return Err(OrderError::TotalOutOfRange);
         }
         Ok(NewOrder {
             id: OrderId::new(),

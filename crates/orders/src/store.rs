@@ -356,7 +356,8 @@ impl OrdersStore {
     ) -> Result<Option<SagaRow>, OrderError> {
         let row = sqlx::query(
             "UPDATE orders_sagas SET lease_owner = $1, lease_until = $2 \
-             WHERE order_id = $3 AND state <> 'done' AND (lease_owner = $1 OR lease_until <= $4) \
+             WHERE order_id = $3 AND state <> 'done' \
+             AND (lease_owner = $1 OR (lease_until <= $4 AND next_attempt_at <= $4)) \
              RETURNING order_id, state, step, payment_token, payment_id, attempts",
         )
         .bind(owner.to_string())
@@ -368,15 +369,18 @@ impl OrdersStore {
         row.as_ref().map(saga_from_row).transpose()
     }
 
-    /// Applies `progress` to the saga at `at` (which `owner` must still hold), its
-    /// order, log, outbox and idempotency record, in one transaction. `false`
-    /// when the lease was lost or the saga moved on meanwhile: nothing changed.
+    /// Applies `progress` to the saga (which `owner` must still hold, at the same
+    /// step), its order, log, outbox and idempotency record, in one transaction,
+    /// and renews the lease until `lease_until`. `false` when the lease was lost
+    /// or the saga moved on meanwhile: nothing changed.
+    #[allow(clippy::too_many_arguments)]
     pub async fn advance(
         &self,
         saga: &SagaRow,
         owner: &str,
         progress: Progress,
         outbox: &Outbox,
+        lease_until: Timestamp,
         now: Timestamp,
     ) -> Result<bool, OrderError> {
         let mut tx = self.db.begin().await?;
@@ -386,7 +390,7 @@ impl OrdersStore {
             "UPDATE orders_sagas SET step = $1, state = $2, attempts = 0, last_error = NULL, \
              payment_id = COALESCE($3, payment_id), \
              payment_token = CASE WHEN $4 = 1 OR $3 IS NOT NULL THEN NULL ELSE payment_token END, \
-             lease_until = CASE WHEN $4 = 1 THEN 0 ELSE lease_until END, \
+             lease_until = CASE WHEN $4 = 1 THEN 0 ELSE $10 END, \
              next_attempt_at = $5, updated_at = $5 \
              WHERE order_id = $6 AND lease_owner = $7 AND step = $8 AND state = $9",
         )
@@ -399,6 +403,7 @@ impl OrdersStore {
         .bind(owner.to_string())
         .bind(saga.step.as_str())
         .bind(saga.state.as_str())
+        .bind(lease_until.as_millis())
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() != 1 {
@@ -458,31 +463,38 @@ impl OrdersStore {
         Ok(true)
     }
 
-    /// Records a failed attempt of the saga's step and when to try again,
-    /// handing the lease back when `release` is set. Returns the attempts so far.
+    /// Records a failed attempt of the saga's step and when to try again; the
+    /// lease is renewed until `keep_until`, or handed back when that is `None`.
+    /// Returns the attempts so far, or `None` when `owner` no longer holds the
+    /// saga (nothing was recorded: stop driving it).
     pub async fn failed(
         &self,
         saga: &SagaRow,
         owner: &str,
         error: &str,
         retry_at: Timestamp,
-        release: bool,
+        keep_until: Option<Timestamp>,
         now: Timestamp,
-    ) -> Result<i64, OrderError> {
+    ) -> Result<Option<i64>, OrderError> {
         let mut tx = self.db.begin().await?;
         let attempts: Option<i64> = sqlx::query_scalar(
             "UPDATE orders_sagas SET attempts = attempts + 1, last_error = $1, next_attempt_at = $2, \
-             lease_until = CASE WHEN $3 = 1 THEN 0 ELSE lease_until END, updated_at = $4 \
-             WHERE order_id = $5 AND lease_owner = $6 RETURNING attempts",
+             lease_until = $3, updated_at = $4 \
+             WHERE order_id = $5 AND lease_owner = $6 AND step = $7 AND state = $8 RETURNING attempts",
         )
         .bind(error.to_string())
         .bind(retry_at.as_millis())
-        .bind(i64::from(release))
+        .bind(keep_until.map_or(0, Timestamp::as_millis))
         .bind(now.as_millis())
         .bind(saga.order_id.to_db())
         .bind(owner.to_string())
+        .bind(saga.step.as_str())
+        .bind(saga.state.as_str())
         .fetch_optional(&mut *tx)
         .await?;
+        let Some(attempts) = attempts else {
+            return Ok(None);
+        };
         log(
             &mut tx,
             saga.order_id,
@@ -493,7 +505,7 @@ impl OrdersStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(attempts.unwrap_or(saga.attempts + 1))
+        Ok(Some(attempts))
     }
 
     /// Why the order is being cancelled and what the customer is told.
@@ -512,18 +524,6 @@ impl OrdersStore {
             None => serde_json::json!({ "order_id": order_id }),
         };
         Ok((reason.unwrap_or_else(|| "cancelled".into()), details))
-    }
-
-    /// Hands the lease of a saga back, so that the recovery loop may pick it up.
-    pub async fn release(&self, order_id: OrderId, owner: &str) -> Result<(), OrderError> {
-        sqlx::query(
-            "UPDATE orders_sagas SET lease_until = 0 WHERE order_id = $1 AND lease_owner = $2",
-        )
-        .bind(order_id.to_db())
-        .bind(owner.to_string())
-        .execute(self.db.writer())
-        .await?;
-        Ok(())
     }
 
     /// Unfinished sagas nobody holds whose next attempt is due, oldest first.

@@ -157,6 +157,7 @@ struct Shop {
 fn settings() -> SagaSettings {
     SagaSettings {
         retry_pause: Duration::from_millis(1),
+        replay_wait: Duration::from_millis(200),
         ..SagaSettings::default()
     }
 }
@@ -338,11 +339,7 @@ fn error_code(response: &StoredResponse) -> &str {
 #[tokio::test]
 async fn a_checkout_confirms_the_order_takes_the_money_and_sells_the_stock() {
     let s = shop().await;
-    let (mug, cup, other) = (
-        s.product(1200, 5).await,
-        s.product(300, 5).await,
-        s.product(100, 5).await,
-    );
+    let (mug, cup) = (s.product(1200, 5).await, s.product(300, 5).await);
     let ada = s.customer(&[(mug, 2), (cup, 1)]).await;
     let response = s
         .orders
@@ -362,11 +359,6 @@ async fn a_checkout_confirms_the_order_takes_the_money_and_sells_the_stock() {
     assert_eq!(s.stock(mug).await, (3, 0));
     assert_eq!(s.stock(cup).await, (4, 0));
     assert_eq!(s.carts.lines(ada).await.expect("cart"), vec![]);
-    // A line added meanwhile would stay: only bought products leave the cart.
-    s.carts
-        .add(&Holder::Customer(ada, None), other, 1)
-        .await
-        .expect("added");
     let log = s.orders.store().saga_log(id).await.expect("log");
     let steps: Vec<_> = log
         .iter()
@@ -388,10 +380,9 @@ async fn a_checkout_confirms_the_order_takes_the_money_and_sells_the_stock() {
         2,
         "OrderPlaced and OrderConfirmed"
     );
-    assert_eq!(s.carts.lines(ada).await.expect("cart").len(), 1);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_checkouts_for_ten_units_confirm_exactly_ten() {
     let s = Arc::new(shop().await);
     let p = s.product(500, 10).await;
@@ -427,7 +418,7 @@ async fn fifty_concurrent_checkouts_for_ten_units_confirm_exactly_ten() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotency_key_twenty_times_makes_one_order_and_one_charge() {
     let s = shop().await;
     let p = s.product(700, 10).await;
@@ -486,37 +477,45 @@ async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
 
 #[tokio::test]
 async fn provider_failures_at_each_step_leave_everything_consistent() {
-    // (operation, fault, how many calls fail, the order's expected end)
-    let cases = [
-        (Op::Authorize, Fault::Unavailable, 1, OrderStatus::Confirmed),
+    use Fault::{TimeoutAfterEffect as Lost, Unavailable as Down};
+    // (the faults, in order, and the order's expected end)
+    type Case = (&'static [(Op, Fault, u32)], OrderStatus);
+    let cases: [Case; 8] = [
+        (&[(Op::Authorize, Down, 1)], OrderStatus::Confirmed),
+        (&[(Op::Authorize, Lost, 1)], OrderStatus::Confirmed),
+        (&[(Op::Authorize, Down, 100)], OrderStatus::Cancelled),
         (
-            Op::Authorize,
-            Fault::TimeoutAfterEffect,
-            1,
-            OrderStatus::Confirmed,
-        ),
-        (
-            Op::Authorize,
-            Fault::Unavailable,
-            100,
+            &[(Op::Authorize, Lost, 1), (Op::Authorize, Down, 100)],
             OrderStatus::Cancelled,
         ),
-        (Op::Capture, Fault::Unavailable, 2, OrderStatus::Confirmed),
+        (&[(Op::Capture, Down, 2)], OrderStatus::Confirmed),
+        (&[(Op::Capture, Lost, 1)], OrderStatus::Confirmed),
+        // A capture is never given up on: the saga retries after the request
+        // (the recovery loop) until the provider is back.
+        (&[(Op::Capture, Down, 7)], OrderStatus::Confirmed),
         (
-            Op::Capture,
-            Fault::TimeoutAfterEffect,
-            1,
+            &[(Op::Capture, Lost, 1), (Op::Capture, Down, 7)],
             OrderStatus::Confirmed,
         ),
-        (Op::Capture, Fault::Unavailable, 100, OrderStatus::Cancelled),
     ];
-    for (op, fault, count, expected) in cases {
+    for (faults, expected) in cases {
         let s = shop().await;
         let p = s.product(900, 5).await;
         let ada = s.customer(&[(p, 1)]).await;
-        s.provider.inject(op, fault, count);
-        let response = s.orders.checkout(ada, "k", "tok_visa").await;
-        let case = format!("{op:?} {fault:?} x{count}");
+        for (op, fault, count) in faults {
+            s.provider.inject(*op, *fault, *count);
+        }
+        let case = format!("{faults:?}");
+        let mut response = s.orders.checkout(ada, "k", "tok_visa").await;
+        for _ in 0..5 {
+            if !matches!(response, Err(agora_orders::error::OrderError::InProgress)) {
+                break;
+            }
+            // Later, the recovery loop resumes it; then the replay answers.
+            s.clock.advance(Duration::from_secs(60));
+            s.orders.recover().await.expect("recovery");
+            response = s.orders.checkout(ada, "k", "tok_visa").await;
+        }
         let response = match response {
             Ok(r) => r,
             Err(e) => panic!("{case}: {e:?}"),
@@ -537,6 +536,12 @@ async fn provider_failures_at_each_step_leave_everything_consistent() {
         assert!(
             s.count("SELECT COUNT(*) FROM payments_payments").await <= 1,
             "{case}: one payment at most"
+        );
+        assert_eq!(
+            s.count("SELECT COUNT(*) FROM orders_sagas WHERE state = 'done'")
+                .await,
+            1,
+            "{case}: the saga is over"
         );
     }
 }
@@ -568,6 +573,13 @@ async fn a_crash_between_any_two_steps_is_recovered() {
             s.orders.checkout(ada, "k", token).await.is_err(),
             "{point:?}: the process died"
         );
+        // The customer puts something else in the cart meanwhile: a checkout
+        // takes out only what it bought.
+        let other = s.product(100, 5).await;
+        s.carts
+            .add(&Holder::Customer(ada, None), other, 1)
+            .await
+            .expect("added");
         // A new process on the same database, once the dead one's lease ran out.
         let restarted = orders(
             &s.db,
@@ -602,6 +614,9 @@ async fn a_crash_between_any_two_steps_is_recovered() {
             0
         };
         assert_eq!(s.stock(p).await, (5 - sold, 0), "{point:?}");
+        let cart = s.carts.lines(ada).await.expect("cart");
+        assert!(cart.iter().any(|l| l.product_id == other), "{point:?}");
+        assert_eq!(cart.len() as i64, 2 - sold, "{point:?}");
         assert!(s.provider.calls(Op::Capture) <= 2, "{point:?}");
         // The replay of the request answers as the saga ended.
         let replay = restarted.checkout(ada, "k", token).await.expect("a replay");
@@ -693,6 +708,110 @@ async fn bad_checkouts_are_refused_and_change_nothing() {
         ),
         "{r:?}"
     );
+    // Nothing to pay cannot be authorized: refused before anything is placed.
+    let free = s.product(0, 5).await;
+    let bob = s.customer(&[(free, 1)]).await;
+    let r = s.orders.checkout(bob, "k3", "tok_visa").await;
+    assert!(
+        matches!(r, Err(agora_orders::error::OrderError::TotalOutOfRange)),
+        "{r:?}"
+    );
     assert_eq!(s.count("SELECT COUNT(*) FROM orders_orders").await, 0);
     assert_eq!(s.count("SELECT COUNT(*) FROM orders_idempotency").await, 0);
+    // Refused requests store nothing: the same key works once the cart is fixed.
+    let ok = s.product(100, 5).await;
+    s.carts
+        .remove(&Holder::Customer(ada, None), p)
+        .await
+        .expect("removed");
+    s.carts
+        .add(&Holder::Customer(ada, None), ok, 1)
+        .await
+        .expect("added");
+    let r = s
+        .orders
+        .checkout(ada, "k2", "tok_visa")
+        .await
+        .expect("checkout");
+    assert_eq!(r.status, 201);
+}
+
+#[tokio::test]
+async fn refunds_made_in_payments_reach_the_order_once_through_the_bus() {
+    use agora_contracts::events::{EventPayload, PaymentRefunded};
+    use agora_platform::bus::{Bus, Handler, InProcessBus, Relay};
+
+    let s = shop().await;
+    let p = s.product(1000, 5).await;
+    let ada = s.customer(&[(p, 1)]).await;
+    let response = s
+        .orders
+        .checkout(ada, "k", "tok_visa")
+        .await
+        .expect("checkout");
+    let id = Shop::order_id(&response);
+    let payment = s
+        .orders
+        .order(id)
+        .await
+        .expect("order")
+        .payment_id
+        .expect("a payment");
+    let bus = Arc::new(InProcessBus::new());
+    bus.subscribe(
+        agora_orders::service::PAYMENT_EVENTS_CONSUMER,
+        &[PaymentRefunded::KIND],
+        Arc::new(s.orders.clone()),
+    );
+    let relay = Relay::new(
+        s.db.db.clone(),
+        s.payments.store().outbox().clone(),
+        bus,
+        s.clock.clone(),
+    );
+    // Staff refund through the payments module (not the order): the order
+    // learns of it from the event.
+    let usd = |minor| Money::new(minor, agora_kernel::Currency::parse("USD").expect("USD"));
+    s.payments
+        .refund(
+            "staff-refund-1",
+            payment,
+            usd(1000).expect("money"),
+            "damaged",
+        )
+        .await
+        .expect("refunded");
+    assert!(relay.deliver().await.expect("relayed") >= 1);
+    let order = s.orders.order(id).await.expect("order");
+    assert_eq!(
+        (order.status, order.refunded_minor),
+        (OrderStatus::Refunded, 1000)
+    );
+    // The same event again (a redelivery) changes nothing: the inbox has it.
+    let event: (String, String, String, String, i64) = sqlx::query_as(
+        "SELECT id, kind, aggregate_id, payload, occurred_at FROM payments_outbox WHERE kind = $1",
+    )
+    .bind(PaymentRefunded::KIND)
+    .fetch_one(s.db.db.writer())
+    .await
+    .expect("the event");
+    let event = agora_platform::bus::Event {
+        id: agora_kernel::EventId::from_db(&event.0).expect("an id"),
+        kind: event.1,
+        aggregate_id: event.2,
+        payload: serde_json::from_str(&event.3).expect("json"),
+        occurred_at: Timestamp::from_millis(event.4),
+    };
+    sqlx::query("UPDATE orders_orders SET refunded_minor = 0 WHERE id = $1")
+        .bind(id.to_db())
+        .execute(s.db.db.writer())
+        .await
+        .expect("tampered");
+    s.orders.handle(&event).await.expect("handled");
+    let order = s.orders.order(id).await.expect("order");
+    assert_eq!(
+        order.refunded_minor, 0,
+        "a repeat is skipped, not applied again"
+    );
+    assert_eq!(s.count("SELECT COUNT(*) FROM orders_inbox").await, 1);
 }

@@ -307,18 +307,19 @@ impl Relay {
         let mut failure = None;
         for row in &rows {
             let id: String = row.try_get(0)?;
-            let payload: String = row.try_get(3)?;
-            let event = Event {
-                id: EventId::from_db(&id)?,
-                kind: row.try_get(1)?,
-                aggregate_id: row.try_get(2)?,
-                payload: serde_json::from_str(&payload)?,
-                occurred_at: Timestamp::from_millis(row.try_get(4)?),
+            let event = match event_from_row(row) {
+                Ok(event) => event,
+                Err(e) => {
+                    // Counted against the row like a failed publication (and
+                    // after the ones already published are marked).
+                    failure = Some((id, format!("unreadable outbox row: {e:#}")));
+                    break;
+                }
             };
             match self.bus.publish(&event).await {
                 Ok(()) => published.push(id),
                 Err(e) => {
-                    failure = Some((id, e));
+                    failure = Some((id, e.to_string()));
                     break;
                 }
             }
@@ -339,18 +340,30 @@ impl Relay {
             q.push(")");
             q.build().execute(self.db.writer()).await?;
         }
-        if let Some((id, e)) = failure {
+        if let Some((id, reason)) = failure {
             sqlx::query(AssertSqlSafe(format!(
                 "UPDATE {table} SET attempts = attempts + 1, last_error = $1 WHERE id = $2"
             )))
-            .bind(e.reason.clone())
+            .bind(reason.clone())
             .bind(id)
             .execute(self.db.writer())
             .await?;
-            return Err(e.into());
+            anyhow::bail!("{table}: {reason}");
         }
         Ok(published.len())
     }
+}
+
+fn event_from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Event> {
+    let id: String = row.try_get(0)?;
+    let payload: String = row.try_get(3)?;
+    Ok(Event {
+        id: EventId::from_db(&id)?,
+        kind: row.try_get(1)?,
+        aggregate_id: row.try_get(2)?,
+        payload: serde_json::from_str(&payload)?,
+        occurred_at: Timestamp::from_millis(row.try_get(4)?),
+    })
 }
 
 /// A module's inbox table: which events each of its consumers has handled.
