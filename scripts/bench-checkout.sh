@@ -67,6 +67,6 @@ if [[ -n "${PG_URL:-}" ]]; then
   tps=$(pgbench -n -c "$CUSTOMERS" -j 2 -T 5 -f "$work/insert.sql" "$db" 2>/dev/null \
     | awk '/^tps/ {printf "%.0f", $3}')
   echo "postgres commit ceiling (pgbench, $CUSTOMERS clients, one insert per transaction): $tps commits/s"
-  run postgres AGORA_DATABASE__URL="$db"
+  run postgres AGORA_DATABASE__URL="$db" AGORA_DATABASE__MAX_CONNECTIONS="${PG_CONNECTIONS:-8}"
   psql -q "$PG_URL/postgres" -c "DROP DATABASE IF EXISTS agora_bench_checkout WITH (FORCE)"
 fi

@@ -200,12 +200,11 @@ impl Orders {
 
     /// Drives the saga as `owner` (who may already hold its lease).
     pub(crate) async fn drive_as(&self, order_id: OrderId, owner: &str) -> Result<(), OrderError> {
-        let owner = owner.to_string();
         let now = self.now();
-        let Some(mut saga) = self
+        let Some(saga) = self
             .inner
             .store
-            .claim(order_id, &owner, self.lease_end(now), now)
+            .claim(order_id, owner, self.lease_end(now), now)
             .await?
         else {
             return Ok(());
@@ -213,8 +212,18 @@ impl Orders {
         let Some(order) = self.inner.store.order(order_id).await? else {
             return Err(anyhow::anyhow!("saga {order_id} has no order").into());
         };
+        self.run(saga, &order, owner).await
+    }
+
+    /// Drives `saga`, whose lease `owner` holds, as far as it goes now.
+    pub(crate) async fn run(
+        &self,
+        mut saga: SagaRow,
+        order: &Order,
+        owner: &str,
+    ) -> Result<(), OrderError> {
         while saga.state != SagaState::Done {
-            match self.step(&mut saga, &order, &owner).await? {
+            match self.step(&mut saga, order, owner).await? {
                 Next::Continue => {}
                 Next::Stop => break,
             }

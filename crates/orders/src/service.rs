@@ -19,9 +19,9 @@ use sha2::Digest as _;
 
 use crate::domain::{Order, OrderLine, OrderStatus};
 use crate::error::OrderError;
-use crate::saga::SagaSettings;
+use crate::saga::{SagaSettings, SagaState, Step};
 use crate::store::{
-    IdempotencyRecord, NewOrder, OrderCursor, OrderFilter, OrdersStore, StoredResponse,
+    IdempotencyRecord, NewOrder, OrderCursor, OrderFilter, OrdersStore, SagaRow, StoredResponse,
 };
 
 /// The other modules the orders module calls, through their ports.
@@ -191,7 +191,29 @@ impl Orders {
         }
         self.inner.outbox.notify();
         tracing::info!(order_id = %order.id, user_id = %user, total = %order.total, "order placed");
-        self.drive_as(order.id, &owner).await?;
+        // This request placed the saga with its lease: it drives it from the
+        // first step without reading it back.
+        let saga = SagaRow {
+            order_id: order.id,
+            state: SagaState::Running,
+            step: Step::Reserve,
+            payment_token: Some(order.payment_token.clone()),
+            payment_id: None,
+            attempts: 0,
+        };
+        let placed_order = Order {
+            id: order.id,
+            user_id: user,
+            status: OrderStatus::Pending,
+            lines: order.lines.clone(),
+            total: order.total,
+            refunded_minor: 0,
+            payment_id: None,
+            cancel_reason: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.run(saga, &placed_order, &owner).await?;
         let record = self
             .inner
             .store
