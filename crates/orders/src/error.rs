@@ -42,6 +42,10 @@ pub enum OrderError {
     /// The payment provider failed (for staff refunds and cancellations).
     #[error("payment provider unavailable")]
     PaymentUnavailable,
+    /// The order's payment is in a state that does not allow the refund or
+    /// cancellation (e.g. the provider refused it earlier).
+    #[error("the payment is {0:?}")]
+    PaymentState(agora_contracts::payments::PaymentStatus),
     /// Another module could not be called.
     #[error(transparent)]
     Port(#[from] PortError),
@@ -86,6 +90,10 @@ impl From<OrderError> for ApiError {
             OrderError::RefundExceedsPaid { refundable_minor } => {
                 return ApiError::from_code(ErrorCode::OrdersRefundExceedsPaid)
                     .with_details(serde_json::json!({ "refundable_minor": refundable_minor }));
+            }
+            OrderError::PaymentState(status) => {
+                return ApiError::from_code(ErrorCode::PaymentsInvalidState)
+                    .with_details(serde_json::json!({ "status": status }));
             }
             OrderError::InProgress => {
                 return ApiError::from_code(ErrorCode::RequestInProgress).with_retry_after(1);

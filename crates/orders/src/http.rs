@@ -239,9 +239,9 @@ pub struct OrderCancelRequest {
         (status = 200, description = "The cancelled order.", body = inline(agora_kernel::envelope::Success<Order>)),
         (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
         (status = 404, description = "`ORDERS_ORDER_NOT_FOUND`", body = agora_kernel::envelope::Failure),
-        (status = 409, description = "`ORDERS_INVALID_TRANSITION`", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`ORDERS_INVALID_TRANSITION`, `PAYMENTS_INVALID_STATE`", body = agora_kernel::envelope::Failure),
         (status = 422, description = "`VALIDATION_FAILED`", body = agora_kernel::envelope::Failure),
-        (status = 502, description = "`PAYMENTS_PROVIDER_UNAVAILABLE`: nothing changed; retry", body = agora_kernel::envelope::Failure),
+        (status = 502, description = "`PAYMENTS_PROVIDER_UNAVAILABLE`: the refund is pending and completes later; retry to finish the cancellation", body = agora_kernel::envelope::Failure),
     )
 )]
 async fn cancel(
@@ -295,7 +295,7 @@ pub struct OrderRefundRequest {
         (status = 400, description = "`REQUEST_IDEMPOTENCY_KEY_MISSING`, `REQUEST_IDEMPOTENCY_KEY_INVALID`", body = agora_kernel::envelope::Failure),
         (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
         (status = 404, description = "`ORDERS_ORDER_NOT_FOUND`", body = agora_kernel::envelope::Failure),
-        (status = 409, description = "`ORDERS_INVALID_TRANSITION`: not paid", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`ORDERS_INVALID_TRANSITION`: not paid; `PAYMENTS_INVALID_STATE`", body = agora_kernel::envelope::Failure),
         (status = 422, description = "`ORDERS_REFUND_EXCEEDS_PAID`, `REQUEST_IDEMPOTENCY_KEY_REUSED`, `VALIDATION_FAILED`", body = agora_kernel::envelope::Failure),
         (status = 502, description = "`PAYMENTS_PROVIDER_UNAVAILABLE`: retry with the same key", body = agora_kernel::envelope::Failure),
     )

@@ -507,6 +507,7 @@ fn payment_error(e: PaymentError) -> OrderError {
         PaymentError::ExceedsRefundable { refundable_minor } => {
             OrderError::RefundExceedsPaid { refundable_minor }
         }
+        PaymentError::InvalidState(status) => OrderError::PaymentState(status),
         e => OrderError::Unexpected(anyhow::anyhow!("payment refused: {e}")),
     }
 }
