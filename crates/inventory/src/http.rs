@@ -2,7 +2,7 @@
 
 use agora_kernel::access::require::InventoryManage;
 use agora_kernel::pagination::Limit;
-use agora_kernel::validation::{Problems, has_control_characters};
+use agora_kernel::validation::{Problems, parse_reason};
 use agora_kernel::{ApiError, ApiResponse, Cursor, Principal, ProductId};
 use agora_platform::auth::Authorized;
 use agora_platform::http::{AppJson, AppPath, AppQuery};
@@ -16,8 +16,6 @@ use crate::store::{Change, Movement, MovementCursor, StockLevel};
 
 /// The largest stock count staff may set, and the largest single adjustment.
 const MAX_STOCK: i64 = 1_000_000_000;
-/// The longest reason.
-const MAX_REASON: usize = 200;
 
 /// The routes under `/api/v1`.
 pub fn router(inventory: Inventory) -> Router {
@@ -198,17 +196,6 @@ async fn apply(
             .change(product_id, change, &reason, &actor)
             .await?,
     ))
-}
-
-fn parse_reason(raw: &str) -> Result<String, String> {
-    let reason = raw.trim();
-    if reason.is_empty() || reason.chars().count() > MAX_REASON {
-        return Err(format!("must have 1 to {MAX_REASON} characters"));
-    }
-    if has_control_characters(reason) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(reason.to_string())
 }
 
 /// The inventory's part of the OpenAPI document (paths relative to `/api/v1`).

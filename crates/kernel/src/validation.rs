@@ -54,9 +54,35 @@ pub fn has_control_characters(text: &str) -> bool {
         .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }
 
+/// The longest reason a person gives for a change (stock, refund,
+/// cancellation), in characters.
+pub const MAX_REASON: usize = 200;
+
+/// A reason a person gives for a change: trimmed, 1 to [`MAX_REASON`]
+/// characters, no control characters.
+pub fn parse_reason(raw: &str) -> Result<String, String> {
+    let reason = raw.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON {
+        return Err(format!("must have 1 to {MAX_REASON} characters"));
+    }
+    if has_control_characters(reason) {
+        return Err("must not contain control characters".into());
+    }
+    Ok(reason.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasons_are_trimmed_and_bounded() {
+        assert_eq!(parse_reason("  stocktake "), Ok("stocktake".to_string()));
+        assert!(parse_reason("   ").is_err());
+        assert!(parse_reason(&"x".repeat(MAX_REASON + 1)).is_err());
+        assert!(parse_reason(&"é".repeat(MAX_REASON)).is_ok());
+        assert!(parse_reason("a\u{0}b").is_err());
+    }
 
     #[test]
     fn every_problem_is_reported_together() {

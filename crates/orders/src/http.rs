@@ -3,7 +3,7 @@
 
 use agora_kernel::access::require::OrdersManage;
 use agora_kernel::pagination::Limit;
-use agora_kernel::validation::Problems;
+use agora_kernel::validation::{Problems, parse_reason};
 use agora_kernel::{
     ApiError, ApiResponse, Cursor, ErrorCode, OrderId, Permission, Principal, UserId,
 };
@@ -19,9 +19,8 @@ use crate::error::OrderError;
 use crate::service::Orders;
 use crate::store::{OrderCursor, OrderFilter, StoredResponse};
 
-/// The longest payment token and refund or cancellation reason accepted.
+/// The longest payment token accepted.
 const MAX_TOKEN: usize = 200;
-const MAX_REASON: usize = 200;
 
 /// The routes under `/api/v1`.
 pub fn router(orders: Orders) -> Router {
@@ -251,20 +250,9 @@ async fn cancel(
     AppJson(body): AppJson<OrderCancelRequest>,
 ) -> Result<ApiResponse<Order>, ApiError> {
     let mut p = Problems::default();
-    let reason = p.check("reason", check_reason(&body.reason));
+    let reason = p.check("reason", parse_reason(&body.reason));
     let reason = p.finish(|| reason)?;
     Ok(ApiResponse::ok(orders.cancel(order_id, &reason).await?))
-}
-
-fn check_reason(raw: &str) -> Result<String, String> {
-    let text = raw.trim();
-    if text.is_empty() || text.chars().count() > MAX_REASON {
-        return Err(format!("must have 1 to {MAX_REASON} characters"));
-    }
-    if agora_kernel::validation::has_control_characters(text) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(text.to_string())
 }
 
 /// A refund of part or all of an order's payment.
@@ -308,7 +296,7 @@ async fn refund(
     AppJson(body): AppJson<OrderRefundRequest>,
 ) -> Result<ApiResponse<Order>, ApiError> {
     let mut p = Problems::default();
-    let reason = p.check("reason", check_reason(&body.reason));
+    let reason = p.check("reason", parse_reason(&body.reason));
     let amount = p.check(
         "amount_minor",
         Some(body.amount_minor)

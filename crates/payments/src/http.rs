@@ -5,7 +5,7 @@
 use agora_contracts::payments::PaymentStatus;
 use agora_kernel::access::require::PaymentsManage;
 use agora_kernel::pagination::Limit;
-use agora_kernel::validation::{Problems, has_control_characters};
+use agora_kernel::validation::{Problems, has_control_characters, parse_reason};
 use agora_kernel::{ApiError, ApiResponse, Cursor, ErrorCode, Money, PaymentId};
 use agora_platform::auth::Authorized;
 use agora_platform::http::{AppJson, AppPath, AppQuery, IdempotencyKey};
@@ -24,8 +24,6 @@ use crate::store::{
 };
 use crate::webhook::SIGNATURE_HEADER;
 
-/// The longest refund reason, in characters.
-const MAX_REASON: usize = 200;
 /// The longest reference to filter by, in characters.
 const MAX_REFERENCE: usize = 255;
 
@@ -249,17 +247,6 @@ async fn refund(
         .refund_payment(&key, payment_id, amount, &reason)
         .await?;
     Ok(ApiResponse::ok(payment))
-}
-
-fn parse_reason(raw: &str) -> Result<String, String> {
-    let reason = raw.trim();
-    if reason.is_empty() || reason.chars().count() > MAX_REASON {
-        return Err(format!("must have 1 to {MAX_REASON} characters"));
-    }
-    if has_control_characters(reason) {
-        return Err("must not contain control characters".into());
-    }
-    Ok(reason.to_string())
 }
 
 /// The payments' part of the OpenAPI document (paths relative to `/api/v1`).
