@@ -301,7 +301,7 @@ impl Relay {
              WHERE published_at IS NULL ORDER BY seq LIMIT $1"
         )))
         .bind(RELAY_BATCH)
-        .fetch_all(self.db.writer())
+        .fetch_all(self.db.reader())
         .await?;
         let mut published = Vec::with_capacity(rows.len());
         let mut failure = None;
