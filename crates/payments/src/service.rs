@@ -26,7 +26,7 @@ use crate::provider_event::{ProviderEvent, advance};
 use crate::store::{
     AttemptRecord, AuthorizationOutcome, EventReceipt, NewAttempt, NewOperation, NewPayment,
     Operation, OperationKind, OperationStatus, PaymentCursor, PaymentFilter, PaymentRecord,
-    PaymentStore, ProviderEventRecord, Reservation,
+    PaymentStore, ProviderEventRecord, Reservation, Settled, Unanswered,
 };
 use crate::webhook;
 
@@ -326,7 +326,10 @@ impl Payments {
         match self.continue_authorization(payment).await {
             Err(PaymentsError::ProviderUnavailable(why)) => {
                 let store = &self.inner.store;
-                if store.abandon_authorization(id, self.now()).await? {
+                if store
+                    .void_unanswered(id, Unanswered::NeverReached, self.now())
+                    .await?
+                {
                     tracing::info!(payment_id = %id, "an authorization the provider never took was voided");
                     return self.payment_record(id).await;
                 }
@@ -340,7 +343,9 @@ impl Payments {
                     .await
                 {
                     Ok(()) => {
-                        store.void_unanswered(id, self.now()).await?;
+                        store
+                            .void_unanswered(id, Unanswered::CancelledAtProvider, self.now())
+                            .await?;
                         tracing::info!(payment_id = %id, "an unanswered authorization was cancelled at the provider");
                         self.payment_record(id).await
                     }
@@ -629,7 +634,12 @@ impl Payments {
         match answer {
             Ok(()) => {
                 store
-                    .settle_capture(&op, &attempt("succeeded", None), self.now())
+                    .settle(
+                        &op,
+                        Settled::Captured,
+                        &attempt("succeeded", None),
+                        self.now(),
+                    )
                     .await?;
                 tracing::info!(payment_id = %payment.id, reference = payment.reference, "payment captured");
                 self.payment_record(payment.id).await
@@ -709,7 +719,12 @@ impl Payments {
         match answer {
             Ok(()) => {
                 store
-                    .settle_void(&op, &attempt("succeeded", None), self.now())
+                    .settle(
+                        &op,
+                        Settled::Voided,
+                        &attempt("succeeded", None),
+                        self.now(),
+                    )
                     .await?;
                 tracing::info!(payment_id = %payment.id, reference = payment.reference, "payment voided");
                 self.payment_record(payment.id).await

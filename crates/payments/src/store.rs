@@ -25,6 +25,24 @@ use crate::provider_event::{Advance, ProviderEvent};
 
 /// The outbox table of the payments module.
 pub const OUTBOX_TABLE: &str = "payments_outbox";
+
+/// Why a `processing` payment may be voided without an answer from the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unanswered {
+    /// No authorization attempt ever reached the provider.
+    NeverReached,
+    /// The provider confirmed the authorization cancelled.
+    CancelledAtProvider,
+}
+
+/// What the provider did to an authorized payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Took the whole amount.
+    Captured,
+    /// Let the authorization go.
+    Voided,
+}
 /// The inbox table of the payments module.
 pub const INBOX_TABLE: &str = "payments_inbox";
 
@@ -510,43 +528,32 @@ impl PaymentStore {
         Ok(moved)
     }
 
-    /// Gives up a `processing` authorization the provider never took: every
-    /// attempt so far failed before reaching it (`unavailable`), none timed out.
-    /// The payment becomes `voided` and its token is forgotten; nothing calls the
-    /// provider for it again. `false` when it was no longer processing, or an
-    /// attempt may have taken effect.
-    pub async fn abandon_authorization(
-        &self,
-        id: PaymentId,
-        now: Timestamp,
-    ) -> Result<bool, PaymentsError> {
-        let done = sqlx::query(
-            "UPDATE payments_payments SET status = 'voided', payment_token = NULL, updated_at = $1 \
-             WHERE id = $2 AND status = 'processing' AND NOT EXISTS (SELECT 1 FROM payments_attempts a \
-             WHERE a.payment_id = $2 AND a.operation = 'authorize' AND a.outcome <> 'unavailable')",
-        )
-        .bind(now.as_millis())
-        .bind(id.to_db())
-        .execute(self.db.writer())
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Voids a `processing` payment whose authorization the provider confirmed
-    /// cancelled. `false` when it was settled meanwhile.
+    /// Voids a `processing` payment and forgets its token: nothing calls the
+    /// provider for it again. With [`Unanswered::NeverReached`] only when every
+    /// authorization attempt so far failed before reaching the provider
+    /// (`unavailable`, none timed out); with [`Unanswered::CancelledAtProvider`]
+    /// in any case (the provider confirmed the authorization cancelled). `false`
+    /// when it was no longer processing, or an attempt may have taken effect.
     pub async fn void_unanswered(
         &self,
         id: PaymentId,
+        why: Unanswered,
         now: Timestamp,
     ) -> Result<bool, PaymentsError> {
-        let done = sqlx::query(
-            "UPDATE payments_payments SET status = 'voided', payment_token = NULL, updated_at = $1 \
-             WHERE id = $2 AND status = 'processing'",
-        )
-        .bind(now.as_millis())
-        .bind(id.to_db())
-        .execute(self.db.writer())
-        .await?;
+        let mut q = SqlBuilder::new(
+            "UPDATE payments_payments SET status = 'voided', payment_token = NULL, updated_at = ",
+        );
+        q.bind(now.as_millis())?
+            .push(" WHERE id = ")
+            .bind(id.to_db())?
+            .push(" AND status = 'processing'");
+        if why == Unanswered::NeverReached {
+            q.push(
+                " AND NOT EXISTS (SELECT 1 FROM payments_attempts a WHERE a.payment_id = payments_payments.id \
+                 AND a.operation = 'authorize' AND a.outcome <> 'unavailable')",
+            );
+        }
+        let done = q.build().execute(self.db.writer()).await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -661,46 +668,32 @@ impl PaymentStore {
         Ok(true)
     }
 
-    /// Records a capture the provider made: the payment becomes `captured` (if it
-    /// still was `authorized`) and the operation succeeds.
-    pub async fn settle_capture(
+    /// Records a capture or void the provider made: the payment becomes
+    /// `captured` or `voided` (if it still was `authorized`) and the operation
+    /// succeeds.
+    pub async fn settle(
         &self,
         op: &Operation,
+        settled: Settled,
         attempt: &NewAttempt<'_>,
         now: Timestamp,
     ) -> Result<(), PaymentsError> {
+        let sql = match settled {
+            Settled::Captured => {
+                "UPDATE payments_payments SET status = 'captured', captured_minor = amount_minor, \
+                 updated_at = $1 WHERE id = $2 AND status = 'authorized'"
+            }
+            Settled::Voided => {
+                "UPDATE payments_payments SET status = 'voided', updated_at = $1 \
+                 WHERE id = $2 AND status = 'authorized'"
+            }
+        };
         let mut tx = self.db.begin().await?;
-        sqlx::query(
-            "UPDATE payments_payments SET status = 'captured', captured_minor = amount_minor, \
-             updated_at = $1 WHERE id = $2 AND status = 'authorized'",
-        )
-        .bind(now.as_millis())
-        .bind(op.payment_id.to_db())
-        .execute(&mut *tx)
-        .await?;
-        finish_operation(&mut tx, &op.key, OperationStatus::Succeeded, None, now).await?;
-        insert_attempt(&mut tx, attempt, now).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records a void the provider made: the payment becomes `voided` (if it
-    /// still was `authorized`) and the operation succeeds.
-    pub async fn settle_void(
-        &self,
-        op: &Operation,
-        attempt: &NewAttempt<'_>,
-        now: Timestamp,
-    ) -> Result<(), PaymentsError> {
-        let mut tx = self.db.begin().await?;
-        sqlx::query(
-            "UPDATE payments_payments SET status = 'voided', updated_at = $1 \
-             WHERE id = $2 AND status = 'authorized'",
-        )
-        .bind(now.as_millis())
-        .bind(op.payment_id.to_db())
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql)
+            .bind(now.as_millis())
+            .bind(op.payment_id.to_db())
+            .execute(&mut *tx)
+            .await?;
         finish_operation(&mut tx, &op.key, OperationStatus::Succeeded, None, now).await?;
         insert_attempt(&mut tx, attempt, now).await?;
         tx.commit().await?;
