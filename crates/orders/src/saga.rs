@@ -508,11 +508,14 @@ impl Orders {
                 confirmed.status = OrderStatus::Confirmed;
                 confirmed.payment_id = saga.payment_id;
                 confirmed.updated_at = self.now();
-                let event = self.event(&events::OrderConfirmed {
-                    order_id: id,
-                    user_id: order.user_id,
-                    total: order.total,
-                })?;
+                let event = self.event(
+                    id,
+                    &events::OrderConfirmed {
+                        order_id: id,
+                        user_id: order.user_id,
+                        total: order.total,
+                    },
+                )?;
                 Ok(Progress {
                     next: Some((Step::ClearCart, SagaState::Running)),
                     status: Some(OrderStatus::Confirmed),
@@ -612,11 +615,14 @@ impl Orders {
                     .cancellation(id)
                     .await
                     .map_err(|e| Failure::Passing(e.to_string()))?;
-                let event = self.event(&events::OrderCancelled {
-                    order_id: id,
-                    user_id: order.user_id,
-                    reason: reason.clone(),
-                })?;
+                let event = self.event(
+                    id,
+                    &events::OrderCancelled {
+                        order_id: id,
+                        user_id: order.user_id,
+                        reason: reason.clone(),
+                    },
+                )?;
                 Ok(Progress {
                     next: Some((Step::Finished, SagaState::Done)),
                     status: Some(OrderStatus::Cancelled),
@@ -633,12 +639,12 @@ impl Orders {
         }
     }
 
-    fn event<P: events::EventPayload>(&self, payload: &P) -> Result<Event, Failure> {
-        let aggregate = serde_json::to_value(payload)
-            .ok()
-            .and_then(|v| v.get("order_id").and_then(|o| o.as_str().map(String::from)))
-            .unwrap_or_default();
-        Event::new(P::KIND, aggregate, payload, self.now())
+    fn event<P: events::EventPayload>(
+        &self,
+        order: OrderId,
+        payload: &P,
+    ) -> Result<Event, Failure> {
+        self.order_event(order, payload)
             .map_err(|e| Failure::Passing(e.to_string()))
     }
 }

@@ -19,7 +19,7 @@ use sha2::Digest as _;
 
 use crate::domain::{Order, OrderLine, OrderStatus};
 use crate::error::OrderError;
-use crate::saga::{SagaSettings, SagaState, Step};
+use crate::saga::SagaSettings;
 use crate::store::{
     IdempotencyRecord, NewOrder, OrderCursor, OrderFilter, OrdersStore, SagaRow, StoredResponse,
 };
@@ -154,15 +154,13 @@ impl Orders {
             .await?;
         let now = self.now();
         let owner = self.new_driver();
-        let placed = Event::new(
-            events::OrderPlaced::KIND,
+        let placed = self.order_event(
             order.id,
             &events::OrderPlaced {
                 order_id: order.id,
                 user_id: user,
                 total: order.total,
             },
-            now,
         )?;
         // The saga starts leased to this request's driver, so the recovery loop
         // leaves it alone; if this process dies, the loop takes it over once the
@@ -181,46 +179,40 @@ impl Orders {
             .await?;
         if placed.is_none() {
             // A concurrent request with this key placed its order first.
-            let record = self
-                .inner
-                .store
-                .idempotency(&caller, key)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("the idempotency record vanished"))?;
+            let record = self.idempotency_record(&caller, key).await?;
             return self.replay(&caller, key, record, &request_hash).await;
         }
         self.inner.outbox.notify();
         tracing::info!(order_id = %order.id, user_id = %user, total = %order.total, "order placed");
         // This request placed the saga with its lease: it drives it from the
         // first step without reading it back.
-        let saga = SagaRow {
-            order_id: order.id,
-            state: SagaState::Running,
-            step: Step::Reserve,
-            payment_token: Some(order.payment_token.clone()),
-            payment_id: None,
-            attempts: 0,
-        };
-        let placed_order = Order {
-            id: order.id,
-            user_id: user,
-            status: OrderStatus::Pending,
-            lines: order.lines.clone(),
-            total: order.total,
-            refunded_minor: 0,
-            payment_id: None,
-            cancel_reason: None,
-            created_at: now,
-            updated_at: now,
-        };
-        self.run(saga, &placed_order, &owner).await?;
-        let record = self
-            .inner
-            .store
-            .idempotency(&caller, key)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the idempotency record vanished"))?;
+        self.run(SagaRow::placed(&order), &order.placed(now), &owner)
+            .await?;
+        let record = self.idempotency_record(&caller, key).await?;
         record.response.ok_or(OrderError::InProgress)
+    }
+
+    /// The record of `caller`'s `key`, which this request (or a concurrent one)
+    /// wrote.
+    async fn idempotency_record(
+        &self,
+        caller: &str,
+        key: &str,
+    ) -> Result<IdempotencyRecord, OrderError> {
+        self.inner
+            .store
+            .idempotency(caller, key)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the idempotency record vanished").into())
+    }
+
+    /// An event about order `order_id`, happening now.
+    pub(crate) fn order_event<P: EventPayload>(
+        &self,
+        order_id: OrderId,
+        payload: &P,
+    ) -> Result<Event, serde_json::Error> {
+        Event::new(P::KIND, order_id, payload, self.now())
     }
 
     /// Answers a repeated checkout: the stored response once there is one.
@@ -245,12 +237,7 @@ impl Orders {
             // If the saga's driver died, take over; otherwise wait for it.
             self.drive(record.order_id).await?;
             tokio::time::sleep(Duration::from_millis(20)).await;
-            record = self
-                .inner
-                .store
-                .idempotency(caller, key)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("the idempotency record vanished"))?;
+            record = self.idempotency_record(caller, key).await?;
         }
     }
 
@@ -387,15 +374,13 @@ impl Orders {
             .store
             .record_refund(id, payment.refunded_minor, false, now)
             .await?;
-        let event = Event::new(
-            events::OrderCancelled::KIND,
+        let event = self.order_event(
             id,
             &events::OrderCancelled {
                 order_id: id,
                 user_id: order.user_id,
                 reason: reason.to_string(),
             },
-            now,
         )?;
         if !self
             .inner

@@ -38,6 +38,24 @@ pub struct NewOrder {
     pub request_hash: String,
 }
 
+impl NewOrder {
+    /// The order as placed at `now`: pending, nothing paid yet.
+    pub fn placed(&self, now: Timestamp) -> Order {
+        Order {
+            id: self.id,
+            user_id: self.user_id,
+            status: OrderStatus::Pending,
+            lines: self.lines.clone(),
+            total: self.total,
+            refunded_minor: 0,
+            payment_id: None,
+            cancel_reason: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// A finished request's response, kept to replay it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredResponse {
@@ -73,6 +91,20 @@ pub struct SagaRow {
     pub payment_id: Option<PaymentId>,
     /// Failed attempts of the current step.
     pub attempts: i64,
+}
+
+impl SagaRow {
+    /// The saga of `order` as placed: running, at its first step.
+    pub fn placed(order: &NewOrder) -> SagaRow {
+        SagaRow {
+            order_id: order.id,
+            state: SagaState::Running,
+            step: Step::Reserve,
+            payment_token: Some(order.payment_token.clone()),
+            payment_id: None,
+            attempts: 0,
+        }
+    }
 }
 
 /// One transaction's worth of progress of a saga.
