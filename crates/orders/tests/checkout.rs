@@ -3,8 +3,8 @@
 //! payments modules with the simulated provider: no overselling, no double
 //! charge, no lost order, whatever fails, repeats or crashes.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agora_cart::Carts;
@@ -24,124 +24,15 @@ use agora_orders::saga::{CrashPoint, SagaSettings, Step};
 use agora_orders::store::{OrdersStore, StoredResponse};
 use agora_orders::{Orders, Participants};
 use agora_payments::Payments;
-use agora_payments::provider::{
-    Authorization, PaymentProvider, ProviderError, SimulatedBehaviour, SimulatedProvider,
-};
+use agora_payments::provider::SimulatedBehaviour;
 use agora_payments::service::WebhookSettings;
 use agora_payments::store::PaymentStore;
+use agora_payments::testing::{Call, Fault, FaultyProvider};
 use agora_platform::bus::Outbox;
 use agora_platform::config::Secret;
 use agora_platform::testing::TestDatabase;
-use async_trait::async_trait;
 
 const START: i64 = 1_700_000_000_000;
-
-/// Which provider operation a fault hits, and how.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Authorize,
-    Capture,
-    Void,
-    Refund,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Fault {
-    /// Fails without doing anything.
-    Unavailable,
-    /// Does the work, then the answer is lost.
-    TimeoutAfterEffect,
-}
-
-/// The simulated provider with faults injected into chosen operations: the
-/// next `count` calls of `op` fail as `fault` says.
-struct Faulty {
-    inner: SimulatedProvider,
-    faults: Mutex<Vec<(Op, Fault, u32)>>,
-    calls: Mutex<Vec<Op>>,
-}
-
-impl Faulty {
-    fn new() -> Self {
-        Self {
-            inner: SimulatedProvider::new(SimulatedBehaviour::default()),
-            faults: Mutex::new(Vec::new()),
-            calls: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn inject(&self, op: Op, fault: Fault, count: u32) {
-        self.faults.lock().expect("lock").push((op, fault, count));
-    }
-
-    /// The fault for this call of `op`, if one is due.
-    fn due(&self, op: Op) -> Option<Fault> {
-        self.calls.lock().expect("lock").push(op);
-        let mut faults = self.faults.lock().expect("lock");
-        let f = faults.iter_mut().find(|(o, _, n)| *o == op && *n > 0)?;
-        f.2 -= 1;
-        Some(f.1)
-    }
-
-    fn calls(&self, op: Op) -> usize {
-        self.calls
-            .lock()
-            .expect("lock")
-            .iter()
-            .filter(|o| **o == op)
-            .count()
-    }
-
-    async fn run<T>(
-        &self,
-        op: Op,
-        call: impl std::future::Future<Output = Result<T, ProviderError>>,
-    ) -> Result<T, ProviderError> {
-        match self.due(op) {
-            Some(Fault::Unavailable) => Err(ProviderError::Unavailable("injected".into())),
-            Some(Fault::TimeoutAfterEffect) => {
-                let _ = call.await;
-                Err(ProviderError::Timeout)
-            }
-            None => call.await,
-        }
-    }
-}
-
-#[async_trait]
-impl PaymentProvider for Faulty {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    async fn authorize(
-        &self,
-        key: &str,
-        token: &str,
-        amount: Money,
-    ) -> Result<Authorization, ProviderError> {
-        self.run(Op::Authorize, self.inner.authorize(key, token, amount))
-            .await
-    }
-
-    async fn capture(&self, key: &str, r: &str, amount: Money) -> Result<(), ProviderError> {
-        self.run(Op::Capture, self.inner.capture(key, r, amount))
-            .await
-    }
-
-    async fn void(&self, key: &str, r: &str) -> Result<(), ProviderError> {
-        self.run(Op::Void, self.inner.void(key, r)).await
-    }
-
-    async fn cancel_authorization(&self, key: &str) -> Result<(), ProviderError> {
-        self.inner.cancel_authorization(key).await
-    }
-
-    async fn refund(&self, key: &str, r: &str, amount: Money) -> Result<(), ProviderError> {
-        self.run(Op::Refund, self.inner.refund(key, r, amount))
-            .await
-    }
-}
 
 struct Shop {
     orders: Orders,
@@ -149,7 +40,7 @@ struct Shop {
     carts: Carts,
     inventory: Inventory,
     payments: Payments,
-    provider: Arc<Faulty>,
+    provider: Arc<FaultyProvider>,
     clock: Arc<ManualClock>,
     db: TestDatabase,
 }
@@ -185,7 +76,7 @@ async fn shop() -> Shop {
         Arc::new(catalog.clone()),
         clock.clone(),
     );
-    let provider = Arc::new(Faulty::new());
+    let provider = Arc::new(FaultyProvider::new(SimulatedBehaviour::default()));
     let payments = Payments::new(
         PaymentStore::new(
             db.db.clone(),
@@ -438,8 +329,8 @@ async fn the_same_idempotency_key_twenty_times_makes_one_order_and_one_charge() 
     assert_eq!(responses[0].status, 201);
     assert_eq!(s.count("SELECT COUNT(*) FROM orders_orders").await, 1);
     assert_eq!(s.count("SELECT COUNT(*) FROM payments_payments").await, 1);
-    assert_eq!(s.provider.calls(Op::Authorize), 1);
-    assert_eq!(s.provider.calls(Op::Capture), 1);
+    assert_eq!(s.provider.calls(Call::Authorize), 1);
+    assert_eq!(s.provider.calls(Call::Capture), 1);
     assert_eq!(s.stock(p).await, (8, 0));
     // The same key with another body is refused, and changes nothing.
     let other = s.orders.checkout(ada, "same-key", "tok_mastercard").await;
@@ -477,24 +368,24 @@ async fn a_declined_card_cancels_the_order_and_releases_the_stock() {
 
 #[tokio::test]
 async fn provider_failures_at_each_step_leave_everything_consistent() {
-    use Fault::{TimeoutAfterEffect as Lost, Unavailable as Down};
+    use Fault::{LostAnswer as Lost, Unavailable as Down};
     // (the faults, in order, and the order's expected end)
-    type Case = (&'static [(Op, Fault, u32)], OrderStatus);
+    type Case = (&'static [(Call, Fault, u32)], OrderStatus);
     let cases: [Case; 8] = [
-        (&[(Op::Authorize, Down, 1)], OrderStatus::Confirmed),
-        (&[(Op::Authorize, Lost, 1)], OrderStatus::Confirmed),
-        (&[(Op::Authorize, Down, 100)], OrderStatus::Cancelled),
+        (&[(Call::Authorize, Down, 1)], OrderStatus::Confirmed),
+        (&[(Call::Authorize, Lost, 1)], OrderStatus::Confirmed),
+        (&[(Call::Authorize, Down, 100)], OrderStatus::Cancelled),
         (
-            &[(Op::Authorize, Lost, 1), (Op::Authorize, Down, 100)],
+            &[(Call::Authorize, Lost, 1), (Call::Authorize, Down, 100)],
             OrderStatus::Cancelled,
         ),
-        (&[(Op::Capture, Down, 2)], OrderStatus::Confirmed),
-        (&[(Op::Capture, Lost, 1)], OrderStatus::Confirmed),
+        (&[(Call::Capture, Down, 2)], OrderStatus::Confirmed),
+        (&[(Call::Capture, Lost, 1)], OrderStatus::Confirmed),
         // A capture is never given up on: the saga retries after the request
         // (the recovery loop) until the provider is back.
-        (&[(Op::Capture, Down, 7)], OrderStatus::Confirmed),
+        (&[(Call::Capture, Down, 7)], OrderStatus::Confirmed),
         (
-            &[(Op::Capture, Lost, 1), (Op::Capture, Down, 7)],
+            &[(Call::Capture, Lost, 1), (Call::Capture, Down, 7)],
             OrderStatus::Confirmed,
         ),
     ];
@@ -503,7 +394,7 @@ async fn provider_failures_at_each_step_leave_everything_consistent() {
         let p = s.product(900, 5).await;
         let ada = s.customer(&[(p, 1)]).await;
         for (op, fault, count) in faults {
-            s.provider.inject(*op, *fault, *count);
+            s.provider.fail(*op, *fault, *count);
         }
         let case = format!("{faults:?}");
         let mut response = s.orders.checkout(ada, "k", "tok_visa").await;
@@ -617,7 +508,7 @@ async fn a_crash_between_any_two_steps_is_recovered() {
         let cart = s.carts.lines(ada).await.expect("cart");
         assert!(cart.iter().any(|l| l.product_id == other), "{point:?}");
         assert_eq!(cart.len() as i64, 2 - sold, "{point:?}");
-        assert!(s.provider.calls(Op::Capture) <= 2, "{point:?}");
+        assert!(s.provider.calls(Call::Capture) <= 2, "{point:?}");
         // The replay of the request answers as the saga ended.
         let replay = restarted.checkout(ada, "k", token).await.expect("a replay");
         assert_eq!(

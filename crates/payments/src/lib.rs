@@ -31,6 +31,8 @@
 //!   the resolver of calls the provider left unanswered.
 //! - [`http`]: the webhook and staff routes, and their OpenAPI description.
 //! - [`error`]: `PaymentsError` and its public codes.
+//! - `testing` (feature `test-support`): the simulated provider with injected
+//!   faults.
 
 pub mod error;
 pub mod http;
@@ -38,6 +40,8 @@ pub mod provider;
 pub mod provider_event;
 pub mod service;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod webhook;
 
 use agora_platform::db::ModuleMigrations;

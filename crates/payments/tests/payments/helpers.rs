@@ -1,16 +1,14 @@
 //! The harness: payments over a fresh database, a provider that fails on
 //! request, and the payments routes served on port 0.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use agora_kernel::{
     ApiError, ApiKeyId, Clock, Currency, ManualClock, Money, Permission, Permissions, Timestamp,
 };
-use agora_payments::provider::{
-    Authorization, PaymentProvider, ProviderError, SimulatedBehaviour, SimulatedProvider,
-};
+use agora_payments::provider::SimulatedBehaviour;
 use agora_payments::{PaymentStore, Payments, WebhookSettings};
 use agora_platform::Shutdown;
 use agora_platform::auth::{ApiKeyGrant, ApiKeyResolver, Authenticator, secret_hash};
@@ -37,101 +35,12 @@ pub(crate) fn usd(minor: i64) -> Money {
     Money::new(minor, Currency::parse("USD").expect("USD")).expect("in range")
 }
 
-/// What the next provider call should suffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fault {
-    /// Fail before doing anything.
-    Unavailable,
-    /// Do the work, then lose the answer (a timeout after the fact).
-    LostAnswer,
-    /// Refuse the call.
-    Refused,
-}
-
-/// The simulated provider, with faults injected on request.
-pub(crate) struct FlakyProvider {
-    inner: SimulatedProvider,
-    faults: Mutex<VecDeque<Fault>>,
-}
-
-impl FlakyProvider {
-    pub(crate) fn new(behaviour: SimulatedBehaviour) -> Self {
-        Self {
-            inner: SimulatedProvider::new(behaviour),
-            faults: Mutex::new(VecDeque::new()),
-        }
-    }
-
-    /// The next provider calls suffer `faults`, in order.
-    pub(crate) fn fail_next(&self, faults: &[Fault]) {
-        self.faults.lock().expect("lock").extend(faults);
-    }
-
-    async fn run<T>(
-        &self,
-        call: impl Future<Output = Result<T, ProviderError>>,
-    ) -> Result<T, ProviderError> {
-        let fault = self.faults.lock().expect("lock").pop_front();
-        match fault {
-            None => call.await,
-            Some(Fault::Unavailable) => Err(ProviderError::Unavailable("injected outage".into())),
-            Some(Fault::Refused) => Err(ProviderError::Refused("injected refusal".into())),
-            Some(Fault::LostAnswer) => {
-                let _ = call.await;
-                Err(ProviderError::Timeout)
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl PaymentProvider for FlakyProvider {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-
-    async fn authorize(
-        &self,
-        key: &str,
-        payment_token: &str,
-        amount: Money,
-    ) -> Result<Authorization, ProviderError> {
-        self.run(self.inner.authorize(key, payment_token, amount))
-            .await
-    }
-
-    async fn capture(
-        &self,
-        key: &str,
-        provider_ref: &str,
-        amount: Money,
-    ) -> Result<(), ProviderError> {
-        self.run(self.inner.capture(key, provider_ref, amount))
-            .await
-    }
-
-    async fn void(&self, key: &str, provider_ref: &str) -> Result<(), ProviderError> {
-        self.run(self.inner.void(key, provider_ref)).await
-    }
-
-    async fn cancel_authorization(&self, key: &str) -> Result<(), ProviderError> {
-        self.run(self.inner.cancel_authorization(key)).await
-    }
-
-    async fn refund(
-        &self,
-        key: &str,
-        provider_ref: &str,
-        amount: Money,
-    ) -> Result<(), ProviderError> {
-        self.run(self.inner.refund(key, provider_ref, amount)).await
-    }
-}
+pub(crate) use agora_payments::testing::{Fault, FaultyProvider};
 
 /// The payments module over a fresh database.
 pub(crate) struct Fixture {
     pub(crate) payments: Payments,
-    pub(crate) provider: Arc<FlakyProvider>,
+    pub(crate) provider: Arc<FaultyProvider>,
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) db: TestDatabase,
 }
@@ -149,7 +58,7 @@ pub(crate) async fn fixture_with(behaviour: SimulatedBehaviour, now: Timestamp) 
         .await
         .expect("payments migrations");
     let clock = Arc::new(ManualClock::new(now));
-    let provider = Arc::new(FlakyProvider::new(behaviour));
+    let provider = Arc::new(FaultyProvider::new(behaviour));
     let outbox = Arc::new(Outbox::new(agora_payments::OUTBOX_TABLE));
     let payments = Payments::new(
         PaymentStore::new(db.db.clone(), outbox),
