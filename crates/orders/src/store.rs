@@ -159,11 +159,6 @@ impl OrdersStore {
         Self { db }
     }
 
-    /// The database.
-    pub fn db(&self) -> &Database {
-        &self.db
-    }
-
     /// The record of `caller`'s `key`, if the key was used.
     pub async fn idempotency(
         &self,
@@ -362,18 +357,6 @@ impl OrdersStore {
             });
         }
         Ok(orders)
-    }
-
-    /// The saga of `order_id`.
-    pub async fn saga(&self, order_id: OrderId) -> Result<Option<SagaRow>, OrderError> {
-        let row = sqlx::query(
-            "SELECT order_id, state, step, payment_token, payment_id, attempts \
-             FROM orders_sagas WHERE order_id = $1",
-        )
-        .bind(order_id.to_db())
-        .fetch_optional(self.db.reader())
-        .await?;
-        row.as_ref().map(saga_from_row).transpose()
     }
 
     /// Takes (or renews) the lease of an unfinished saga for `owner` until

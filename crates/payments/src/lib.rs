@@ -48,7 +48,7 @@ use agora_platform::db::ModuleMigrations;
 use sqlx::migrate::Migrator;
 
 pub use service::{Payments, WebhookSettings};
-pub use store::{INBOX_TABLE, OUTBOX_TABLE, PaymentStore};
+pub use store::{OUTBOX_TABLE, PaymentStore};
 
 static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");

@@ -127,11 +127,6 @@ impl Payments {
         &self.inner.store
     }
 
-    /// The provider's name (the `{provider}` of its webhook route).
-    pub fn provider_name(&self) -> &str {
-        self.inner.provider.name()
-    }
-
     fn now(&self) -> Timestamp {
         self.inner.clock.now()
     }

@@ -43,8 +43,6 @@ pub enum Settled {
     /// Let the authorization go.
     Voided,
 }
-/// The inbox table of the payments module.
-pub const INBOX_TABLE: &str = "payments_inbox";
 
 /// The columns of a payment, in the order [`payment_from_row`] reads them.
 macro_rules! payment_columns {

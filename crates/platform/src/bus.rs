@@ -193,11 +193,6 @@ impl Outbox {
         }
     }
 
-    /// The table's name.
-    pub fn table(&self) -> &'static str {
-        self.table
-    }
-
     /// Appends `event` in `tx`: it is published if and only if `tx` commits.
     /// Call [`Outbox::notify`] after the commit to publish it at once.
     pub async fn append(
@@ -223,17 +218,6 @@ impl Outbox {
     /// Wakes the relay: something was committed to the outbox.
     pub fn notify(&self) {
         self.wake.notify_one();
-    }
-
-    /// How many events wait to be published.
-    pub async fn backlog(&self, db: &Database) -> Result<i64, sqlx::Error> {
-        let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE published_at IS NULL",
-            self.table
-        );
-        sqlx::query_scalar(AssertSqlSafe(sql))
-            .fetch_one(db.writer())
-            .await
     }
 }
 
