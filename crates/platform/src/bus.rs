@@ -181,6 +181,10 @@ impl Bus for InProcessBus {
 #[derive(Debug)]
 pub struct Outbox {
     table: &'static str,
+    /// The SQL for this table, written once.
+    insert: String,
+    waiting: String,
+    failed: String,
     wake: Notify,
 }
 
@@ -189,6 +193,17 @@ impl Outbox {
     pub fn new(table: &'static str) -> Self {
         Self {
             table,
+            insert: format!(
+                "INSERT INTO {table} (id, kind, aggregate_id, payload, occurred_at) \
+                 VALUES ($1, $2, $3, $4, $5)"
+            ),
+            waiting: format!(
+                "SELECT id, kind, aggregate_id, payload, occurred_at FROM {table} \
+                 WHERE published_at IS NULL ORDER BY seq LIMIT $1"
+            ),
+            failed: format!(
+                "UPDATE {table} SET attempts = attempts + 1, last_error = $1 WHERE id = $2"
+            ),
             wake: Notify::new(),
         }
     }
@@ -200,11 +215,7 @@ impl Outbox {
         tx: &mut Transaction<'static, Any>,
         event: &Event,
     ) -> Result<(), sqlx::Error> {
-        let sql = format!(
-            "INSERT INTO {} (id, kind, aggregate_id, payload, occurred_at) VALUES ($1, $2, $3, $4, $5)",
-            self.table
-        );
-        sqlx::query(AssertSqlSafe(sql))
+        sqlx::query(AssertSqlSafe(self.insert.as_str()))
             .bind(event.id.to_db())
             .bind(event.kind.clone())
             .bind(event.aggregate_id.clone())
@@ -280,13 +291,10 @@ impl Relay {
     /// each aggregate's events arrive in order). Returns how many were published.
     pub async fn deliver(&self) -> anyhow::Result<usize> {
         let table = self.outbox.table;
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT id, kind, aggregate_id, payload, occurred_at FROM {table} \
-             WHERE published_at IS NULL ORDER BY seq LIMIT $1"
-        )))
-        .bind(RELAY_BATCH)
-        .fetch_all(self.db.reader())
-        .await?;
+        let rows = sqlx::query(AssertSqlSafe(self.outbox.waiting.as_str()))
+            .bind(RELAY_BATCH)
+            .fetch_all(self.db.reader())
+            .await?;
         let mut published = Vec::with_capacity(rows.len());
         let mut failure = None;
         for row in &rows {
@@ -325,13 +333,11 @@ impl Relay {
             q.build().execute(self.db.writer()).await?;
         }
         if let Some((id, reason)) = failure {
-            sqlx::query(AssertSqlSafe(format!(
-                "UPDATE {table} SET attempts = attempts + 1, last_error = $1 WHERE id = $2"
-            )))
-            .bind(reason.clone())
-            .bind(id)
-            .execute(self.db.writer())
-            .await?;
+            sqlx::query(AssertSqlSafe(self.outbox.failed.as_str()))
+                .bind(reason.clone())
+                .bind(id)
+                .execute(self.db.writer())
+                .await?;
             anyhow::bail!("{table}: {reason}");
         }
         Ok(published.len())
