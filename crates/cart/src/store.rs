@@ -243,6 +243,7 @@ impl CartStore {
         // Claim the anonymous cart: a concurrent merge of it waits here, then finds
         // it gone and adds nothing a second time.
         if claim(&mut tx, from, now).await.is_err() {
+            tx.rollback().await?;
             return Ok(());
         }
         // SQLite needs the WHERE to read `ON CONFLICT` as the upsert's, not a join's.
@@ -304,7 +305,7 @@ impl CartStore {
 /// Locks a cart row for the rest of the transaction (and marks it touched);
 /// `CartError::Gone` when it no longer exists.
 async fn claim(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut agora_platform::db::WriteTx,
     cart: &str,
     now: Timestamp,
 ) -> Result<(), CartError> {

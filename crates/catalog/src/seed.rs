@@ -89,6 +89,7 @@ pub async fn seed_demo(catalog: &Catalog) -> Result<SeedReport, CatalogError> {
     let mut tx = store.db().begin().await?;
     store.lock_for_seeding(&mut tx).await?;
     if !store.is_empty(&mut *tx).await? {
+        tx.rollback().await?;
         return Ok(SeedReport {
             categories: 0,
             products: 0,

@@ -498,7 +498,7 @@ impl CatalogStore {
     /// two replicas starting together do not both load the demo catalog.
     pub async fn lock_for_seeding(
         &self,
-        tx: &mut sqlx::Transaction<'static, Any>,
+        tx: &mut agora_platform::db::WriteTx,
     ) -> Result<(), CatalogError> {
         if self.db.backend() == Backend::Postgres {
             sqlx::query("SELECT pg_advisory_xact_lock($1)")

@@ -255,6 +255,7 @@ impl IdentityStore {
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
+            tx.rollback().await?;
             return Ok(false);
         }
         replace_recovery_codes(&mut tx, user, recovery_hashes, now).await?;
@@ -312,6 +313,7 @@ impl IdentityStore {
         .await?
         .is_some();
         if !confirmed {
+            tx.rollback().await?;
             return Ok(false);
         }
         replace_recovery_codes(&mut tx, user, recovery_hashes, now).await?;
@@ -435,7 +437,7 @@ impl IdentityStore {
 }
 
 async fn replace_recovery_codes(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut agora_platform::db::WriteTx,
     user: UserId,
     hashes: &[String],
     now: Timestamp,

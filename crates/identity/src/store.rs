@@ -4,7 +4,7 @@ use agora_kernel::{Role, SessionId, Timestamp, UserId};
 use agora_platform::Database;
 use agora_platform::db::{Columns, SqlBuilder, violation};
 use anyhow::anyhow;
-use sqlx::{Any, Executor, Row, Transaction};
+use sqlx::{Any, Executor, Row};
 
 use crate::domain::{Email, User, roles_from_db, roles_to_db};
 use crate::error::IdentityError;
@@ -208,6 +208,7 @@ impl IdentityStore {
         .await?
         .rows_affected();
         if changed == 0 {
+            tx.rollback().await?;
             return Ok(false);
         }
         sqlx::query(
@@ -264,6 +265,7 @@ impl IdentityStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = found else {
+            tx.rollback().await?;
             return Ok(Rotation::Invalid);
         };
         let token_id: String = row.try_get(0)?;
@@ -274,6 +276,7 @@ impl IdentityStore {
         let revoked_at: Option<i64> = row.try_get(5)?;
 
         if revoked_at.is_some() {
+            tx.rollback().await?;
             return Ok(Rotation::Invalid);
         }
         if used_at.is_some() {
@@ -374,6 +377,7 @@ impl IdentityStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(user) = row.as_ref().map(|r| user_from_row(r)).transpose()? else {
+            tx.rollback().await?;
             return Ok(None);
         };
         if disabled == Some(true) {
@@ -443,7 +447,7 @@ where
 }
 
 async fn revoke(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut agora_platform::db::WriteTx,
     session: SessionId,
     reason: RevokeReason,
     now: Timestamp,

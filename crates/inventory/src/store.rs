@@ -14,7 +14,7 @@ use agora_platform::bus::{Event, Outbox};
 use agora_platform::db::{Violation, violation};
 use anyhow::anyhow;
 use serde::Serialize;
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 use crate::error::StockError;
 
@@ -123,7 +123,7 @@ impl InventoryStore {
     /// `product_id` went from above the threshold to at or below it.
     async fn low_stock(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut agora_platform::db::WriteTx,
         product_id: ProductId,
         before: i64,
         after: i64,
@@ -332,6 +332,7 @@ impl InventoryStore {
                     v.is_unique("inventory_reservations_pkey", "inventory_reservations.key")
                 }) =>
             {
+                tx.rollback().await?;
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
@@ -407,6 +408,7 @@ impl InventoryStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
+            tx.rollback().await?;
             return Ok(false);
         };
         let lines = lines_from_db(&row.try_get::<String, _>(0)?)?;
@@ -485,7 +487,7 @@ fn below_reserved_on_check(e: sqlx::Error) -> StockError {
 
 #[allow(clippy::too_many_arguments)]
 async fn record_movement(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut agora_platform::db::WriteTx,
     product_id: ProductId,
     kind: &str,
     delta: i64,

@@ -12,7 +12,7 @@ use agora_platform::bus::{Event, Inbox, Outbox};
 use agora_platform::db::{SqlBuilder, violation};
 use anyhow::anyhow;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, Row};
 
 use crate::domain::{Order, OrderLine, OrderStatus};
 use crate::error::OrderError;
@@ -224,6 +224,7 @@ impl OrdersStore {
                     )
                 }) =>
             {
+                tx.rollback().await?;
                 return Ok(None);
             }
             Err(e) => return Err(e.into()),
@@ -422,6 +423,7 @@ impl OrdersStore {
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() != 1 {
+            tx.rollback().await?;
             return Ok(false);
         }
         if let Some((reason, failure)) = &progress.cancel {
@@ -508,6 +510,7 @@ impl OrdersStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(attempts) = attempts else {
+            tx.rollback().await?;
             return Ok(None);
         };
         log(
@@ -587,6 +590,7 @@ impl OrdersStore {
     ) -> Result<bool, OrderError> {
         let mut tx = self.db.begin().await?;
         if !set_status(&mut tx, order_id, from, to, now).await? {
+            tx.rollback().await?;
             return Ok(false);
         }
         if let Some(reason) = reason {
@@ -665,7 +669,7 @@ fn refund_update(
 
 /// Sets the order's status to `to` if its current status is one of `from`.
 async fn set_status(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut agora_platform::db::WriteTx,
     order_id: OrderId,
     from: &[OrderStatus],
     to: OrderStatus,
@@ -690,7 +694,7 @@ async fn set_status(
 }
 
 async fn log(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut agora_platform::db::WriteTx,
     order_id: OrderId,
     step: Step,
     phase: &str,

@@ -17,8 +17,8 @@ use agora_platform::bus::{Event, Outbox};
 use agora_platform::db::{SqlBuilder, Violation, violation};
 use anyhow::anyhow;
 use serde::{Deserialize, Serialize};
+use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
 
 use crate::error::PaymentsError;
 use crate::provider_event::{Advance, ProviderEvent};
@@ -628,10 +628,12 @@ impl PaymentStore {
     ) -> Result<Reservation, PaymentsError> {
         let mut tx = self.db.begin().await?;
         if !insert_operation(&mut tx, op, now).await? {
+            tx.rollback().await?;
             return Ok(Reservation::KeyTaken);
         }
         if !reserve(&mut tx, op.payment_id, op.amount_minor, now).await? {
             // Dropping the transaction forgets the operation too.
+            tx.rollback().await?;
             return Ok(Reservation::Refused);
         }
         tx.commit().await?;
@@ -660,6 +662,7 @@ impl PaymentStore {
         .await?;
         if switched.rows_affected() == 0 || !reserve(&mut tx, payment_id, amount_minor, now).await?
         {
+            tx.rollback().await?;
             return Ok(false);
         }
         tx.commit().await?;
@@ -794,6 +797,7 @@ impl PaymentStore {
         .execute(&mut *tx)
         .await?;
         if stored.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(EventReceipt {
                 duplicate: true,
                 applied: false,
@@ -1019,7 +1023,7 @@ impl PaymentStore {
 /// Sets `amount_minor` of a captured payment aside for a refund, if that much is
 /// refundable.
 async fn reserve(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut agora_platform::db::WriteTx,
     payment_id: PaymentId,
     amount_minor: i64,
     now: Timestamp,
@@ -1043,7 +1047,7 @@ async fn reserve(
 }
 
 async fn insert_operation(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut agora_platform::db::WriteTx,
     op: &NewOperation<'_>,
     now: Timestamp,
 ) -> Result<bool, PaymentsError> {
@@ -1065,7 +1069,7 @@ async fn insert_operation(
 
 /// Moves a pending operation to `status`; `false` when it was not pending.
 async fn finish_operation(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut agora_platform::db::WriteTx,
     key: &str,
     status: OperationStatus,
     error: Option<String>,
@@ -1092,7 +1096,7 @@ async fn finish_operation(
 }
 
 async fn insert_attempt(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut agora_platform::db::WriteTx,
     attempt: &NewAttempt<'_>,
     now: Timestamp,
 ) -> Result<(), PaymentsError> {

@@ -40,7 +40,7 @@ use std::time::Duration;
 use agora_kernel::{Clock, EventId, Timestamp};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use sqlx::{Any, AssertSqlSafe, Row, Transaction};
+use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::Notify;
 
 use crate::{Database, Shutdown};
@@ -212,7 +212,7 @@ impl Outbox {
     /// Call [`Outbox::notify`] after the commit to publish it at once.
     pub async fn append(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut crate::db::WriteTx,
         event: &Event,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(self.insert.as_str()))
@@ -372,7 +372,7 @@ impl Inbox {
     /// had (then skip it, and roll back or commit `tx` unchanged).
     pub async fn first_time(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut crate::db::WriteTx,
         consumer: &str,
         event: &Event,
         now: Timestamp,

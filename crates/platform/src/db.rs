@@ -5,12 +5,13 @@
 //! driver has no portable boolean), JSON as TEXT.
 //!
 //! SQLite runs in WAL mode with `synchronous=FULL` (a committed write survives power
-//! loss), a busy timeout and foreign keys on. Writes go through a pool of exactly
-//! one connection, so writers queue in the application instead of fighting over the
-//! file lock, and transactions start with `BEGIN IMMEDIATE` so another process (a
-//! CLI command beside the server) waits its turn rather than failing. Reads go
-//! through a separate pool of read-only connections. On PostgreSQL both are the same
-//! pool.
+//! loss), a busy timeout and foreign keys on. Writes go through exactly one
+//! connection, so writers queue in the application instead of fighting over the
+//! file lock; their transactions are committed in groups, one `fsync` for many
+//! (ADR 0004, [`WriteTx`]). The shared transaction starts with `BEGIN IMMEDIATE`
+//! so another process (a CLI command beside the server) waits its turn rather than
+//! failing. Reads go through a separate pool of read-only connections. On
+//! PostgreSQL both are the same pool.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -20,13 +21,15 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Arguments, AssertSqlSafe, Encode, Row, Transaction, Type};
+use sqlx::{Any, AnyConnection, AnyPool, Arguments, AssertSqlSafe, Connection, Encode, Row, Type};
 
 use crate::config::Config;
 
 mod point_reads;
+mod writer;
 
 use point_reads::PointReader;
+pub use writer::{CommitStats, WriteTx, Writer};
 
 /// Which engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +43,9 @@ pub enum Backend {
 /// The database handle every store holds. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Database {
-    /// The only connection allowed to write (SQLite), or the pool (PostgreSQL).
-    writer: AnyPool,
+    /// The only connection allowed to write, with group commit (SQLite), or the
+    /// pool (PostgreSQL).
+    writer: Writer,
     /// Read-only connections (SQLite), or the same pool (PostgreSQL).
     reader: AnyPool,
     /// Read-only connections for reads by key on the calling thread (SQLite only).
@@ -77,14 +81,17 @@ impl Database {
                     format!("Failed to create the data directory {}", dir.display())
                 })?;
             }
-            let writer = sqlite_pool(
-                url,
-                1,
-                acquire_timeout,
+            let mut conn = AnyConnection::connect(url)
+                .await
+                .with_context(|| format!("Failed to open the SQLite database {url}"))?;
+            sqlx::raw_sql(
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                  PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
             )
-            .await?;
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("Failed to set up the SQLite database {url}"))?;
+            let writer = Writer::group(writer::Group::start(conn, acquire_timeout));
             let reader = sqlite_pool(
                 url,
                 config.database.max_connections,
@@ -109,7 +116,7 @@ impl Database {
                 .await
                 .context("Failed to connect to PostgreSQL")?;
             Ok(Database {
-                writer: pool.clone(),
+                writer: Writer::pool(pool.clone()),
                 reader: pool,
                 point_reader: None,
                 backend: Backend::Postgres,
@@ -131,8 +138,10 @@ impl Database {
         &self.reader
     }
 
-    /// The pool for writes (and reads inside a write transaction).
-    pub fn writer(&self) -> &AnyPool {
+    /// Where single-statement writes go: as an executor, each statement is its
+    /// own durable write transaction. Several statements that must succeed or
+    /// fail together go in a [`Database::begin`] transaction.
+    pub fn writer(&self) -> &Writer {
         &self.writer
     }
 
@@ -168,12 +177,15 @@ impl Database {
         }
     }
 
-    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite).
-    pub async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.writer.begin().await,
-        }
+    /// The group commit's counts (SQLite; `None` on PostgreSQL, whose server
+    /// groups commits itself).
+    pub fn commit_stats(&self) -> Option<CommitStats> {
+        self.writer.stats()
+    }
+
+    /// Begins a write transaction (on SQLite, a member of the next group commit).
+    pub async fn begin(&self) -> Result<WriteTx, sqlx::Error> {
+        self.writer.begin().await
     }
 
     /// Runs a module's pending migrations, recording them in its own history table.
@@ -187,9 +199,11 @@ impl Database {
             ..Migrator::DEFAULT
         };
         migrator.dangerous_set_table_name(format!("{}_schema_migrations", migrations.module));
-        migrator
-            .run(&self.writer)
+        self.writer
+            .exclusive(async |conn: &mut AnyConnection| migrator.run(conn).await)
             .await
+            .map_err(anyhow::Error::from)
+            .and_then(|ran| ran.map_err(anyhow::Error::from))
             .with_context(|| format!("Failed to run the {} migrations", migrations.module))
     }
 
@@ -462,6 +476,219 @@ mod tests {
             db.fetch_by_key(NOTE_BY_ID, "a", note).await?,
             Some((8, Some("changed".to_string())))
         );
+        Ok(())
+    }
+
+    async fn notes(db: &Database) -> anyhow::Result<Vec<i64>> {
+        Ok(sqlx::query_scalar("SELECT n FROM notes ORDER BY n")
+            .fetch_all(db.reader())
+            .await?)
+    }
+
+    async fn insert_note(tx: &mut WriteTx, n: i64) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO notes (id, n) VALUES ($1, $2)")
+            .bind(format!("n{n}"))
+            .bind(n)
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+    }
+
+    /// Concurrent write transactions: each commits (or not) on its own, a commit
+    /// is visible to readers as soon as it returns, and on SQLite they share
+    /// `COMMIT`s (one `fsync` for many).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_transactions_commit_alone_and_share_fsyncs() -> anyhow::Result<()> {
+        let test = TestDatabase::new().await?;
+        let db = test.db.clone();
+        sqlx::raw_sql(
+            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
+        )
+        .execute(db.writer())
+        .await?;
+        let before = db.commit_stats();
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..60_i64 {
+            let db = db.clone();
+            tasks.spawn(async move {
+                let mut tx = db.begin().await?;
+                insert_note(&mut tx, n).await?;
+                match n % 3 {
+                    // Committed: readable the moment commit returns.
+                    0 => {
+                        tx.commit().await?;
+                        let seen: Option<i64> =
+                            sqlx::query_scalar("SELECT n FROM notes WHERE n = $1")
+                                .bind(n)
+                                .fetch_optional(db.reader())
+                                .await?;
+                        anyhow::ensure!(seen == Some(n), "commit of {n} not visible");
+                    }
+                    // Rolled back.
+                    1 => tx.rollback().await?,
+                    // Dropped mid-way, as on an error or a cancelled request.
+                    _ => {
+                        insert_note(&mut tx, 1000 + n).await?;
+                        drop(tx);
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        let expected: Vec<i64> = (0..60).filter(|n| n % 3 == 0).collect();
+        assert_eq!(notes(&db).await?, expected);
+        if let (Some(before), Some(after)) = (before, db.commit_stats()) {
+            let transactions = after.transactions - before.transactions;
+            let commits = after.commits - before.commits;
+            assert_eq!(transactions, 20, "committed transactions");
+            assert!(commits >= 1 && commits <= transactions, "{commits} commits");
+        }
+        Ok(())
+    }
+
+    /// A transaction that loses a race for a key and rolls back can read the
+    /// winner's row through the read pool at once (on SQLite the winner may still
+    /// be waiting for its group's `COMMIT` when the loser sees the conflict).
+    #[tokio::test]
+    async fn the_loser_of_a_race_for_a_key_reads_the_winner_after_rollback() -> anyhow::Result<()> {
+        let test = TestDatabase::new().await?;
+        let db = test.db.clone();
+        sqlx::raw_sql(
+            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
+        )
+        .execute(db.writer())
+        .await?;
+        let mut winner = db.begin().await?;
+        insert_note(&mut winner, 1).await?;
+        // The loser queues for the writer before the winner commits, so it runs
+        // before the group's COMMIT.
+        let loser = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin().await?;
+                let taken = insert_note(&mut tx, 1).await;
+                anyhow::ensure!(
+                    matches!(
+                        taken.as_ref().map_err(violation),
+                        Err(Some(Violation::Unique(_)))
+                    ),
+                    "{taken:?}"
+                );
+                tx.rollback().await?;
+                notes(&db).await
+            }
+        });
+        tokio::task::yield_now().await;
+        let committed = tokio::spawn(winner.commit());
+        assert_eq!(loser.await??, vec![1], "the loser sees the winner's row");
+        committed.await??;
+        Ok(())
+    }
+
+    /// A statement that fails inside a transaction fails that transaction only:
+    /// the ones committed around it keep their writes.
+    #[tokio::test]
+    async fn a_failed_transaction_leaves_its_neighbours_alone() -> anyhow::Result<()> {
+        let test = TestDatabase::new().await?;
+        let db = &test.db;
+        sqlx::raw_sql(
+            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
+        )
+        .execute(db.writer())
+        .await?;
+        let mut first = db.begin().await?;
+        insert_note(&mut first, 1).await?;
+        let first = tokio::spawn(first.commit());
+
+        let mut failing = db.begin().await?;
+        insert_note(&mut failing, 2).await?;
+        let duplicate = insert_note(&mut failing, 1).await;
+        assert!(
+            matches!(
+                duplicate.as_ref().map_err(violation),
+                Err(Some(Violation::Unique(_)))
+            ),
+            "{duplicate:?}"
+        );
+        drop(failing);
+
+        let mut third = db.begin().await?;
+        insert_note(&mut third, 3).await?;
+        third.commit().await?;
+        first.await??;
+        assert_eq!(notes(db).await?, vec![1, 3]);
+        Ok(())
+    }
+
+    /// What commit reported written is on disk: a new connection to the same
+    /// database, after the old one closed, reads it.
+    #[tokio::test]
+    async fn committed_writes_outlive_the_connection() -> anyhow::Result<()> {
+        let test = TestDatabase::new().await?;
+        sqlx::raw_sql(
+            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
+        )
+        .execute(test.db.writer())
+        .await?;
+        let mut tx = test.db.begin().await?;
+        insert_note(&mut tx, 7).await?;
+        tx.commit().await?;
+        sqlx::query("UPDATE notes SET note = $1 WHERE n = $2")
+            .bind("single statement")
+            .bind(7_i64)
+            .execute(test.db.writer())
+            .await?;
+        test.db.close().await;
+
+        let reopened = Database::connect(&test.config).await?;
+        let row: (i64, Option<String>) = sqlx::query_as("SELECT n, note FROM notes")
+            .fetch_one(reopened.reader())
+            .await?;
+        assert_eq!(row, (7, Some("single statement".to_string())));
+        reopened.close().await;
+        Ok(())
+    }
+
+    /// On SQLite a constraint checked only at COMMIT (a deferred foreign key)
+    /// fails the whole group it is in: every transaction of it gets the error and
+    /// none is written. (Agora's schemas have no deferred constraints; see ADR
+    /// 0004.)
+    #[tokio::test]
+    async fn a_failed_group_commit_fails_every_transaction_in_it() -> anyhow::Result<()> {
+        let test = TestDatabase::new().await?;
+        let db = &test.db;
+        if db.backend() != Backend::Sqlite {
+            return Ok(());
+        }
+        sqlx::raw_sql(
+            "CREATE TABLE parents (id TEXT PRIMARY KEY); \
+             CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, \
+               note TEXT REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED);",
+        )
+        .execute(db.writer())
+        .await?;
+        // Both join the group before the committer gets the connection, which
+        // the second transaction holds while the first waits for the commit.
+        let mut good = db.begin().await?;
+        insert_note(&mut good, 1).await?;
+        let good = tokio::spawn(good.commit());
+        let mut orphan = db.begin().await?;
+        sqlx::query("INSERT INTO notes (id, n, note) VALUES ('n2', 2, 'no such parent')")
+            .execute(&mut *orphan)
+            .await?;
+        let orphan = orphan.commit().await;
+        assert!(orphan.is_err(), "{orphan:?}");
+        assert!(good.await?.is_err());
+        assert_eq!(notes(db).await?, Vec::<i64>::new());
+
+        // The writer goes on.
+        let mut next = db.begin().await?;
+        insert_note(&mut next, 3).await?;
+        next.commit().await?;
+        assert_eq!(notes(db).await?, vec![3]);
         Ok(())
     }
 
