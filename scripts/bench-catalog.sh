@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks the catalog reads of the release build with wrk on loopback, beside a
-# bare-axum ceiling serving the same bytes, in one run. Bounded: fixed durations.
+# bare-axum ceiling serving the same bytes, in one run: each read from SQLite (a
+# server on the same database with AGORA_CACHE__BACKEND=none) and through the
+# in-process cache (the default). One server runs at a time: a second process on
+# the same SQLite file slows the other's reads (shared file locks). Bounded: fixed
+# durations.
 #
 #   scripts/bench-catalog.sh            # 10 s per load, 64 connections, 2 wrk threads
 #   DURATION=30s CONNECTIONS=128 scripts/bench-catalog.sh
@@ -54,6 +58,14 @@ curl -fs "http://127.0.0.1:$PORT/api/v1/products/$id" > "$work/product.json"
 "$ceiling" "127.0.0.1:$CEILING_PORT" "$work/product.json" &
 pids+=("$!")
 wait_ready "http://127.0.0.1:$CEILING_PORT/"
+kill -TERM "$pid"; wait "$pid" || true
+
+# The same server, with the cache off (reads from SQLite) or on (the default).
+serve() { # env…
+  env "$@" "$bin" serve --data-dir "$work/data" --addr "127.0.0.1:$PORT" 2>>"$work/agora.log" &
+  pid=$!; pids+=("$pid")
+  wait_ready "http://127.0.0.1:$PORT/health/ready"
+}
 
 load() { # name url
   local out
@@ -72,10 +84,15 @@ echo
 echo "| load | req/s | p50 | p99 | non-2xx |"
 echo "|---|---|---|---|---|"
 load "ceiling: bare axum, same product JSON" "http://127.0.0.1:$CEILING_PORT/"
-load "GET /api/v1/products/{id} (SQLite)" "http://127.0.0.1:$PORT/api/v1/products/$id"
-load "GET /api/v1/products?limit=20 (SQLite)" "http://127.0.0.1:$PORT/api/v1/products?limit=20"
+serve AGORA_CACHE__BACKEND=none
+load "GET /api/v1/products/{id} (SQLite, no cache)" "http://127.0.0.1:$PORT/api/v1/products/$id"
+load "GET /api/v1/products?limit=20 (SQLite, no cache)" "http://127.0.0.1:$PORT/api/v1/products?limit=20"
+kill -TERM "$pid"; wait "$pid" || true
+serve AGORA_CACHE__BACKEND=memory
+load "GET /api/v1/products/{id} (memory cache)" "http://127.0.0.1:$PORT/api/v1/products/$id"
+load "GET /api/v1/products?limit=20 (memory cache)" "http://127.0.0.1:$PORT/api/v1/products?limit=20"
 echo
 echo "start-up to ready on an existing database: ${startup_ms} ms (includes the curl polling interval of 10 ms)"
 echo "idle RSS of agora serve: $(( idle_rss_kb / 1024 )) MB (${idle_rss_kb} kB)"
 busy_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-echo "RSS after the loads: $(( busy_rss_kb / 1024 )) MB"
+echo "RSS after the loads (the cached server): $(( busy_rss_kb / 1024 )) MB"

@@ -25,6 +25,8 @@ use agora_payments::provider::{SimulatedBehaviour, SimulatedProvider};
 use agora_payments::store::PaymentStore;
 use agora_platform::auth::Authenticator;
 use agora_platform::bus::{Bus, InProcessBus, Outbox, Relay};
+use agora_platform::cache::{CacheAside, MemoryCache};
+use agora_platform::config::CacheBackend;
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
 use agora_platform::{Config, Database, Shutdown};
@@ -69,7 +71,7 @@ impl Application {
         migrate(&db).await?;
         let authenticator = Authenticator::new(&config.auth);
         let identity = identity(&config, &db, authenticator.clone()).await?;
-        let catalog = catalog(&db);
+        let catalog = catalog(&config, &db);
         if config.seed.demo {
             agora_catalog::seed::seed_demo(&catalog)
                 .await
@@ -196,9 +198,20 @@ fn access_ttl_ms(config: &Config) -> i64 {
     i64::try_from(config.auth.access_token_ttl_secs).unwrap_or(i64::MAX / 1000) * 1000
 }
 
-/// The catalog over `db`, on the system clock.
-pub fn catalog(db: &Database) -> Catalog {
-    Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock))
+/// The catalog over `db`, on the system clock, with the read cache that
+/// `config.cache` asks for.
+pub fn catalog(config: &Config, db: &Database) -> Catalog {
+    let catalog = Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock));
+    match config.cache.backend {
+        CacheBackend::Memory => {
+            let cache = Arc::new(MemoryCache::new(config.cache.max_entries));
+            catalog.with_cache(
+                Arc::new(CacheAside::new(cache)),
+                Duration::from_secs(config.cache.ttl_secs),
+            )
+        }
+        CacheBackend::None => catalog,
+    }
 }
 
 /// The inventory over `db`, checking products with `catalog`, on the system clock.
@@ -350,7 +363,7 @@ pub async fn migrate_only(config: &Config) -> anyhow::Result<()> {
 pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     migrate(&db).await?;
-    let report = agora_catalog::seed::seed_demo(&catalog(&db)).await?;
+    let report = agora_catalog::seed::seed_demo(&catalog(config, &db)).await?;
     db.close().await;
     if report.products == 0 {
         println!("the catalog is not empty: nothing loaded");

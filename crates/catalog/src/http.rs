@@ -9,6 +9,10 @@
 //! | GET | /categories, /categories/{id} | anyone |
 //! | POST | /categories | staff |
 //! | PATCH, DELETE | /categories/{id} | staff |
+//!
+//! Public product reads are served through the catalog's read cache with an
+//! `ETag` (`304` on `If-None-Match`, `Cache-Control: public, no-cache`); staff
+//! views are `private, no-store`.
 
 use agora_kernel::Permission;
 use agora_kernel::access::require::CatalogWrite;
@@ -18,9 +22,11 @@ use agora_kernel::{
     ApiError, ApiResponse, CategoryId, Currency, Cursor, ErrorCode, Money, ProductId,
 };
 use agora_platform::auth::{Authorized, Caller};
-use agora_platform::http::{AppJson, AppPath, AppQuery};
+use agora_platform::http::{AppJson, AppPath, AppQuery, cacheable};
 use axum::Router;
 use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Deserializer};
 
@@ -157,17 +163,30 @@ impl ListProductsQuery {
     params(ListProductsQuery),
     responses(
         (status = 200, description = "A page of products; `meta.next_cursor` is present when there are more.", body = inline(agora_kernel::envelope::Success<Vec<Product>>)),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag` (public reads only)."),
         (status = 400, description = "`REQUEST_INVALID_QUERY`, `REQUEST_INVALID_CURSOR`", body = agora_kernel::envelope::Failure),
     )
 )]
 async fn list_products(
     State(catalog): State<Catalog>,
     caller: Caller,
+    headers: HeaderMap,
     AppQuery(query): AppQuery<ListProductsQuery>,
-) -> Result<ApiResponse<Vec<Product>>, ApiError> {
+) -> Result<Response, ApiError> {
+    let staff = caller.can(Permission::CatalogWrite);
     let filter = query.into_filter(caller)?;
-    let page = catalog.list_products(filter).await?;
-    Ok(ApiResponse::ok(page.items).with_next_cursor(page.next_cursor))
+    if staff {
+        // Staff may see inactive products: their answer is theirs alone.
+        let page = catalog.list_products(filter).await?;
+        return Ok(ApiResponse::ok(page.items)
+            .with_next_cursor(page.next_cursor)
+            .with_header(header::CACHE_CONTROL, cacheable::PRIVATE)
+            .into_response());
+    }
+    Ok(cacheable::respond(
+        &headers,
+        &catalog.public_products(filter).await?,
+    ))
 }
 
 /// Get a product.
@@ -176,6 +195,7 @@ async fn list_products(
     params(("id" = ProductId, Path, description = "The product's id")),
     responses(
         (status = 200, description = "The product.", body = inline(agora_kernel::envelope::Success<Product>)),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag` (public reads only)."),
         (status = 400, description = "`REQUEST_INVALID_PATH`", body = agora_kernel::envelope::Failure),
         (status = 404, description = "`CATALOG_PRODUCT_NOT_FOUND`", body = agora_kernel::envelope::Failure),
     )
@@ -183,12 +203,18 @@ async fn list_products(
 async fn get_product(
     State(catalog): State<Catalog>,
     caller: Caller,
+    headers: HeaderMap,
     AppPath(id): AppPath<ProductId>,
-) -> Result<ApiResponse<Product>, ApiError> {
-    Ok(ApiResponse::ok(
-        catalog
-            .product(id, caller.can(Permission::CatalogWrite))
-            .await?,
+) -> Result<Response, ApiError> {
+    if caller.can(Permission::CatalogWrite) {
+        // Staff may see an inactive product: their answer is theirs alone.
+        return Ok(ApiResponse::ok(catalog.product(id, true).await?)
+            .with_header(header::CACHE_CONTROL, cacheable::PRIVATE)
+            .into_response());
+    }
+    Ok(cacheable::respond(
+        &headers,
+        &catalog.public_product(id).await?,
     ))
 }
 

@@ -150,6 +150,7 @@ pub async fn seed_demo(catalog: &Catalog) -> Result<SeedReport, CatalogError> {
         }
     }
     tx.commit().await?;
+    catalog.forget_cached_reads().await;
     tracing::info!(
         categories = report.categories,
         products = report.products,

@@ -1,11 +1,15 @@
 //! The catalog's service layer: the operations its API and its port offer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use agora_contracts::PortError;
 use agora_contracts::catalog::{CatalogPort, ProductSnapshot};
 use agora_kernel::{CategoryId, Clock, Page, ProductId};
+use agora_platform::cache::CacheAside;
+use agora_platform::http::cacheable;
 use async_trait::async_trait;
+use axum::body::Bytes;
 
 use crate::domain::{
     Category, CategoryChanges, CategoryDraft, Product, ProductChanges, ProductDraft,
@@ -16,17 +20,94 @@ use crate::store::{CatalogStore, ProductFilter, new_category, new_product};
 /// The most ids one [`CatalogPort::products_by_ids`] call may ask for.
 pub const MAX_IDS_PER_CALL: usize = 1_000;
 
+/// The tag of every cached catalog read: any write to the catalog invalidates
+/// them all. Writes are rare beside reads, and one tag leaves no read to forget
+/// (a product's change moves it in and out of list pages too).
+const CACHE_TAG: &str = "catalog";
+
+/// The cache in front of the catalog's public reads.
+#[derive(Clone)]
+struct ReadCache {
+    aside: Arc<CacheAside>,
+    ttl: Duration,
+}
+
 /// The catalog. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
     store: CatalogStore,
     clock: Arc<dyn Clock>,
+    /// Public reads (active products, their lists), when caching is on.
+    cache: Option<ReadCache>,
 }
 
 impl Catalog {
-    /// The catalog over `store`, telling time by `clock`.
+    /// The catalog over `store`, telling time by `clock`, without a cache.
     pub fn new(store: CatalogStore, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            cache: None,
+        }
+    }
+
+    /// The same catalog with its public reads cached in `aside` for at most
+    /// `ttl`. Writes through it invalidate them at once.
+    pub fn with_cache(mut self, aside: Arc<CacheAside>, ttl: Duration) -> Self {
+        self.cache = Some(ReadCache { aside, ttl });
+        self
+    }
+
+    /// The read cache's counts, when caching is on.
+    pub fn cache_stats(&self) -> Option<agora_platform::cache::CacheStats> {
+        self.cache.as_ref().map(|c| c.aside.stats())
+    }
+
+    /// An active product, rendered for the public (`platform::http::cacheable`),
+    /// from the cache when it holds it.
+    pub async fn public_product(&self, id: ProductId) -> Result<Bytes, CatalogError> {
+        let load = async {
+            match self.store.product(id).await? {
+                Some(p) if p.active => render(&p, None),
+                _ => Err(CatalogError::ProductNotFound),
+            }
+        };
+        self.cached(&format!("catalog:product:{id}"), load).await
+    }
+
+    /// A page of active products, rendered for the public, from the cache when
+    /// it holds it. `filter` must ask for active products only.
+    pub async fn public_products(&self, filter: ProductFilter) -> Result<Bytes, CatalogError> {
+        debug_assert_eq!(filter.active, Some(true));
+        let key = format!("catalog:products:{filter:?}");
+        let load = async {
+            let page = self.list_products(filter).await?;
+            render(&page.items, page.next_cursor.as_deref())
+        };
+        self.cached(&key, load).await
+    }
+
+    async fn cached(
+        &self,
+        key: &str,
+        load: impl Future<Output = Result<Bytes, CatalogError>>,
+    ) -> Result<Bytes, CatalogError> {
+        match &self.cache {
+            Some(cache) => {
+                cache
+                    .aside
+                    .get_or_load(key, cache.ttl, &[CACHE_TAG], load)
+                    .await
+            }
+            None => load.await,
+        }
+    }
+
+    /// Forgets every cached read, after a write.
+    async fn changed(&self) {
+        if let Some(cache) = &self.cache {
+            cache.aside.invalidate_tag(CACHE_TAG).await;
+        }
     }
 
     /// The store, for seeding and tests.
@@ -60,6 +141,7 @@ impl Catalog {
         self.store
             .insert_product(self.store.db().writer(), &product)
             .await?;
+        self.changed().await;
         tracing::info!(product_id = %product.id, sku = %product.sku, "product created");
         Ok(product)
     }
@@ -75,6 +157,7 @@ impl Catalog {
             .update_product(id, &changes, self.clock.now())
             .await?
             .ok_or(CatalogError::ProductNotFound)?;
+        self.changed().await;
         tracing::info!(product_id = %id, "product updated");
         Ok(product)
     }
@@ -84,6 +167,7 @@ impl Catalog {
         if !self.store.delete_product(id).await? {
             return Err(CatalogError::ProductNotFound);
         }
+        self.changed().await;
         tracing::info!(product_id = %id, "product deleted");
         Ok(())
     }
@@ -107,6 +191,7 @@ impl Catalog {
         self.store
             .insert_category(self.store.db().writer(), &category)
             .await?;
+        self.changed().await;
         tracing::info!(category_id = %category.id, "category created");
         Ok(category)
     }
@@ -117,10 +202,13 @@ impl Catalog {
         id: CategoryId,
         changes: CategoryChanges,
     ) -> Result<Category, CatalogError> {
-        self.store
+        let category = self
+            .store
             .update_category(id, &changes, self.clock.now())
             .await?
-            .ok_or(CatalogError::CategoryNotFound)
+            .ok_or(CatalogError::CategoryNotFound)?;
+        self.changed().await;
+        Ok(category)
     }
 
     /// Removes a category that has no products and no subcategories.
@@ -128,8 +216,14 @@ impl Catalog {
         if !self.store.delete_category(id).await? {
             return Err(CatalogError::CategoryNotFound);
         }
+        self.changed().await;
         tracing::info!(category_id = %id, "category deleted");
         Ok(())
+    }
+
+    /// Forgets every cached read: for writes made past the service (seeding).
+    pub async fn forget_cached_reads(&self) {
+        self.changed().await;
     }
 
     /// The time now, by the catalog's clock.
@@ -169,4 +263,8 @@ impl CatalogPort for Catalog {
             })
             .collect())
     }
+}
+
+fn render<T: serde::Serialize>(data: &T, next_cursor: Option<&str>) -> Result<Bytes, CatalogError> {
+    cacheable::render(data, next_cursor).map_err(|e| CatalogError::Unexpected(e.into()))
 }

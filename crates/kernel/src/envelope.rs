@@ -109,6 +109,36 @@ pub(crate) fn render<T: serde::Serialize>(
     response
 }
 
+/// 200 OK with `data` already serialized: the envelope is written around the
+/// bytes as they are (the fields in the order [`ApiResponse`] writes them). For
+/// representations rendered once and served many times; `data` must be the
+/// JSON that serializing the value would give.
+pub fn ok_prerendered(data: &[u8], next_cursor: Option<&str>) -> Response {
+    let request_id = RequestContext::current_request_id();
+    let meta = Meta {
+        request_id: request_id.as_deref(),
+        api_version: API_VERSION,
+        next_cursor,
+    };
+    let mut buf = Vec::with_capacity(data.len() + 128);
+    buf.extend_from_slice(br#"{"success":true,"data":"#);
+    buf.extend_from_slice(data);
+    buf.extend_from_slice(br#","meta":"#);
+    if let Err(e) = serde_json::to_writer(&mut buf, &meta) {
+        tracing::error!(error = %e, "response serialization failed");
+        let mut response = Response::new(Body::from(SERIALIZATION_FAILED));
+        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        return response;
+    }
+    buf.push(b'}');
+    let mut response = Response::new(Body::from(buf));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// A successful API answer: `data` wrapped in the envelope.
 #[derive(Debug)]
 pub struct ApiResponse<T> {
@@ -252,5 +282,27 @@ mod tests {
             body_of(failed).await,
             r#"{"success":false,"error":{"code":"ROUTE_NOT_FOUND","message":"nope"},"meta":{"request_id":"req-1","api_version":"1"}}"#
         );
+    }
+
+    #[tokio::test]
+    async fn a_prerendered_answer_is_byte_for_byte_the_serialized_one() {
+        let data = serde_json::json!({"id": "prod_1", "tags": ["a", "b"], "price": {"amount": 5}});
+        let bytes = serde_json::to_vec(&data).expect("JSON");
+        for cursor in [None, Some("next")] {
+            let context = RequestContext {
+                request_id: Arc::from("req-2"),
+            };
+            let (typed, raw) = context
+                .scope(async {
+                    let typed = ApiResponse::ok(&data)
+                        .with_next_cursor(cursor.map(String::from))
+                        .into_response();
+                    (typed, ok_prerendered(&bytes, cursor))
+                })
+                .await;
+            assert_eq!(raw.status(), StatusCode::OK);
+            assert_eq!(raw.headers()[header::CONTENT_TYPE], "application/json");
+            assert_eq!(body_of(raw).await, body_of(typed).await);
+        }
     }
 }

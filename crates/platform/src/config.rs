@@ -32,6 +32,8 @@ pub struct Config {
     pub seed: SeedConfig,
     /// Payments: the provider and its webhooks.
     pub payments: PaymentsConfig,
+    /// The cache in front of public reads.
+    pub cache: CacheConfig,
 }
 
 impl Default for Config {
@@ -44,6 +46,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             seed: SeedConfig::default(),
             payments: PaymentsConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -260,6 +263,40 @@ impl Default for Argon2Config {
             memory_kib: 19 * 1024,
             iterations: 2,
             parallelism: 1,
+        }
+    }
+}
+
+/// Which cache serves public reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheBackend {
+    /// In this process (moka).
+    Memory,
+    /// No cache: every read goes to the database.
+    None,
+}
+
+/// The cache in front of public reads (products and product lists). See
+/// `docs/configuration.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `memory` or `none`.
+    pub backend: CacheBackend,
+    /// How long an entry is served at most, in seconds; writes through this
+    /// process invalidate at once.
+    pub ttl_secs: u64,
+    /// The most entries kept.
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            backend: CacheBackend::Memory,
+            ttl_secs: 60,
+            max_entries: 10_000,
         }
     }
 }
@@ -485,6 +522,12 @@ impl Config {
                 "database.url",
                 "an in-memory SQLite database is not supported: give a file",
             );
+        }
+        if !(1..=86_400).contains(&self.cache.ttl_secs) {
+            return fail("cache.ttl_secs", "must be between 1 and 86400");
+        }
+        if !(1..=10_000_000).contains(&self.cache.max_entries) {
+            return fail("cache.max_entries", "must be between 1 and 10000000");
         }
         if !(1..=1000).contains(&self.database.max_connections) {
             return fail("database.max_connections", "must be between 1 and 1000");

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`bus`]: events, the bus that carries them (in-process here), and each
 //!   module's outbox, relay and inbox that make delivery reliable.
+//! - [`cache`]: the cache (in-process moka) and cache-aside reads with single
+//!   flight.
 //! - [`config`]: layered configuration (defaults → TOML file → `AGORA_*` environment
 //!   → command-line flags), validated at start-up with the offending key named.
 //! - [`telemetry`]: `tracing` subscriber, readable or JSON logs.
@@ -18,6 +20,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod http;

@@ -698,9 +698,12 @@ async fn the_demo_catalog_loads_once_into_an_empty_database() {
     let products = app.all_products("").await;
     assert_eq!(products.len(), 200);
     assert!(products.iter().any(|p| p["active"] == false));
-    let report = agora_catalog::seed::seed_demo(&agora::app::catalog(&app.db.db))
-        .await
-        .expect("seeding runs");
+    let report = agora_catalog::seed::seed_demo(&agora::app::catalog(
+        &agora_platform::Config::default(),
+        &app.db.db,
+    ))
+    .await
+    .expect("seeding runs");
     assert_eq!(report.products, 0, "a second run adds nothing");
 }
 
@@ -874,4 +877,165 @@ async fn error_messages_do_not_echo_unbounded_input() {
         "{} characters",
         message.chars().count()
     );
+}
+
+fn etag(answer: &crate::helpers::Answer) -> String {
+    answer.headers["etag"]
+        .to_str()
+        .expect("an ASCII ETag")
+        .to_string()
+}
+
+#[tokio::test]
+async fn public_reads_carry_an_etag_and_answer_304_while_it_still_matches() {
+    let app = spawn_app().await;
+    let p = app
+        .create_product(json!({"price": {"amount": 1000, "currency": "USD"}}))
+        .await;
+    let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
+    for read in [&path, "/api/v1/products?limit=5"] {
+        let first = app.get(read).await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert_eq!(first.headers["cache-control"], "public, no-cache");
+        let tag = etag(&first);
+        let again = app
+            .call_with(
+                Method::GET,
+                read,
+                None,
+                As::Anonymous,
+                &[("if-none-match", &tag)],
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{read}");
+        assert_eq!(etag(&again), tag);
+        assert_eq!(again.body, Value::Null, "no body");
+        // A request id is per request, not part of the representation.
+        let third = app.get(read).await;
+        assert_eq!(etag(&third), tag);
+        assert_ne!(
+            third.body["meta"]["request_id"],
+            first.body["meta"]["request_id"]
+        );
+    }
+
+    // A change shows at once, under a new tag, however the read was cached.
+    let old_product = etag(&app.get(&path).await);
+    let old_list = etag(&app.get("/api/v1/products?limit=5").await);
+    let changed = app
+        .patch(&path, json!({"price": {"amount": 1250, "currency": "USD"}}))
+        .await;
+    assert_eq!(changed.status, StatusCode::OK);
+    let read = app
+        .call_with(
+            Method::GET,
+            &path,
+            None,
+            As::Anonymous,
+            &[("if-none-match", &old_product)],
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.data()["price"]["amount"], 1250);
+    assert_ne!(etag(&read), old_product);
+    let list = app
+        .call_with(
+            Method::GET,
+            "/api/v1/products?limit=5",
+            None,
+            As::Anonymous,
+            &[("if-none-match", &old_list)],
+        )
+        .await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.data()[0]["price"]["amount"], 1250);
+}
+
+#[tokio::test]
+async fn a_retired_product_leaves_cached_reads_at_once() {
+    let app = spawn_app().await;
+    let p = app.create_product(json!({})).await;
+    let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
+    // Fill the cache with the product and a page that lists it.
+    assert_eq!(app.get(&path).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/v1/products")
+            .await
+            .data()
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    assert_eq!(
+        app.patch(&path, json!({"active": false})).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(app.get(&path).await.code(), "CATALOG_PRODUCT_NOT_FOUND");
+    assert_eq!(
+        app.get("/api/v1/products")
+            .await
+            .data()
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+
+    assert_eq!(app.delete(&path).await.status, StatusCode::OK);
+    assert_eq!(
+        app.get_as(&path, As::Staff).await.code(),
+        "CATALOG_PRODUCT_NOT_FOUND"
+    );
+}
+
+#[tokio::test]
+async fn staff_views_are_private_and_never_from_the_public_cache() {
+    let app = spawn_app().await;
+    let p = app.create_product(json!({"active": false})).await;
+    let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
+    let staff = app.get_as(&path, As::Staff).await;
+    assert_eq!(staff.status, StatusCode::OK);
+    assert_eq!(staff.headers["cache-control"], "private, no-store");
+    assert!(staff.headers.get("etag").is_none());
+    // What staff saw is not served to the public.
+    assert_eq!(app.get(&path).await.code(), "CATALOG_PRODUCT_NOT_FOUND");
+    let list = app.get_as("/api/v1/products", As::Staff).await;
+    assert_eq!(list.headers["cache-control"], "private, no-store");
+    assert_eq!(list.data().as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        app.get("/api/v1/products")
+            .await
+            .data()
+            .as_array()
+            .map(Vec::len),
+        Some(0)
+    );
+}
+
+#[tokio::test]
+async fn with_the_cache_off_public_reads_answer_the_same() {
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.cache.backend = agora_platform::config::CacheBackend::None;
+    })
+    .await;
+    let p = app.create_product(json!({})).await;
+    let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
+    let read = app.get(&path).await;
+    assert_eq!(read.data(), &p);
+    let tag = etag(&read);
+    let again = app
+        .call_with(
+            Method::GET,
+            &path,
+            None,
+            As::Anonymous,
+            &[("if-none-match", &tag)],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_MODIFIED);
+    assert_eq!(
+        app.patch(&path, json!({"name": "Renamed"})).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(app.get(&path).await.data()["name"], "Renamed");
 }
