@@ -204,7 +204,7 @@ pub fn catalog(config: &Config, db: &Database) -> Catalog {
     let catalog = Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock));
     match config.cache.backend {
         CacheBackend::Memory => {
-            let cache = Arc::new(MemoryCache::new(config.cache.max_entries));
+            let cache = Arc::new(MemoryCache::new(config.cache.max_bytes));
             catalog.with_cache(
                 Arc::new(CacheAside::new(cache)),
                 Duration::from_secs(config.cache.ttl_secs),

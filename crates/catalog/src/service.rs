@@ -103,11 +103,19 @@ impl Catalog {
         }
     }
 
-    /// Forgets every cached read, after a write.
-    async fn changed(&self) {
-        if let Some(cache) = &self.cache {
-            cache.aside.invalidate_tag(CACHE_TAG).await;
+    /// Runs a write, then forgets every cached read; if the caller is dropped
+    /// before the write returns (a cancelled request, whose write may have
+    /// taken effect), the reads are forgotten in the background.
+    async fn write<T>(
+        &self,
+        write: impl Future<Output = Result<T, CatalogError>>,
+    ) -> Result<T, CatalogError> {
+        let invalidation = self.cache.as_ref().map(|c| c.aside.invalidation(CACHE_TAG));
+        let written = write.await;
+        if let Some(invalidation) = invalidation {
+            invalidation.now().await;
         }
+        written
     }
 
     /// The store, for seeding and tests.
@@ -138,10 +146,11 @@ impl Catalog {
     /// Adds a product.
     pub async fn create_product(&self, draft: ProductDraft) -> Result<Product, CatalogError> {
         let product = new_product(draft, self.clock.now());
-        self.store
-            .insert_product(self.store.db().writer(), &product)
-            .await?;
-        self.changed().await;
+        self.write(
+            self.store
+                .insert_product(self.store.db().writer(), &product),
+        )
+        .await?;
         tracing::info!(product_id = %product.id, sku = %product.sku, "product created");
         Ok(product)
     }
@@ -153,21 +162,18 @@ impl Catalog {
         changes: ProductChanges,
     ) -> Result<Product, CatalogError> {
         let product = self
-            .store
-            .update_product(id, &changes, self.clock.now())
+            .write(self.store.update_product(id, &changes, self.clock.now()))
             .await?
             .ok_or(CatalogError::ProductNotFound)?;
-        self.changed().await;
         tracing::info!(product_id = %id, "product updated");
         Ok(product)
     }
 
     /// Removes a product.
     pub async fn delete_product(&self, id: ProductId) -> Result<(), CatalogError> {
-        if !self.store.delete_product(id).await? {
+        if !self.write(self.store.delete_product(id)).await? {
             return Err(CatalogError::ProductNotFound);
         }
-        self.changed().await;
         tracing::info!(product_id = %id, "product deleted");
         Ok(())
     }
@@ -188,10 +194,11 @@ impl Catalog {
     /// Adds a category.
     pub async fn create_category(&self, draft: CategoryDraft) -> Result<Category, CatalogError> {
         let category = new_category(draft, self.clock.now());
-        self.store
-            .insert_category(self.store.db().writer(), &category)
-            .await?;
-        self.changed().await;
+        self.write(
+            self.store
+                .insert_category(self.store.db().writer(), &category),
+        )
+        .await?;
         tracing::info!(category_id = %category.id, "category created");
         Ok(category)
     }
@@ -202,28 +209,25 @@ impl Catalog {
         id: CategoryId,
         changes: CategoryChanges,
     ) -> Result<Category, CatalogError> {
-        let category = self
-            .store
-            .update_category(id, &changes, self.clock.now())
+        self.write(self.store.update_category(id, &changes, self.clock.now()))
             .await?
-            .ok_or(CatalogError::CategoryNotFound)?;
-        self.changed().await;
-        Ok(category)
+            .ok_or(CatalogError::CategoryNotFound)
     }
 
     /// Removes a category that has no products and no subcategories.
     pub async fn delete_category(&self, id: CategoryId) -> Result<(), CatalogError> {
-        if !self.store.delete_category(id).await? {
+        if !self.write(self.store.delete_category(id)).await? {
             return Err(CatalogError::CategoryNotFound);
         }
-        self.changed().await;
         tracing::info!(category_id = %id, "category deleted");
         Ok(())
     }
 
     /// Forgets every cached read: for writes made past the service (seeding).
     pub async fn forget_cached_reads(&self) {
-        self.changed().await;
+        if let Some(cache) = &self.cache {
+            cache.aside.invalidation(CACHE_TAG).now().await;
+        }
     }
 
     /// The time now, by the catalog's clock.

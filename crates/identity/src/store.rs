@@ -285,6 +285,7 @@ impl IdentityStore {
             return Ok(Rotation::Reused);
         }
         if expires_at <= now.as_millis() {
+            tx.rollback().await?;
             return Ok(Rotation::Invalid);
         }
         // Conditional: of two concurrent uses, only one finds the token unused.
@@ -310,6 +311,8 @@ impl IdentityStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(user) = user.as_ref().map(|r| user_from_row(r)).transpose()? else {
+            // Undoes the claim of the token too.
+            tx.rollback().await?;
             return Ok(Rotation::Invalid);
         };
         if user.disabled {

@@ -59,7 +59,7 @@ impl moka::Expiry<String, Entry> for PerEntryTtl {
     }
 }
 
-/// The in-process cache, bounded by its number of entries.
+/// The in-process cache, bounded by the bytes of its keys and values.
 pub struct MemoryCache {
     entries: moka::sync::Cache<String, Entry>,
     /// The current generation of each tag ever deleted (absent: 0).
@@ -67,11 +67,14 @@ pub struct MemoryCache {
 }
 
 impl MemoryCache {
-    /// A cache of at most `max_entries` entries.
-    pub fn new(max_entries: u64) -> Self {
+    /// A cache of at most about `max_bytes` of keys and values.
+    pub fn new(max_bytes: u64) -> Self {
         Self {
             entries: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
+                .max_capacity(max_bytes)
+                .weigher(|key: &String, entry: &Entry| {
+                    u32::try_from(key.len() + entry.value.len()).unwrap_or(u32::MAX)
+                })
                 .expire_after(PerEntryTtl)
                 .build(),
             generations: RwLock::new(HashMap::new()),
@@ -136,14 +139,23 @@ pub struct CacheStats {
     pub loads: u64,
 }
 
+/// The loads in flight, by key and epoch.
+type Inflight = Mutex<HashMap<(String, u64), Arc<OnceCell<Bytes>>>>;
+
 /// Read-through caching in front of a store, with single-flight loading.
 pub struct CacheAside {
     cache: Arc<dyn Cache>,
-    /// One cell per key being loaded; callers that miss while it loads wait on it.
-    inflight: Mutex<HashMap<String, Arc<OnceCell<Bytes>>>>,
-    /// Bumped by every invalidation through this value: a load that saw it move
-    /// does not store what it loaded.
+    /// One cell per key and epoch being loaded; callers that miss the same key
+    /// in the same epoch wait on it. A caller that comes after an invalidation
+    /// is in a later epoch, so it never waits for a load that may have read the
+    /// data from before the change.
+    inflight: Inflight,
+    /// Bumped by every invalidation: a load that saw it move does not store
+    /// what it loaded.
     epoch: AtomicU64,
+    /// Held shared while a load checks the epoch and stores, exclusively while an
+    /// invalidation bumps it: no store lands after an invalidation it missed.
+    storing: tokio::sync::RwLock<()>,
     hits: AtomicU64,
     misses: AtomicU64,
     loads: AtomicU64,
@@ -156,6 +168,7 @@ impl CacheAside {
             cache,
             inflight: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
+            storing: tokio::sync::RwLock::new(()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             loads: AtomicU64::new(0),
@@ -164,8 +177,8 @@ impl CacheAside {
 
     /// The value under `key`, from the cache or else from `load` (run once for
     /// all concurrent callers of the same key), then stored for `ttl` with
-    /// `tags`. A failed load is not stored; each waiting caller then loads again
-    /// (the next one to miss runs its own loader).
+    /// `tags`. A failed load is not stored; each waiting caller then loads in
+    /// turn.
     pub async fn get_or_load<E, F>(
         &self,
         key: &str,
@@ -181,16 +194,11 @@ impl CacheAside {
             return Ok(value);
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
-        let cell = Arc::clone(
-            self.inflight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(key.to_string())
-                .or_default(),
-        );
         let epoch = self.epoch.load(Ordering::Acquire);
+        let waiting = Waiting::join(&self.inflight, (key.to_string(), epoch));
         let mut ran = false;
-        let loaded = cell
+        let loaded = waiting
+            .cell
             .get_or_try_init(|| {
                 ran = true;
                 self.loads.fetch_add(1, Ordering::Relaxed);
@@ -198,16 +206,9 @@ impl CacheAside {
             })
             .await
             .cloned();
-        if ran {
-            {
-                let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-                if inflight.get(key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                    inflight.remove(key);
-                }
-            }
-            if let Ok(value) = &loaded
-                && self.epoch.load(Ordering::Acquire) == epoch
-            {
+        if ran && let Ok(value) = &loaded {
+            let _storing = self.storing.read().await;
+            if self.epoch.load(Ordering::Acquire) == epoch {
                 self.cache.set(key, value.clone(), ttl, tags).await;
             }
         }
@@ -216,14 +217,26 @@ impl CacheAside {
 
     /// Forgets `key`.
     pub async fn invalidate(&self, key: &str) {
+        let _storing = self.storing.write().await;
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.delete(key).await;
     }
 
     /// Forgets every entry tagged `tag`.
     pub async fn invalidate_tag(&self, tag: &str) {
+        let _storing = self.storing.write().await;
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.cache.delete_tag(tag).await;
+    }
+
+    /// An invalidation of `tag` to make after a write: [`Invalidation::now`]
+    /// once the write is done, or, if the caller is dropped before (a cancelled
+    /// request whose write may have taken effect), in the background.
+    pub fn invalidation(self: &Arc<Self>, tag: &'static str) -> Invalidation {
+        Invalidation {
+            aside: Some(Arc::clone(self)),
+            tag,
+        }
     }
 
     /// Hits, misses and loads so far.
@@ -232,6 +245,77 @@ impl CacheAside {
             hits: self.hits.load(Ordering::Relaxed),
             misses: self.misses.load(Ordering::Relaxed),
             loads: self.loads.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A caller waiting on a key's load; the last one to leave removes the cell, so
+/// loads that were all cancelled leave nothing behind.
+struct Waiting<'a> {
+    inflight: &'a Inflight,
+    key: Option<(String, u64)>,
+    cell: Arc<OnceCell<Bytes>>,
+}
+
+impl<'a> Waiting<'a> {
+    fn join(inflight: &'a Inflight, key: (String, u64)) -> Self {
+        let cell = Arc::clone(
+            inflight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key.clone())
+                .or_default(),
+        );
+        Self {
+            inflight,
+            key: Some(key),
+            cell,
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(key) = self.key.take()
+            && inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+            // The map's reference and this one: nobody else waits.
+            && Arc::strong_count(&self.cell) == 2
+        {
+            inflight.remove(&key);
+        }
+    }
+}
+
+/// An invalidation that happens even when its caller is dropped; see
+/// [`CacheAside::invalidation`].
+#[must_use = "call now() after the write"]
+pub struct Invalidation {
+    aside: Option<Arc<CacheAside>>,
+    tag: &'static str,
+}
+
+impl Invalidation {
+    /// Invalidates now, and returns once done.
+    pub async fn now(mut self) {
+        if let Some(aside) = &self.aside {
+            aside.invalidate_tag(self.tag).await;
+        }
+        // Only once done: dropped half-way, it is made again in the background.
+        self.aside = None;
+    }
+}
+
+impl Drop for Invalidation {
+    fn drop(&mut self) {
+        if let Some(aside) = self.aside.take() {
+            let tag = self.tag;
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move { aside.invalidate_tag(tag).await });
+                }
+                Err(_) => tracing::warn!(tag, "no runtime to invalidate cached reads on"),
+            }
         }
     }
 }
@@ -251,7 +335,7 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn aside() -> CacheAside {
-        CacheAside::new(Arc::new(MemoryCache::new(1_000)))
+        CacheAside::new(Arc::new(MemoryCache::new(1 << 20)))
     }
 
     async fn load_counting(
@@ -343,8 +427,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_caller_after_an_invalidation_does_not_wait_for_an_older_load() {
+        let aside = Arc::new(aside());
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (started, has_started) = tokio::sync::oneshot::channel::<()>();
+        // A load that read the product before it changed, and is slow to finish.
+        let old = tokio::spawn({
+            let aside = Arc::clone(&aside);
+            async move {
+                aside
+                    .get_or_load("p1", HOUR, &["products"], async {
+                        let _ = started.send(());
+                        let _ = released.await;
+                        Ok::<_, std::convert::Infallible>(Bytes::from_static(b"old"))
+                    })
+                    .await
+            }
+        });
+        has_started.await.expect("the old load starts");
+        aside.invalidate_tag("products").await;
+        let runs = AtomicU64::new(0);
+        assert_eq!(load_counting(&aside, "p1", "new", &runs).await, "new");
+        let _ = release.send(());
+        assert_eq!(
+            old.await.expect("joined").ok(),
+            Some(Bytes::from_static(b"old"))
+        );
+        assert_eq!(
+            load_counting(&aside, "p1", "newer", &runs).await,
+            "new",
+            "the new value is the one kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn loads_whose_callers_all_left_leave_nothing_in_flight() {
+        let aside = aside();
+        let never = aside.get_or_load("p1", HOUR, &[], std::future::pending::<Result<Bytes, ()>>());
+        let cut = tokio::time::timeout(Duration::from_millis(1), never).await;
+        assert!(cut.is_err(), "the load never finishes");
+        assert!(aside.inflight.lock().expect("the map").is_empty());
+        let runs = AtomicU64::new(0);
+        assert_eq!(load_counting(&aside, "p1", "v1", &runs).await, "v1");
+        assert!(aside.inflight.lock().expect("the map").is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_dropped_before_it_ran_still_happens() {
+        let aside = Arc::new(aside());
+        let runs = AtomicU64::new(0);
+        load_counting(&aside, "p1", "v1", &runs).await;
+        drop(aside.invalidation("products"));
+        // The invalidation runs in the background; this task yields until it has.
+        while aside.epoch.load(Ordering::Acquire) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(load_counting(&aside, "p1", "v2", &runs).await, "v2");
+        aside.invalidation("products").now().await;
+        assert_eq!(load_counting(&aside, "p1", "v3", &runs).await, "v3");
+    }
+
+    #[tokio::test]
     async fn deleting_a_tag_leaves_entries_without_it() {
-        let cache = MemoryCache::new(100);
+        let cache = MemoryCache::new(1 << 20);
         cache
             .set("a", Bytes::from_static(b"a"), HOUR, &["lists"])
             .await;
@@ -363,7 +508,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_entry_expires_after_its_ttl() {
-        let cache = MemoryCache::new(100);
+        let cache = MemoryCache::new(1 << 20);
         cache
             .set("gone", Bytes::from_static(b"x"), Duration::ZERO, &[])
             .await;

@@ -287,8 +287,8 @@ pub struct CacheConfig {
     /// How long an entry is served at most, in seconds; writes through this
     /// process invalidate at once.
     pub ttl_secs: u64,
-    /// The most entries kept.
-    pub max_entries: u64,
+    /// About the most bytes of keys and values kept.
+    pub max_bytes: u64,
 }
 
 impl Default for CacheConfig {
@@ -296,7 +296,7 @@ impl Default for CacheConfig {
         Self {
             backend: CacheBackend::Memory,
             ttl_secs: 60,
-            max_entries: 10_000,
+            max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -526,8 +526,11 @@ impl Config {
         if !(1..=86_400).contains(&self.cache.ttl_secs) {
             return fail("cache.ttl_secs", "must be between 1 and 86400");
         }
-        if !(1..=10_000_000).contains(&self.cache.max_entries) {
-            return fail("cache.max_entries", "must be between 1 and 10000000");
+        if !(1024 * 1024..=64 * 1024 * 1024 * 1024).contains(&self.cache.max_bytes) {
+            return fail(
+                "cache.max_bytes",
+                "must be between 1048576 (1 MiB) and 68719476736 (64 GiB)",
+            );
         }
         if !(1..=1000).contains(&self.database.max_connections) {
             return fail("database.max_connections", "must be between 1 and 1000");

@@ -588,6 +588,49 @@ mod tests {
         Ok(())
     }
 
+    /// Requests are cancelled at any point of a transaction (timeouts, clients
+    /// that go away): every transaction told committed is written, and the
+    /// writer goes on working.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_transactions_lose_nothing_that_was_committed() -> anyhow::Result<()> {
+        let test = TestDatabase::new().await?;
+        let db = test.db.clone();
+        sqlx::raw_sql(
+            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
+        )
+        .execute(db.writer())
+        .await?;
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..1200_i64 {
+            let db = db.clone();
+            tasks.spawn(async move {
+                let attempt = async {
+                    let mut tx = db.begin().await?;
+                    insert_note(&mut tx, n).await?;
+                    tx.commit().await
+                };
+                // Cut short at every stage: before the savepoint, mid-statement,
+                // during the release, while waiting for the group's COMMIT; one
+                // in twelve runs to its end.
+                if n % 12 == 11 {
+                    return attempt.await.ok().map(|()| n);
+                }
+                let budget = Duration::from_micros(u64::try_from(n % 12).unwrap_or(0) * 75);
+                matches!(tokio::time::timeout(budget, attempt).await, Ok(Ok(()))).then_some(n)
+            });
+        }
+        let committed: Vec<i64> = tasks.join_all().await.into_iter().flatten().collect();
+        anyhow::ensure!(!committed.is_empty(), "some transactions got through");
+        let mut after = db.begin().await?;
+        insert_note(&mut after, 10_000).await?;
+        after.commit().await?;
+        let stored = notes(&db).await?;
+        let lost: Vec<&i64> = committed.iter().filter(|n| !stored.contains(n)).collect();
+        assert!(lost.is_empty(), "told committed but not written: {lost:?}");
+        assert!(stored.contains(&10_000), "the writer goes on");
+        Ok(())
+    }
+
     /// A statement that fails inside a transaction fails that transaction only:
     /// the ones committed around it keep their writes.
     #[tokio::test]

@@ -235,52 +235,84 @@ impl Group {
 
     /// Starts a write transaction: waits for the connection (at most the acquire
     /// timeout, then `PoolTimedOut` as a pool would), then opens its savepoint.
+    ///
+    /// The statements that open it run in a task of their own, as do those that
+    /// end it ([`Group::end`]): sqlx runs a statement to its end even when its
+    /// caller stops waiting (a cancelled request), so a caller must never be able
+    /// to stop between a statement and the bookkeeping of what it did. A
+    /// transaction that nobody takes any more is dropped, which marks it for
+    /// undoing like any abandoned one.
     pub(super) async fn begin(self: &Arc<Self>) -> Result<WriteTx, Error> {
-        let mut guard = tokio::time::timeout(self.acquire_timeout, self.slot.clone().lock_owned())
+        let guard = tokio::time::timeout(self.acquire_timeout, self.slot.clone().lock_owned())
             .await
             .map_err(|_| Error::PoolTimedOut)?;
-        self.settle(&mut guard).await?;
-        if !guard.open {
-            run(&mut guard, "BEGIN IMMEDIATE").await?;
-            guard.open = true;
+        let group = Arc::clone(self);
+        let opened = tokio::spawn(async move {
+            let mut guard = guard;
+            match group.open_savepoint(&mut guard).await {
+                Ok(()) => Ok(WriteTx {
+                    kind: TxKind::Group {
+                        slot: Some(guard),
+                        group,
+                    },
+                }),
+                Err(e) => {
+                    // The shared transaction may be open with nobody to end it.
+                    drop(guard);
+                    group.wake.notify_one();
+                    Err(e)
+                }
+            }
+        });
+        opened.await.map_err(|e| group_failed(e.to_string()))?
+    }
+
+    async fn open_savepoint(&self, slot: &mut Slot) -> Result<(), Error> {
+        self.settle(slot).await?;
+        if !slot.open {
+            run(slot, "BEGIN IMMEDIATE").await?;
+            slot.open = true;
         }
-        run(&mut guard, SAVEPOINT).await?;
-        Ok(WriteTx {
-            kind: TxKind::Group {
-                slot: Some(guard),
-                group: Arc::clone(self),
-            },
-        })
+        run(slot, SAVEPOINT).await
     }
 
     /// Ends a write transaction's savepoint, then waits for the `COMMIT` of the
     /// shared transaction: when it returns `Ok`, what the transaction wrote, and
     /// what it read of the transactions before it, is durable.
-    async fn end(&self, slot: Option<OwnedMutexGuard<Slot>>, how: End) -> Result<(), Error> {
-        let Some(mut guard) = slot else {
+    async fn end(
+        self: Arc<Self>,
+        slot: Option<OwnedMutexGuard<Slot>>,
+        how: End,
+    ) -> Result<(), Error> {
+        let Some(guard) = slot else {
             return Err(closed());
         };
-        // Until its statement has run the savepoint counts as abandoned, so that
-        // if this future is dropped half-way the next holder undoes it.
-        guard.dangling = true;
-        let sql = match how {
-            End::Commit => RELEASE,
-            End::Rollback => ROLLBACK_TO,
-        };
-        if let Err(e) = run(&mut guard, sql).await {
-            drop(guard);
-            self.wake.notify_one();
-            return Err(e);
-        }
-        guard.dangling = false;
-        guard.released |= how == End::Commit;
         let (done, answer) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(done);
-        drop(guard);
-        self.wake.notify_one();
+        let group = Arc::clone(&self);
+        // In a task of its own, so that it always finishes (see `begin`).
+        let ended = tokio::spawn(async move {
+            let mut guard = guard;
+            // Until its statement has run the savepoint counts as abandoned.
+            guard.dangling = true;
+            let sql = match how {
+                End::Commit => RELEASE,
+                End::Rollback => ROLLBACK_TO,
+            };
+            let ran = run(&mut guard, sql).await;
+            if ran.is_ok() {
+                guard.dangling = false;
+                guard.released |= how == End::Commit;
+                group
+                    .pending
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(done);
+            }
+            drop(guard);
+            group.wake.notify_one();
+            ran
+        });
+        ended.await.map_err(|e| group_failed(e.to_string()))??;
         let outcome = match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(group_failed(message)),
