@@ -479,6 +479,17 @@ mod tests {
         Ok(())
     }
 
+    /// A fresh database with a table `notes` for the writer's tests.
+    async fn with_notes() -> anyhow::Result<TestDatabase> {
+        let test = TestDatabase::new().await?;
+        sqlx::raw_sql(
+            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
+        )
+        .execute(test.db.writer())
+        .await?;
+        Ok(test)
+    }
+
     async fn notes(db: &Database) -> anyhow::Result<Vec<i64>> {
         Ok(sqlx::query_scalar("SELECT n FROM notes ORDER BY n")
             .fetch_all(db.reader())
@@ -499,13 +510,8 @@ mod tests {
     /// `COMMIT`s (one `fsync` for many).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_transactions_commit_alone_and_share_fsyncs() -> anyhow::Result<()> {
-        let test = TestDatabase::new().await?;
+        let test = with_notes().await?;
         let db = test.db.clone();
-        sqlx::raw_sql(
-            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
-        )
-        .execute(db.writer())
-        .await?;
         let before = db.commit_stats();
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..60_i64 {
@@ -554,13 +560,8 @@ mod tests {
     /// be waiting for its group's `COMMIT` when the loser sees the conflict).
     #[tokio::test]
     async fn the_loser_of_a_race_for_a_key_reads_the_winner_after_rollback() -> anyhow::Result<()> {
-        let test = TestDatabase::new().await?;
+        let test = with_notes().await?;
         let db = test.db.clone();
-        sqlx::raw_sql(
-            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
-        )
-        .execute(db.writer())
-        .await?;
         let mut winner = db.begin().await?;
         insert_note(&mut winner, 1).await?;
         // The loser queues for the writer before the winner commits, so it runs
@@ -593,13 +594,8 @@ mod tests {
     /// writer goes on working.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn cancelled_transactions_lose_nothing_that_was_committed() -> anyhow::Result<()> {
-        let test = TestDatabase::new().await?;
+        let test = with_notes().await?;
         let db = test.db.clone();
-        sqlx::raw_sql(
-            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
-        )
-        .execute(db.writer())
-        .await?;
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..1200_i64 {
             let db = db.clone();
@@ -635,13 +631,8 @@ mod tests {
     /// the ones committed around it keep their writes.
     #[tokio::test]
     async fn a_failed_transaction_leaves_its_neighbours_alone() -> anyhow::Result<()> {
-        let test = TestDatabase::new().await?;
+        let test = with_notes().await?;
         let db = &test.db;
-        sqlx::raw_sql(
-            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
-        )
-        .execute(db.writer())
-        .await?;
         let mut first = db.begin().await?;
         insert_note(&mut first, 1).await?;
         let first = tokio::spawn(first.commit());
@@ -670,12 +661,7 @@ mod tests {
     /// database, after the old one closed, reads it.
     #[tokio::test]
     async fn committed_writes_outlive_the_connection() -> anyhow::Result<()> {
-        let test = TestDatabase::new().await?;
-        sqlx::raw_sql(
-            "CREATE TABLE notes (id TEXT PRIMARY KEY, n BIGINT NOT NULL UNIQUE, note TEXT)",
-        )
-        .execute(test.db.writer())
-        .await?;
+        let test = with_notes().await?;
         let mut tx = test.db.begin().await?;
         insert_note(&mut tx, 7).await?;
         tx.commit().await?;

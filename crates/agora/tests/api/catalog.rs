@@ -879,6 +879,22 @@ async fn error_messages_do_not_echo_unbounded_input() {
     );
 }
 
+/// A public GET with `If-None-Match: tag`.
+async fn revalidate(
+    app: &crate::helpers::TestApp,
+    path: &str,
+    tag: &str,
+) -> crate::helpers::Answer {
+    app.call_with(
+        Method::GET,
+        path,
+        None,
+        As::Anonymous,
+        &[("if-none-match", tag)],
+    )
+    .await
+}
+
 fn etag(answer: &crate::helpers::Answer) -> String {
     answer.headers["etag"]
         .to_str()
@@ -898,15 +914,7 @@ async fn public_reads_carry_an_etag_and_answer_304_while_it_still_matches() {
         assert_eq!(first.status, StatusCode::OK);
         assert_eq!(first.headers["cache-control"], "public, no-cache");
         let tag = etag(&first);
-        let again = app
-            .call_with(
-                Method::GET,
-                read,
-                None,
-                As::Anonymous,
-                &[("if-none-match", &tag)],
-            )
-            .await;
+        let again = revalidate(&app, read, &tag).await;
         assert_eq!(again.status, StatusCode::NOT_MODIFIED, "{read}");
         assert_eq!(etag(&again), tag);
         assert_eq!(again.body, Value::Null, "no body");
@@ -926,27 +934,11 @@ async fn public_reads_carry_an_etag_and_answer_304_while_it_still_matches() {
         .patch(&path, json!({"price": {"amount": 1250, "currency": "USD"}}))
         .await;
     assert_eq!(changed.status, StatusCode::OK);
-    let read = app
-        .call_with(
-            Method::GET,
-            &path,
-            None,
-            As::Anonymous,
-            &[("if-none-match", &old_product)],
-        )
-        .await;
+    let read = revalidate(&app, &path, &old_product).await;
     assert_eq!(read.status, StatusCode::OK);
     assert_eq!(read.data()["price"]["amount"], 1250);
     assert_ne!(etag(&read), old_product);
-    let list = app
-        .call_with(
-            Method::GET,
-            "/api/v1/products?limit=5",
-            None,
-            As::Anonymous,
-            &[("if-none-match", &old_list)],
-        )
-        .await;
+    let list = revalidate(&app, "/api/v1/products?limit=5", &old_list).await;
     assert_eq!(list.status, StatusCode::OK);
     assert_eq!(list.data()[0]["price"]["amount"], 1250);
 }
@@ -1023,15 +1015,7 @@ async fn with_the_cache_off_public_reads_answer_the_same() {
     let read = app.get(&path).await;
     assert_eq!(read.data(), &p);
     let tag = etag(&read);
-    let again = app
-        .call_with(
-            Method::GET,
-            &path,
-            None,
-            As::Anonymous,
-            &[("if-none-match", &tag)],
-        )
-        .await;
+    let again = revalidate(&app, &path, &tag).await;
     assert_eq!(again.status, StatusCode::NOT_MODIFIED);
     assert_eq!(
         app.patch(&path, json!({"name": "Renamed"})).await.status,
