@@ -25,7 +25,7 @@ use agora_payments::provider::{SimulatedBehaviour, SimulatedProvider};
 use agora_payments::store::PaymentStore;
 use agora_platform::auth::Authenticator;
 use agora_platform::bus::{Bus, InProcessBus, Outbox, Relay};
-use agora_platform::cache::{CacheAside, MemoryCache};
+use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache};
 use agora_platform::config::CacheBackend;
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
@@ -71,7 +71,7 @@ impl Application {
         migrate(&db).await?;
         let authenticator = Authenticator::new(&config.auth);
         let identity = identity(&config, &db, authenticator.clone()).await?;
-        let catalog = catalog(&config, &db);
+        let catalog = catalog(&config, &db)?;
         if config.seed.demo {
             agora_catalog::seed::seed_demo(&catalog)
                 .await
@@ -200,18 +200,24 @@ fn access_ttl_ms(config: &Config) -> i64 {
 
 /// The catalog over `db`, on the system clock, with the read cache that
 /// `config.cache` asks for.
-pub fn catalog(config: &Config, db: &Database) -> Catalog {
+pub fn catalog(config: &Config, db: &Database) -> anyhow::Result<Catalog> {
     let catalog = Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock));
-    match config.cache.backend {
-        CacheBackend::Memory => {
-            let cache = Arc::new(MemoryCache::new(config.cache.max_bytes));
-            catalog.with_cache(
-                Arc::new(CacheAside::new(cache)),
-                Duration::from_secs(config.cache.ttl_secs),
+    let cache: Arc<dyn Cache> = match config.cache.backend {
+        CacheBackend::Memory => Arc::new(MemoryCache::new(config.cache.max_bytes)),
+        CacheBackend::Redis => Arc::new(
+            RedisCache::new(
+                &config.cache.redis_url,
+                "agora",
+                Duration::from_millis(config.cache.redis_timeout_ms),
             )
-        }
-        CacheBackend::None => catalog,
-    }
+            .context("`cache.redis_url` is not a usable Redis URL")?,
+        ),
+        CacheBackend::None => return Ok(catalog),
+    };
+    Ok(catalog.with_cache(
+        Arc::new(CacheAside::new(cache)),
+        Duration::from_secs(config.cache.ttl_secs),
+    ))
 }
 
 /// The inventory over `db`, checking products with `catalog`, on the system clock.
@@ -363,7 +369,7 @@ pub async fn migrate_only(config: &Config) -> anyhow::Result<()> {
 pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     migrate(&db).await?;
-    let report = agora_catalog::seed::seed_demo(&catalog(config, &db)).await?;
+    let report = agora_catalog::seed::seed_demo(&catalog(config, &db)?).await?;
     db.close().await;
     if report.products == 0 {
         println!("the catalog is not empty: nothing loaded");

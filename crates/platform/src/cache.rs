@@ -12,6 +12,9 @@
 //!   what it loaded — unless something was invalidated while it loaded, since the
 //!   loaded value may then be older than the invalidation.
 //!
+//! - [`RedisCache`] keeps entries in Redis, shared by every node, and degrades
+//!   to misses while Redis is unreachable.
+//!
 //! Values are bytes (rendered JSON, typically), so that a shared backend such as
 //! Redis can hold them too.
 
@@ -23,6 +26,10 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use axum::body::Bytes;
 use tokio::sync::OnceCell;
+
+mod redis;
+
+pub use self::redis::RedisCache;
 
 /// A cache of byte values by key.
 #[async_trait]

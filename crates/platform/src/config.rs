@@ -273,6 +273,8 @@ impl Default for Argon2Config {
 pub enum CacheBackend {
     /// In this process (moka).
     Memory,
+    /// In Redis at `cache.redis_url`, shared by every node.
+    Redis,
     /// No cache: every read goes to the database.
     None,
 }
@@ -282,8 +284,13 @@ pub enum CacheBackend {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// `memory` or `none`.
+    /// `memory`, `redis` or `none`.
     pub backend: CacheBackend,
+    /// The Redis server of the `redis` backend.
+    pub redis_url: String,
+    /// The most a Redis command may take before it counts as failed (and the
+    /// read goes to the database), in milliseconds.
+    pub redis_timeout_ms: u64,
     /// How long an entry is served at most, in seconds; writes through this
     /// process invalidate at once.
     pub ttl_secs: u64,
@@ -295,6 +302,8 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             backend: CacheBackend::Memory,
+            redis_url: "redis://127.0.0.1:6379".to_string(),
+            redis_timeout_ms: 250,
             ttl_secs: 60,
             max_bytes: 64 * 1024 * 1024,
         }
@@ -522,6 +531,12 @@ impl Config {
                 "database.url",
                 "an in-memory SQLite database is not supported: give a file",
             );
+        }
+        if !self.cache.redis_url.starts_with("redis://") {
+            return fail("cache.redis_url", "must start with redis://");
+        }
+        if !(1..=60_000).contains(&self.cache.redis_timeout_ms) {
+            return fail("cache.redis_timeout_ms", "must be between 1 and 60000");
         }
         if !(1..=86_400).contains(&self.cache.ttl_secs) {
             return fail("cache.ttl_secs", "must be between 1 and 86400");

@@ -698,10 +698,9 @@ async fn the_demo_catalog_loads_once_into_an_empty_database() {
     let products = app.all_products("").await;
     assert_eq!(products.len(), 200);
     assert!(products.iter().any(|p| p["active"] == false));
-    let report = agora_catalog::seed::seed_demo(&agora::app::catalog(
-        &agora_platform::Config::default(),
-        &app.db.db,
-    ))
+    let report = agora_catalog::seed::seed_demo(
+        &agora::app::catalog(&agora_platform::Config::default(), &app.db.db).expect("a catalog"),
+    )
     .await
     .expect("seeding runs");
     assert_eq!(report.products, 0, "a second run adds nothing");
@@ -1022,4 +1021,56 @@ async fn with_the_cache_off_public_reads_answer_the_same() {
         StatusCode::OK
     );
     assert_eq!(app.get(&path).await.data()["name"], "Renamed");
+}
+
+/// Reads and a write through the shared Redis cache (when a Redis is named).
+#[tokio::test]
+#[ignore = "needs a Redis server: set AGORA_TEST_REDIS_URL and pass --ignored"]
+async fn public_reads_go_through_redis_and_see_writes_at_once() {
+    let url = std::env::var("AGORA_TEST_REDIS_URL").expect("AGORA_TEST_REDIS_URL");
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.cache.backend = agora_platform::config::CacheBackend::Redis;
+        c.cache.redis_url = url;
+    })
+    .await;
+    let p = app.create_product(json!({})).await;
+    let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
+    let first = app.get(&path).await;
+    assert_eq!(first.data(), &p);
+    assert_eq!(
+        revalidate(&app, &path, &etag(&first)).await.status,
+        StatusCode::NOT_MODIFIED
+    );
+    assert_eq!(
+        app.patch(&path, json!({"name": "Renamed"})).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(app.get(&path).await.data()["name"], "Renamed");
+}
+
+/// Redis down: public reads answer from the database, as if there were no cache.
+#[tokio::test]
+async fn with_the_redis_cache_down_public_reads_still_answer() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("an address").port();
+    drop(listener);
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.cache.backend = agora_platform::config::CacheBackend::Redis;
+        c.cache.redis_url = format!("redis://127.0.0.1:{port}");
+    })
+    .await;
+    let p = app.create_product(json!({})).await;
+    let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
+    for _ in 0..3 {
+        let read = app.get(&path).await;
+        assert_eq!(read.status, StatusCode::OK);
+        assert_eq!(read.data(), &p);
+    }
+    assert_eq!(
+        app.patch(&path, json!({"name": "Renamed"})).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(app.get(&path).await.data()["name"], "Renamed");
+    let list = app.get("/api/v1/products").await;
+    assert_eq!(list.data().as_array().map(Vec::len), Some(1));
 }
