@@ -8,6 +8,7 @@
 #
 #   scripts/bench-catalog.sh            # 10 s per load, 64 connections, 2 wrk threads
 #   DURATION=30s CONNECTIONS=128 scripts/bench-catalog.sh
+#   REDIS_URL=redis://127.0.0.1:6379 scripts/bench-catalog.sh   # also through Redis
 #
 # Needs wrk (apt-get install wrk) and curl. Prints a Markdown table.
 set -euo pipefail
@@ -91,8 +92,14 @@ kill -TERM "$pid"; wait "$pid" || true
 serve AGORA_CACHE__BACKEND=memory
 load "GET /api/v1/products/{id} (memory cache)" "http://127.0.0.1:$PORT/api/v1/products/$id"
 load "GET /api/v1/products?limit=20 (memory cache)" "http://127.0.0.1:$PORT/api/v1/products?limit=20"
+if [[ -n "${REDIS_URL:-}" ]]; then
+  kill -TERM "$pid"; wait "$pid" || true
+  serve AGORA_CACHE__BACKEND=redis AGORA_CACHE__REDIS_URL="$REDIS_URL" AGORA_CACHE__REDIS_PREFIX="bench-$$"
+  load "GET /api/v1/products/{id} (Redis cache)" "http://127.0.0.1:$PORT/api/v1/products/$id"
+  load "GET /api/v1/products?limit=20 (Redis cache)" "http://127.0.0.1:$PORT/api/v1/products?limit=20"
+fi
 echo
 echo "start-up to ready on an existing database: ${startup_ms} ms (includes the curl polling interval of 10 ms)"
 echo "idle RSS of agora serve: $(( idle_rss_kb / 1024 )) MB (${idle_rss_kb} kB)"
 busy_rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-echo "RSS after the loads (the cached server): $(( busy_rss_kb / 1024 )) MB"
+echo "RSS after the loads (the last server): $(( busy_rss_kb / 1024 )) MB"

@@ -207,7 +207,7 @@ pub fn catalog(config: &Config, db: &Database) -> anyhow::Result<Catalog> {
         CacheBackend::Redis => Arc::new(
             RedisCache::new(
                 &config.cache.redis_url,
-                "agora",
+                &config.cache.redis_prefix,
                 Duration::from_millis(config.cache.redis_timeout_ms),
             )
             .context("`cache.redis_url` is not a usable Redis URL")?,

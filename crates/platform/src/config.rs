@@ -288,6 +288,9 @@ pub struct CacheConfig {
     pub backend: CacheBackend,
     /// The Redis server of the `redis` backend.
     pub redis_url: String,
+    /// What this deployment's keys in Redis start with: deployments that share
+    /// a Redis need different ones.
+    pub redis_prefix: String,
     /// The most a Redis command may take before it counts as failed (and the
     /// read goes to the database), in milliseconds.
     pub redis_timeout_ms: u64,
@@ -303,6 +306,7 @@ impl Default for CacheConfig {
         Self {
             backend: CacheBackend::Memory,
             redis_url: "redis://127.0.0.1:6379".to_string(),
+            redis_prefix: "agora".to_string(),
             redis_timeout_ms: 250,
             ttl_secs: 60,
             max_bytes: 64 * 1024 * 1024,
@@ -534,6 +538,16 @@ impl Config {
         }
         if !self.cache.redis_url.starts_with("redis://") {
             return fail("cache.redis_url", "must start with redis://");
+        }
+        if self.cache.redis_prefix.is_empty()
+            || self.cache.redis_prefix.len() > 64
+            || !self
+                .cache
+                .redis_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return fail("cache.redis_prefix", "must be 1-64 of A-Z a-z 0-9 - _ .");
         }
         if !(1..=60_000).contains(&self.cache.redis_timeout_ms) {
             return fail("cache.redis_timeout_ms", "must be between 1 and 60000");

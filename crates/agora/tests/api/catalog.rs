@@ -1031,6 +1031,8 @@ async fn public_reads_go_through_redis_and_see_writes_at_once() {
     let app = crate::helpers::spawn_app_with(|c| {
         c.cache.backend = agora_platform::config::CacheBackend::Redis;
         c.cache.redis_url = url;
+        // Each run its own keys: its ids and lists are its own.
+        c.cache.redis_prefix = format!("agora-test-{}", uuid::Uuid::now_v7().simple());
     })
     .await;
     let p = app.create_product(json!({})).await;
