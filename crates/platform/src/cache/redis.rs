@@ -173,9 +173,9 @@ mod tests {
             .await;
         cache
             .set(
-                "gone",
+                "brief",
                 Bytes::from_static(b"x"),
-                Duration::from_millis(1),
+                Duration::from_secs(60),
                 &[],
             )
             .await;
