@@ -71,7 +71,8 @@ impl Application {
         migrate(&db).await?;
         let authenticator = Authenticator::new(&config.auth);
         let identity = identity(&config, &db, authenticator.clone()).await?;
-        let catalog = catalog(&config, &db)?;
+        let cache = read_cache(&config)?;
+        let catalog = catalog(&config, &db, cache.clone());
         if config.seed.demo {
             agora_catalog::seed::seed_demo(&catalog)
                 .await
@@ -90,7 +91,7 @@ impl Application {
             orders: orders.clone(),
             payments: payments.clone(),
         };
-        let router = router(&config, &db, authenticator, modules);
+        let router = router(&config, &db, cache, authenticator, modules);
         let listener = TcpListener::bind(config.server.addr)
             .await
             .with_context(|| {
@@ -198,26 +199,33 @@ fn access_ttl_ms(config: &Config) -> i64 {
     i64::try_from(config.auth.access_token_ttl_secs).unwrap_or(i64::MAX / 1000) * 1000
 }
 
-/// The catalog over `db`, on the system clock, with the read cache that
-/// `config.cache` asks for.
-pub fn catalog(config: &Config, db: &Database) -> anyhow::Result<Catalog> {
-    let catalog = Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock));
-    let cache: Arc<dyn Cache> = match config.cache.backend {
-        CacheBackend::Memory => Arc::new(MemoryCache::new(config.cache.max_bytes)),
-        CacheBackend::Redis => Arc::new(
+/// The cache of public reads that `config.cache` asks for, if any.
+pub fn read_cache(config: &Config) -> anyhow::Result<Option<Arc<dyn Cache>>> {
+    Ok(match config.cache.backend {
+        CacheBackend::Memory => Some(Arc::new(MemoryCache::new(config.cache.max_bytes))),
+        CacheBackend::Redis => Some(Arc::new(
             RedisCache::new(
                 &config.cache.redis_url,
                 &config.cache.redis_prefix,
                 Duration::from_millis(config.cache.redis_timeout_ms),
             )
             .context("`cache.redis_url` is not a usable Redis URL")?,
+        )),
+        CacheBackend::None => None,
+    })
+}
+
+/// The catalog over `db`, on the system clock, its public reads cached in
+/// `cache` for `cache.ttl_secs`.
+pub fn catalog(config: &Config, db: &Database, cache: Option<Arc<dyn Cache>>) -> Catalog {
+    let catalog = Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock));
+    match cache {
+        Some(cache) => catalog.with_cache(
+            Arc::new(CacheAside::new(cache)),
+            Duration::from_secs(config.cache.ttl_secs),
         ),
-        CacheBackend::None => return Ok(catalog),
-    };
-    Ok(catalog.with_cache(
-        Arc::new(CacheAside::new(cache)),
-        Duration::from_secs(config.cache.ttl_secs),
-    ))
+        None => catalog,
+    }
 }
 
 /// The inventory over `db`, checking products with `catalog`, on the system clock.
@@ -326,6 +334,7 @@ struct Modules {
 fn router(
     config: &Config,
     db: &Database,
+    cache: Option<Arc<dyn Cache>>,
     authenticator: Authenticator,
     modules: Modules,
 ) -> Router {
@@ -345,7 +354,7 @@ fn router(
         .merge(agora_cart::http::router(carts))
         .merge(agora_orders::http::router(orders))
         .merge(agora_payments::http::router(payments));
-    let root = health::routes(db.clone())
+    let root = health::routes(db.clone(), cache)
         .merge(agora_identity::http::well_known_router(identity))
         .merge(api::docs_router());
     let edge = Edge {
@@ -369,7 +378,7 @@ pub async fn migrate_only(config: &Config) -> anyhow::Result<()> {
 pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     migrate(&db).await?;
-    let report = agora_catalog::seed::seed_demo(&catalog(config, &db)?).await?;
+    let report = agora_catalog::seed::seed_demo(&catalog(config, &db, read_cache(config)?)).await?;
     db.close().await;
     if report.products == 0 {
         println!("the catalog is not empty: nothing loaded");

@@ -46,6 +46,12 @@ pub trait Cache: Send + Sync + 'static {
 
     /// Forgets every entry tagged with `tag`.
     async fn delete_tag(&self, tag: &str);
+
+    /// Whether the cache answers now: a shared backend is asked, one in this
+    /// process always does.
+    async fn check(&self) -> bool {
+        true
+    }
 }
 
 /// An entry of the memory cache.

@@ -698,9 +698,11 @@ async fn the_demo_catalog_loads_once_into_an_empty_database() {
     let products = app.all_products("").await;
     assert_eq!(products.len(), 200);
     assert!(products.iter().any(|p| p["active"] == false));
-    let report = agora_catalog::seed::seed_demo(
-        &agora::app::catalog(&agora_platform::Config::default(), &app.db.db).expect("a catalog"),
-    )
+    let report = agora_catalog::seed::seed_demo(&agora::app::catalog(
+        &agora_platform::Config::default(),
+        &app.db.db,
+        None,
+    ))
     .await
     .expect("seeding runs");
     assert_eq!(report.products, 0, "a second run adds nothing");

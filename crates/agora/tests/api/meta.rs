@@ -15,6 +15,39 @@ async fn health_endpoints_answer() {
     let ready = app.get("/health/ready").await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.data()["checks"]["database"], "ok");
+    assert_eq!(ready.data()["checks"]["cache"], "ok");
+}
+
+/// A shared cache that does not answer is reported, and the process stays
+/// ready: its reads go to the database.
+#[tokio::test]
+async fn readiness_reports_a_redis_cache_that_is_down_as_degraded() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("an address").port();
+    drop(listener);
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.cache.backend = agora_platform::config::CacheBackend::Redis;
+        c.cache.redis_url = format!("redis://127.0.0.1:{port}");
+    })
+    .await;
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert_eq!(ready.data()["checks"]["database"], "ok");
+    assert_eq!(ready.data()["checks"]["cache"], "degraded");
+}
+
+/// With Redis up, the cache check answers `ok`.
+#[tokio::test]
+#[ignore = "needs a Redis server: set AGORA_TEST_REDIS_URL and pass --ignored"]
+async fn readiness_reports_a_redis_cache_that_answers_as_ok() {
+    let url = std::env::var("AGORA_TEST_REDIS_URL").expect("AGORA_TEST_REDIS_URL");
+    let app = crate::helpers::spawn_app_with(|c| {
+        c.cache.backend = agora_platform::config::CacheBackend::Redis;
+        c.cache.redis_url = url;
+    })
+    .await;
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.data()["checks"]["cache"], "ok");
 }
 
 #[tokio::test]
@@ -24,7 +57,7 @@ async fn readiness_fails_with_a_code_when_the_database_is_gone() {
     // probe must report it instead of answering "ready".
     let db = app.db.db.clone();
     db.close().await;
-    let router = agora_platform::http::health::routes(db);
+    let router = agora_platform::http::health::routes(db, None);
     let response = tower::ServiceExt::oneshot(
         router,
         axum::http::Request::builder()

@@ -138,6 +138,12 @@ impl Cache for RedisCache {
             .await;
         self.outcome("delete_tag", deleted);
     }
+
+    async fn check(&self) -> bool {
+        let mut conn = self.conn.clone();
+        let pong: RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
+        self.outcome("ping", pong).is_some()
+    }
 }
 
 #[cfg(test)]
