@@ -1055,14 +1055,7 @@ async fn public_reads_go_through_redis_and_see_writes_at_once() {
 /// Redis down: public reads answer from the database, as if there were no cache.
 #[tokio::test]
 async fn with_the_redis_cache_down_public_reads_still_answer() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let port = listener.local_addr().expect("an address").port();
-    drop(listener);
-    let app = crate::helpers::spawn_app_with(|c| {
-        c.cache.backend = agora_platform::config::CacheBackend::Redis;
-        c.cache.redis_url = format!("redis://127.0.0.1:{port}");
-    })
-    .await;
+    let app = crate::helpers::spawn_app_with_redis_down().await;
     let p = app.create_product(json!({})).await;
     let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
     for _ in 0..3 {

@@ -85,6 +85,19 @@ pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestA
     app
 }
 
+/// Starts the application with its cache in a Redis that is down (nothing
+/// listens on the port it names).
+pub(crate) async fn spawn_app_with_redis_down() -> TestApp {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let port = listener.local_addr().expect("an address").port();
+    drop(listener);
+    spawn_app_with(|c| {
+        c.cache.backend = agora_platform::config::CacheBackend::Redis;
+        c.cache.redis_url = format!("redis://127.0.0.1:{port}");
+    })
+    .await
+}
+
 /// Who sends a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum As<'t> {

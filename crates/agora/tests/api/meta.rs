@@ -22,14 +22,7 @@ async fn health_endpoints_answer() {
 /// ready: its reads go to the database.
 #[tokio::test]
 async fn readiness_reports_a_redis_cache_that_is_down_as_degraded() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-    let port = listener.local_addr().expect("an address").port();
-    drop(listener);
-    let app = crate::helpers::spawn_app_with(|c| {
-        c.cache.backend = agora_platform::config::CacheBackend::Redis;
-        c.cache.redis_url = format!("redis://127.0.0.1:{port}");
-    })
-    .await;
+    let app = crate::helpers::spawn_app_with_redis_down().await;
     let ready = app.get("/health/ready").await;
     assert_eq!(ready.status, StatusCode::OK);
     assert_eq!(ready.data()["checks"]["database"], "ok");
