@@ -147,3 +147,35 @@ async fn two_processes_seeding_at_once_load_the_demo_catalog_once() {
     assert_eq!(a.products + b.products, 200, "{a:?} {b:?}");
     assert_eq!(catalog.categories().await.expect("listed").len(), 10);
 }
+
+/// Public reads through the read cache: the second read of a product is a hit,
+/// a write makes the next one a miss, and a deleted product is not served.
+#[tokio::test]
+async fn public_reads_are_counted_as_hits_and_misses_of_the_read_cache() {
+    use agora_platform::cache::{CacheAside, CacheStats, MemoryCache};
+    let (catalog, _db) = catalog().await;
+    let catalog = catalog.with_cache(
+        Arc::new(CacheAside::new(Arc::new(MemoryCache::new(1 << 20)))),
+        std::time::Duration::from_secs(60),
+    );
+    let p = catalog
+        .create_product(draft("HIT-1", 500, true))
+        .await
+        .expect("created");
+    let first = catalog.public_product(p.id).await.expect("read");
+    assert_eq!(catalog.public_product(p.id).await.expect("read"), first);
+    assert_eq!(
+        catalog.cache_stats(),
+        Some(CacheStats {
+            hits: 1,
+            misses: 1,
+            loads: 1
+        })
+    );
+    catalog.delete_product(p.id).await.expect("deleted");
+    assert!(matches!(
+        catalog.public_product(p.id).await,
+        Err(CatalogError::ProductNotFound)
+    ));
+    assert_eq!(catalog.cache_stats().map(|s| s.misses), Some(2));
+}
