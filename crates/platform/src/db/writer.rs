@@ -51,9 +51,10 @@ pub struct WriteTx {
 enum TxKind {
     /// PostgreSQL: a transaction of the pool.
     Pool(sqlx::Transaction<'static, Any>),
-    /// SQLite: a savepoint in the group's shared transaction. `None` once finished.
+    /// SQLite: a savepoint in the group's shared transaction, holding the
+    /// connection.
     Group {
-        slot: Option<OwnedMutexGuard<Slot>>,
+        slot: OwnedMutexGuard<Slot>,
         group: Arc<Group>,
     },
     /// Committed or rolled back.
@@ -94,9 +95,7 @@ impl WriteTx {
             TxKind::Finished => Ok(()),
         }
     }
-}
 
-impl WriteTx {
     /// Ends a one-statement transaction by the statement's outcome: committed
     /// when it succeeded, rolled back (and so, on SQLite, waiting for the
     /// transactions it saw, as a caller that lost a race for a key needs) when
@@ -130,11 +129,11 @@ impl Drop for WriteTx {
     fn drop(&mut self) {
         // PostgreSQL: sqlx rolls the transaction back. SQLite: the next holder of
         // the connection undoes the savepoint before anything else.
-        if let TxKind::Group { slot, group } = &mut self.kind
-            && let Some(mut guard) = slot.take()
+        if let TxKind::Group { mut slot, group } =
+            std::mem::replace(&mut self.kind, TxKind::Finished)
         {
-            guard.dangling = true;
-            drop(guard);
+            slot.dangling = true;
+            drop(slot);
             group.wake.notify_one();
         }
     }
@@ -147,8 +146,8 @@ impl Deref for WriteTx {
         match &self.kind {
             TxKind::Pool(tx) => tx,
             TxKind::Group { slot, .. } => slot
+                .conn
                 .as_ref()
-                .and_then(|s| s.conn.as_ref())
                 .unwrap_or_else(|| unreachable!("a live write transaction holds the connection")),
             TxKind::Finished => unreachable!("a finished write transaction is consumed"),
         }
@@ -160,8 +159,8 @@ impl DerefMut for WriteTx {
         match &mut self.kind {
             TxKind::Pool(tx) => tx,
             TxKind::Group { slot, .. } => slot
+                .conn
                 .as_mut()
-                .and_then(|s| s.conn.as_mut())
                 .unwrap_or_else(|| unreachable!("a live write transaction holds the connection")),
             TxKind::Finished => unreachable!("a finished write transaction is consumed"),
         }
@@ -251,10 +250,7 @@ impl Group {
             let mut guard = guard;
             match group.open_savepoint(&mut guard).await {
                 Ok(()) => Ok(WriteTx {
-                    kind: TxKind::Group {
-                        slot: Some(guard),
-                        group,
-                    },
+                    kind: TxKind::Group { slot: guard, group },
                 }),
                 Err(e) => {
                     // The shared transaction may be open with nobody to end it.
@@ -279,14 +275,7 @@ impl Group {
     /// Ends a write transaction's savepoint, then waits for the `COMMIT` of the
     /// shared transaction: when it returns `Ok`, what the transaction wrote, and
     /// what it read of the transactions before it, is durable.
-    async fn end(
-        self: Arc<Self>,
-        slot: Option<OwnedMutexGuard<Slot>>,
-        how: End,
-    ) -> Result<(), Error> {
-        let Some(guard) = slot else {
-            return Err(closed());
-        };
+    async fn end(self: Arc<Self>, guard: OwnedMutexGuard<Slot>, how: End) -> Result<(), Error> {
         let (done, answer) = oneshot::channel();
         let group = Arc::clone(&self);
         // In a task of its own, so that it always finishes (see `begin`).
