@@ -66,12 +66,7 @@ impl Catalog {
     /// An active product, rendered for the public (`platform::http::cacheable`),
     /// from the cache when it holds it.
     pub async fn public_product(&self, id: ProductId) -> Result<Bytes, CatalogError> {
-        let load = async {
-            match self.store.product(id).await? {
-                Some(p) if p.active => render(&p, None),
-                _ => Err(CatalogError::ProductNotFound),
-            }
-        };
+        let load = async { render(&self.product(id, false).await?, None) };
         self.cached(&format!("catalog:product:{id}"), load).await
     }
 

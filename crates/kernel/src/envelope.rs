@@ -90,8 +90,15 @@ pub(crate) fn render<T: serde::Serialize>(
         },
     };
     let mut buf = Vec::with_capacity(256);
-    let (status, body) = match serde_json::to_writer(&mut buf, &envelope) {
-        Ok(()) => (status, Body::from(buf)),
+    let written = serde_json::to_writer(&mut buf, &envelope).map(|()| buf);
+    json_response(status, written)
+}
+
+/// A JSON response with `body`, or the bare internal error when our own types
+/// failed to serialize (a bug).
+fn json_response(status: StatusCode, body: serde_json::Result<Vec<u8>>) -> Response {
+    let (status, body) = match body {
+        Ok(bytes) => (status, Body::from(bytes)),
         Err(e) => {
             tracing::error!(error = %e, "response serialization failed");
             (
@@ -124,19 +131,11 @@ pub fn ok_prerendered(data: &[u8], next_cursor: Option<&str>) -> Response {
     buf.extend_from_slice(br#"{"success":true,"data":"#);
     buf.extend_from_slice(data);
     buf.extend_from_slice(br#","meta":"#);
-    if let Err(e) = serde_json::to_writer(&mut buf, &meta) {
-        tracing::error!(error = %e, "response serialization failed");
-        let mut response = Response::new(Body::from(SERIALIZATION_FAILED));
-        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        return response;
-    }
-    buf.push(b'}');
-    let mut response = Response::new(Body::from(buf));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    let written = serde_json::to_writer(&mut buf, &meta).map(|()| {
+        buf.push(b'}');
+        buf
+    });
+    json_response(StatusCode::OK, written)
 }
 
 /// A successful API answer: `data` wrapped in the envelope.
