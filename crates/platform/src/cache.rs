@@ -491,10 +491,15 @@ mod tests {
         let runs = AtomicU64::new(0);
         load_counting(&aside, "p1", "v1", &runs).await;
         drop(aside.invalidation("products"));
-        // The invalidation runs in the background; this task yields until it has.
-        while aside.epoch.load(Ordering::Acquire) == 0 {
-            tokio::task::yield_now().await;
-        }
+        // The invalidation runs in the background; this task yields until it
+        // has (a bound turns a lost invalidation into a failure, not a hang).
+        let ran = tokio::time::timeout(Duration::from_secs(5), async {
+            while aside.epoch.load(Ordering::Acquire) == 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(ran.is_ok(), "the dropped invalidation never ran");
         assert_eq!(load_counting(&aside, "p1", "v2", &runs).await, "v2");
         aside.invalidation("products").now().await;
         assert_eq!(load_counting(&aside, "p1", "v3", &runs).await, "v3");
