@@ -21,15 +21,16 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyConnection, AnyPool, Arguments, AssertSqlSafe, Connection, Encode, Row, Type};
+use sqlx::{Any, AnyConnection, AnyPool, Arguments, AssertSqlSafe, Encode, Row, Type};
 
 use crate::config::Config;
 
+mod local_exec;
 mod point_reads;
 mod writer;
 
 use point_reads::PointReader;
-pub use writer::{CommitStats, WriteTx, Writer};
+pub use writer::{CommitStats, TxConn, WriteTx, Writer};
 
 /// Which engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,17 +82,9 @@ impl Database {
                     format!("Failed to create the data directory {}", dir.display())
                 })?;
             }
-            let mut conn = AnyConnection::connect(url)
-                .await
+            let conn = open_writer(file)
                 .with_context(|| format!("Failed to open the SQLite database {url}"))?;
-            sqlx::raw_sql(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                 PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-            )
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("Failed to set up the SQLite database {url}"))?;
-            let writer = Writer::group(writer::Group::start(conn, acquire_timeout));
+            let writer = Writer::group(writer::Group::start(conn, url, acquire_timeout));
             let reader = sqlite_pool(
                 url,
                 config.database.max_connections,
@@ -301,6 +294,28 @@ async fn sqlite_pool(
         .await
         .with_context(|| format!("Failed to open the SQLite database {url}"))
 }
+
+/// The one SQLite writer connection (ADR 0005): it creates the file, puts it in
+/// WAL mode with durable commits, and keeps the statements of every store
+/// prepared.
+fn open_writer(file: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open_with_flags(
+        file,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+            | rusqlite::OpenFlags::SQLITE_OPEN_CREATE
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+         PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(WRITER_STATEMENT_CACHE);
+    Ok(conn)
+}
+
+/// Prepared statements the writer keeps: more than every module's write
+/// statements together, so none is parsed again under load.
+const WRITER_STATEMENT_CACHE: usize = 512;
 
 fn sqlite_file(url: &str) -> Option<&Path> {
     let rest = url
@@ -718,6 +733,71 @@ mod tests {
         insert_note(&mut next, 3).await?;
         next.commit().await?;
         assert_eq!(notes(db).await?, vec![3]);
+        Ok(())
+    }
+
+    /// The SQLite writer runs statements itself (ADR 0005); stores must not see
+    /// a difference from sqlx's drivers.
+    #[tokio::test]
+    async fn write_transactions_answer_queries_as_the_drivers_do() -> anyhow::Result<()> {
+        let test = with_notes().await?;
+        let db = &test.db;
+        let mut tx = db.begin().await?;
+        // A numbered parameter takes its argument wherever, and however often, it appears.
+        let inserted = sqlx::query("INSERT INTO notes (id, n, note) VALUES ($2, $1, $2)")
+            .bind(7_i64)
+            .bind("x")
+            .execute(&mut *tx)
+            .await?;
+        assert_eq!(inserted.rows_affected(), 1);
+        let row = sqlx::query("UPDATE notes SET note = NULL WHERE n = $1 RETURNING id, n, note")
+            .bind(7_i32)
+            .fetch_one(&mut *tx)
+            .await?;
+        assert_eq!(row.try_get::<String, _>("id")?, "x");
+        assert_eq!(row.try_get::<i32, _>(1)?, 7);
+        assert_eq!(row.try_get::<Option<String>, _>("note")?, None);
+        assert!(row.try_get::<String, _>("missing").is_err());
+        let none = sqlx::query("SELECT id FROM notes WHERE n = $1")
+            .bind(8_i64)
+            .fetch_optional(&mut *tx)
+            .await?;
+        assert!(none.is_none());
+        let updated = sqlx::query("UPDATE notes SET note = $1 WHERE n > $2")
+            .bind(Some("y"))
+            .bind(0_i64)
+            .execute(&mut *tx)
+            .await?;
+        assert_eq!(updated.rows_affected(), 1);
+        if db.backend() == Backend::Sqlite {
+            // A read reports no changes, not the count of the write before it.
+            let read = sqlx::query("SELECT n FROM notes").execute(&mut *tx).await?;
+            assert_eq!(read.rows_affected(), 0);
+        }
+        tx.commit().await?;
+        assert_eq!(notes(db).await?, [7]);
+
+        // A parameter without its argument is an error, not a panic.
+        let mut tx = db.begin().await?;
+        let missing_argument = sqlx::query("SELECT id FROM notes WHERE n = $1 AND id = $2")
+            .bind(7_i64)
+            .fetch_optional(&mut *tx)
+            .await;
+        assert!(missing_argument.is_err(), "a parameter without its argument");
+        drop(tx);
+
+        // A broken constraint is the database error `violation` recognizes.
+        let mut tx = db.begin().await?;
+        let duplicate = insert_note(&mut tx, 7).await.expect_err("n is unique");
+        drop(tx);
+        assert!(
+            violation(&duplicate).is_some_and(|v| v.is_unique("notes_n_key", "notes.n")),
+            "{duplicate:?}"
+        );
+        let value = sqlx::query_scalar::<_, String>("SELECT note FROM notes WHERE n = 7")
+            .fetch_one(db.reader())
+            .await?;
+        assert_eq!(value, "y");
         Ok(())
     }
 

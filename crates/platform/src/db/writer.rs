@@ -36,17 +36,24 @@ use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Either, Error, Execute, Executor};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
+use super::local_exec;
+
 /// The savepoint each write transaction runs in on SQLite (they never overlap).
 const SAVEPOINT: &str = "SAVEPOINT agora_write";
 const RELEASE: &str = "RELEASE agora_write";
 const ROLLBACK_TO: &str = "ROLLBACK TO agora_write; RELEASE agora_write";
 
 /// A write transaction. Statements run on it through `&mut *tx` (it dereferences
-/// to the connection); [`WriteTx::commit`] makes them durable, and dropping it
+/// to its [`TxConn`]); [`WriteTx::commit`] makes them durable, and dropping it
 /// without committing undoes them.
 pub struct WriteTx {
-    kind: TxKind,
+    conn: TxConn,
 }
+
+/// The connection of a write transaction, as an sqlx [`Executor`]: on
+/// PostgreSQL the pool transaction's, on SQLite the group's writer, whose
+/// statements run on the calling thread (ADR 0005).
+pub struct TxConn(TxKind);
 
 enum TxKind {
     /// PostgreSQL: a transaction of the pool.
@@ -63,7 +70,13 @@ enum TxKind {
 
 impl std::fmt::Debug for WriteTx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.kind {
+        self.conn.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for TxConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
             TxKind::Pool(_) => "WriteTx(pool)",
             TxKind::Group { .. } => "WriteTx(group)",
             TxKind::Finished => "WriteTx(finished)",
@@ -75,7 +88,7 @@ impl WriteTx {
     /// Makes the transaction's writes durable. On SQLite this waits for the
     /// group's `COMMIT`; an error means nothing of this transaction was written.
     pub async fn commit(mut self) -> Result<(), Error> {
-        match std::mem::replace(&mut self.kind, TxKind::Finished) {
+        match std::mem::replace(&mut self.conn.0, TxKind::Finished) {
             TxKind::Pool(tx) => tx.commit().await,
             TxKind::Group { slot, group } => group.end(slot, End::Commit).await,
             TxKind::Finished => Err(closed()),
@@ -89,7 +102,7 @@ impl WriteTx {
     /// next). End a transaction that found what it came for with this, not by
     /// dropping it; dropping is for errors.
     pub async fn rollback(mut self) -> Result<(), Error> {
-        match std::mem::replace(&mut self.kind, TxKind::Finished) {
+        match std::mem::replace(&mut self.conn.0, TxKind::Finished) {
             TxKind::Pool(tx) => tx.rollback().await,
             TxKind::Group { slot, group } => group.end(slot, End::Rollback).await,
             TxKind::Finished => Ok(()),
@@ -130,7 +143,7 @@ impl Drop for WriteTx {
         // PostgreSQL: sqlx rolls the transaction back. SQLite: the next holder of
         // the connection undoes the savepoint before anything else.
         if let TxKind::Group { mut slot, group } =
-            std::mem::replace(&mut self.kind, TxKind::Finished)
+            std::mem::replace(&mut self.conn.0, TxKind::Finished)
         {
             slot.dangling = true;
             drop(slot);
@@ -140,37 +153,100 @@ impl Drop for WriteTx {
 }
 
 impl Deref for WriteTx {
-    type Target = AnyConnection;
+    type Target = TxConn;
 
-    fn deref(&self) -> &AnyConnection {
-        match &self.kind {
-            TxKind::Pool(tx) => tx,
-            TxKind::Group { slot, .. } => slot
-                .conn
-                .as_ref()
-                .unwrap_or_else(|| unreachable!("a live write transaction holds the connection")),
-            TxKind::Finished => unreachable!("a finished write transaction is consumed"),
-        }
+    fn deref(&self) -> &TxConn {
+        &self.conn
     }
 }
 
 impl DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        match &mut self.kind {
-            TxKind::Pool(tx) => tx,
-            TxKind::Group { slot, .. } => slot
-                .conn
-                .as_mut()
-                .unwrap_or_else(|| unreachable!("a live write transaction holds the connection")),
-            TxKind::Finished => unreachable!("a finished write transaction is consumed"),
+    fn deref_mut(&mut self) -> &mut TxConn {
+        &mut self.conn
+    }
+}
+
+impl<'c> Executor<'c> for &'c mut TxConn {
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(
+        self,
+        query: E,
+    ) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        match &mut self.0 {
+            TxKind::Pool(tx) => (&mut **tx).fetch_many(query),
+            TxKind::Group { slot, .. } => futures_util::stream::once(async move {
+                let produced = local(slot, query)?;
+                Ok::<_, Error>(futures_util::stream::iter(produced.into_iter().map(Ok)))
+            })
+            .try_flatten()
+            .boxed(),
+            TxKind::Finished => futures_util::stream::once(async { Err(closed()) }).boxed(),
         }
     }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        match &mut self.0 {
+            TxKind::Pool(tx) => (&mut **tx).fetch_optional(query),
+            TxKind::Group { slot, .. } => Box::pin(async move {
+                Ok(local(slot, query)?
+                    .into_iter()
+                    .find_map(|item| item.right()))
+            }),
+            TxKind::Finished => Box::pin(async { Err(closed()) }),
+        }
+    }
+
+    fn prepare_with<'e>(
+        self,
+        sql: sqlx::SqlStr,
+        parameters: &'e [AnyTypeInfo],
+    ) -> BoxFuture<'e, Result<AnyStatement, Error>>
+    where
+        'c: 'e,
+    {
+        match &mut self.0 {
+            TxKind::Pool(tx) => (&mut **tx).prepare_with(sql, parameters),
+            _ => Box::pin(async { Err(unsupported("preparing a statement")) }),
+        }
+    }
+
+    fn describe<'e>(self, sql: sqlx::SqlStr) -> BoxFuture<'e, Result<sqlx::Describe<Any>, Error>>
+    where
+        'c: 'e,
+    {
+        match &mut self.0 {
+            TxKind::Pool(tx) => (&mut **tx).describe(sql),
+            _ => Box::pin(async { Err(unsupported("describing a statement")) }),
+        }
+    }
+}
+
+/// Runs `query` on the group's writer connection, on this thread.
+fn local<'q>(slot: &Slot, mut query: impl Execute<'q, Any>) -> Result<local_exec::Produced, Error> {
+    let conn = slot.conn.as_ref().ok_or_else(closed)?;
+    let arguments = query.take_arguments().map_err(Error::Encode)?;
+    local_exec::run(conn, query.sql().as_str(), arguments)
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::Protocol(format!(
+        "{what} is not supported on the SQLite writer; run the query instead"
+    ))
 }
 
 /// The one SQLite writer connection and the state of its shared transaction.
 pub(super) struct Slot {
     /// `None` once the database is closed.
-    conn: Option<AnyConnection>,
+    conn: Option<rusqlite::Connection>,
     /// Whether the shared transaction is open.
     open: bool,
     /// A write transaction was dropped unfinished: its savepoint must be undone.
@@ -184,6 +260,9 @@ pub(super) struct Slot {
 /// the next `COMMIT`.
 pub(super) struct Group {
     slot: Arc<Mutex<Slot>>,
+    /// The database's URL, for migrations, which run on an sqlx connection of
+    /// their own while the writer is held.
+    url: String,
     pending: std::sync::Mutex<Vec<oneshot::Sender<Result<(), String>>>>,
     wake: Arc<Notify>,
     acquire_timeout: Duration,
@@ -213,8 +292,13 @@ impl Drop for Group {
 }
 
 impl Group {
-    /// The group over `conn`, with its committer task.
-    pub(super) fn start(conn: AnyConnection, acquire_timeout: Duration) -> Arc<Group> {
+    /// The group over `conn` (opened on the file `url` names), with its
+    /// committer task.
+    pub(super) fn start(
+        conn: rusqlite::Connection,
+        url: &str,
+        acquire_timeout: Duration,
+    ) -> Arc<Group> {
         let wake = Arc::new(Notify::new());
         let group = Arc::new(Group {
             slot: Arc::new(Mutex::new(Slot {
@@ -223,6 +307,7 @@ impl Group {
                 dangling: false,
                 released: false,
             })),
+            url: url.to_string(),
             pending: std::sync::Mutex::new(Vec::new()),
             wake: Arc::clone(&wake),
             acquire_timeout,
@@ -235,73 +320,83 @@ impl Group {
     /// Starts a write transaction: waits for the connection (at most the acquire
     /// timeout, then `PoolTimedOut` as a pool would), then opens its savepoint.
     ///
-    /// The statements that open it run in a task of their own, as do those that
-    /// end it ([`Group::end`]): sqlx runs a statement to its end even when its
-    /// caller stops waiting (a cancelled request), so a caller must never be able
-    /// to stop between a statement and the bookkeeping of what it did. A
-    /// transaction that nobody takes any more is dropped, which marks it for
-    /// undoing like any abandoned one.
+    /// Statements run to their end within one poll of the caller (ADR 0005), so
+    /// a caller cancelled while waiting here or in [`Group::end`] can never stop
+    /// between a statement and the bookkeeping of what it did. The one statement
+    /// that can wait on another process, the shared transaction's
+    /// `BEGIN IMMEDIATE`, runs on a blocking thread instead, with the
+    /// transaction it opens: one that nobody takes any more is dropped, which
+    /// marks it for undoing like any abandoned one.
     pub(super) async fn begin(self: &Arc<Self>) -> Result<WriteTx, Error> {
-        let guard = tokio::time::timeout(self.acquire_timeout, self.slot.clone().lock_owned())
+        let mut guard = tokio::time::timeout(self.acquire_timeout, self.slot.clone().lock_owned())
             .await
             .map_err(|_| Error::PoolTimedOut)?;
+        if guard.open {
+            return match self.open_savepoint(&mut guard) {
+                Ok(()) => Ok(self.transaction(guard)),
+                Err(e) => Err(self.give_up(guard, e)),
+            };
+        }
         let group = Arc::clone(self);
-        let opened = tokio::spawn(async move {
+        let opened = tokio::task::spawn_blocking(move || {
             let mut guard = guard;
-            match group.open_savepoint(&mut guard).await {
-                Ok(()) => Ok(WriteTx {
-                    kind: TxKind::Group { slot: guard, group },
-                }),
-                Err(e) => {
-                    // The shared transaction may be open with nobody to end it.
-                    drop(guard);
-                    group.wake.notify_one();
-                    Err(e)
-                }
+            match group.open_savepoint(&mut guard) {
+                Ok(()) => Ok(group.transaction(guard)),
+                Err(e) => Err(group.give_up(guard, e)),
             }
         });
         opened.await.map_err(|e| group_failed(e.to_string()))?
     }
 
-    async fn open_savepoint(&self, slot: &mut Slot) -> Result<(), Error> {
-        self.settle(slot).await?;
+    fn transaction(self: &Arc<Self>, slot: OwnedMutexGuard<Slot>) -> WriteTx {
+        WriteTx {
+            conn: TxConn(TxKind::Group {
+                slot,
+                group: Arc::clone(self),
+            }),
+        }
+    }
+
+    /// Gives the connection back after a failed start; the shared transaction
+    /// may be open with nobody to end it.
+    fn give_up(&self, slot: OwnedMutexGuard<Slot>, e: Error) -> Error {
+        drop(slot);
+        self.wake.notify_one();
+        e
+    }
+
+    fn open_savepoint(&self, slot: &mut Slot) -> Result<(), Error> {
+        self.settle(slot)?;
         if !slot.open {
-            run(slot, "BEGIN IMMEDIATE").await?;
+            run(slot, "BEGIN IMMEDIATE")?;
             slot.open = true;
         }
-        run(slot, SAVEPOINT).await
+        run(slot, SAVEPOINT)
     }
 
     /// Ends a write transaction's savepoint, then waits for the `COMMIT` of the
     /// shared transaction: when it returns `Ok`, what the transaction wrote, and
     /// what it read of the transactions before it, is durable.
-    async fn end(self: Arc<Self>, guard: OwnedMutexGuard<Slot>, how: End) -> Result<(), Error> {
+    async fn end(self: Arc<Self>, mut guard: OwnedMutexGuard<Slot>, how: End) -> Result<(), Error> {
         let (done, answer) = oneshot::channel();
-        let group = Arc::clone(&self);
-        // In a task of its own, so that it always finishes (see `begin`).
-        let ended = tokio::spawn(async move {
-            let mut guard = guard;
-            // Until its statement has run the savepoint counts as abandoned.
-            guard.dangling = true;
-            let sql = match how {
-                End::Commit => RELEASE,
-                End::Rollback => ROLLBACK_TO,
-            };
-            let ran = run(&mut guard, sql).await;
-            if ran.is_ok() {
-                guard.dangling = false;
-                guard.released |= how == End::Commit;
-                group
-                    .pending
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(done);
-            }
-            drop(guard);
-            group.wake.notify_one();
-            ran
-        });
-        ended.await.map_err(|e| group_failed(e.to_string()))??;
+        let sql = match how {
+            End::Commit => RELEASE,
+            End::Rollback => ROLLBACK_TO,
+        };
+        // Until its statement has run the savepoint counts as abandoned.
+        guard.dangling = true;
+        let ran = run(&mut guard, sql);
+        if ran.is_ok() {
+            guard.dangling = false;
+            guard.released |= how == End::Commit;
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(done);
+        }
+        drop(guard);
+        self.wake.notify_one();
+        ran?;
         let outcome = match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(group_failed(message)),
@@ -315,51 +410,77 @@ impl Group {
         outcome
     }
 
-    /// Runs `f` with the connection outside any transaction (migrations), after
-    /// committing what is pending.
+    /// Runs `f` on an sqlx connection of its own, outside any transaction
+    /// (migrations), after committing what is pending; the writer is held
+    /// meanwhile, so nothing else writes.
     pub(super) async fn exclusive<T>(
-        &self,
+        self: &Arc<Self>,
         f: impl AsyncFnOnce(&mut AnyConnection) -> T,
     ) -> Result<T, Error> {
-        let mut guard = self.slot.clone().lock_owned().await;
-        self.flush(&mut guard).await;
-        let conn = guard.conn.as_mut().ok_or_else(closed)?;
-        Ok(f(conn).await)
+        let guard = self.flushed().await?;
+        if guard.conn.is_none() {
+            return Err(closed());
+        }
+        let mut conn = AnyConnection::connect(&self.url).await?;
+        sqlx::raw_sql("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;")
+            .execute(&mut conn)
+            .await?;
+        let out = f(&mut conn).await;
+        if let Err(e) = conn.close().await {
+            tracing::warn!(error = %e, "closing the SQLite migration connection failed");
+        }
+        drop(guard);
+        Ok(out)
     }
 
     /// Commits what is pending and closes the connection.
-    pub(super) async fn close(&self) {
-        let mut guard = self.slot.clone().lock_owned().await;
-        self.flush(&mut guard).await;
+    pub(super) async fn close(self: &Arc<Self>) {
+        let Ok(mut guard) = self.flushed().await else {
+            return;
+        };
         if let Some(conn) = guard.conn.take()
-            && let Err(e) = conn.close().await
+            && let Err((_, e)) = conn.close()
         {
             tracing::warn!(error = %e, "closing the SQLite writer connection failed");
         }
     }
 
+    /// Takes the connection and commits what is pending on it (on a blocking
+    /// thread: a `COMMIT` waits for the disk).
+    async fn flushed(self: &Arc<Self>) -> Result<OwnedMutexGuard<Slot>, Error> {
+        let guard = self.slot.clone().lock_owned().await;
+        let group = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let mut guard = guard;
+            group.flush(&mut guard);
+            guard
+        })
+        .await
+        .map_err(|e| group_failed(e.to_string()))
+    }
+
     /// Undoes the savepoint of a transaction dropped unfinished. If even that
     /// fails, the whole shared transaction is rolled back and its waiters told.
-    async fn settle(&self, slot: &mut Slot) -> Result<(), Error> {
+    fn settle(&self, slot: &mut Slot) -> Result<(), Error> {
         if !slot.dangling {
             return Ok(());
         }
-        match run(slot, ROLLBACK_TO).await {
+        match run(slot, ROLLBACK_TO) {
             Ok(()) => {
                 slot.dangling = false;
                 Ok(())
             }
             Err(e) => {
-                self.abort(slot, &e).await;
+                self.abort(slot, &e);
                 Err(e)
             }
         }
     }
 
     /// Ends the shared transaction: commits it and answers every transaction
-    /// waiting for it.
-    async fn flush(&self, slot: &mut Slot) {
-        if self.settle(slot).await.is_err() {
+    /// waiting for it. Blocks for the `fsync`: call it on a blocking thread.
+    fn flush(&self, slot: &mut Slot) {
+        if self.settle(slot).is_err() {
             return;
         }
         let waiting =
@@ -370,7 +491,7 @@ impl Group {
             answer(waiting, Err("the shared transaction had ended".to_string()));
             return;
         }
-        match run(slot, "COMMIT").await {
+        match run(slot, "COMMIT") {
             Ok(()) => {
                 slot.open = false;
                 if std::mem::take(&mut slot.released) {
@@ -384,14 +505,14 @@ impl Group {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .extend(waiting);
-                self.abort(slot, &e).await;
+                self.abort(slot, &e);
             }
         }
     }
 
     /// Rolls the shared transaction back and fails every transaction in it.
-    async fn abort(&self, slot: &mut Slot, cause: &Error) {
-        if slot.open && run(slot, "ROLLBACK").await.is_err() {
+    fn abort(&self, slot: &mut Slot, cause: &Error) {
+        if slot.open && run(slot, "ROLLBACK").is_err() {
             tracing::error!("rolling back the shared write transaction failed");
         }
         slot.open = false;
@@ -410,8 +531,9 @@ async fn committer(group: Weak<Group>, wake: Arc<Notify>) {
         let Some(group) = group.upgrade() else {
             return;
         };
-        let mut guard = group.slot.clone().lock_owned().await;
-        group.flush(&mut guard).await;
+        if group.flushed().await.is_err() {
+            tracing::error!("the group committer's blocking task failed");
+        }
     }
 }
 
@@ -422,9 +544,9 @@ fn answer(waiting: Vec<oneshot::Sender<Result<(), String>>>, result: Result<(), 
     }
 }
 
-async fn run(slot: &mut Slot, sql: &'static str) -> Result<(), Error> {
-    let conn = slot.conn.as_mut().ok_or_else(closed)?;
-    sqlx::raw_sql(sql).execute(conn).await.map(drop)
+fn run(slot: &mut Slot, sql: &'static str) -> Result<(), Error> {
+    let conn = slot.conn.as_ref().ok_or_else(closed)?;
+    conn.execute_batch(sql).map_err(local_exec::database_error)
 }
 
 fn closed() -> Error {
@@ -478,7 +600,7 @@ impl Writer {
     pub(super) async fn begin(&self) -> Result<WriteTx, Error> {
         match &self.kind {
             WriterKind::Pool(pool) => Ok(WriteTx {
-                kind: TxKind::Pool(pool.begin().await?),
+                conn: TxConn(TxKind::Pool(pool.begin().await?)),
             }),
             WriterKind::Group(group) => group.begin().await,
         }
@@ -565,12 +687,7 @@ impl<'c> Executor<'c> for &'c Writer {
     {
         match &self.kind {
             WriterKind::Pool(pool) => pool.prepare_with(sql, parameters),
-            WriterKind::Group(group) => Box::pin(async move {
-                let mut tx = group.begin().await?;
-                let statement = tx.prepare_with(sql, parameters).await?;
-                tx.rollback().await?;
-                Ok(statement)
-            }),
+            WriterKind::Group(_) => Box::pin(async { Err(unsupported("preparing a statement")) }),
         }
     }
 
@@ -580,12 +697,7 @@ impl<'c> Executor<'c> for &'c Writer {
     {
         match &self.kind {
             WriterKind::Pool(pool) => pool.describe(sql),
-            WriterKind::Group(group) => Box::pin(async move {
-                let mut tx = group.begin().await?;
-                let described = tx.describe(sql).await?;
-                tx.rollback().await?;
-                Ok(described)
-            }),
+            WriterKind::Group(_) => Box::pin(async { Err(unsupported("describing a statement")) }),
         }
     }
 }
