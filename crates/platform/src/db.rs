@@ -783,7 +783,10 @@ mod tests {
             .bind(7_i64)
             .fetch_optional(&mut *tx)
             .await;
-        assert!(missing_argument.is_err(), "a parameter without its argument");
+        assert!(
+            missing_argument.is_err(),
+            "a parameter without its argument"
+        );
         drop(tx);
 
         // A broken constraint is the database error `violation` recognizes.
