@@ -787,6 +787,11 @@ mod tests {
             missing_argument.is_err(),
             "a parameter without its argument"
         );
+        let named = sqlx::query("SELECT id FROM notes WHERE n = :n")
+            .bind(7_i64)
+            .fetch_optional(&mut *tx)
+            .await;
+        assert!(named.is_err(), "a named parameter");
         drop(tx);
 
         // A broken constraint is the database error `violation` recognizes.

@@ -29,7 +29,8 @@ use sqlx_core::ext::ustr::UStr;
 pub(super) type Produced = Vec<Either<AnyQueryResult, AnyRow>>;
 
 /// Runs one query (`sql` with its bound `arguments`) on `conn`. A query without
-/// arguments may hold several statements, as `sqlx::raw_sql` allows: each is
+/// arguments (`sqlx::raw_sql`; `sqlx::query` always carries arguments, and with
+/// them one statement only) may hold several statements: each is
 /// prepared only when the ones before it have run (a table created by the
 /// first is there for the second).
 pub(super) fn run(
@@ -112,16 +113,21 @@ fn bind(
     let count = statement.parameter_count();
     let mut next = 0;
     for parameter in 1..=count {
-        let position = match statement
-            .parameter_name(parameter)
-            .and_then(|name| name.get(1..))
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) if n >= 1 => n - 1,
-            _ => {
+        let position = match statement.parameter_name(parameter) {
+            // An anonymous `?` takes the next argument.
+            None => {
                 next += 1;
                 next - 1
             }
+            Some(name) => match name.get(1..).and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if n >= 1 => n - 1,
+                // `:name`, `@name`: refused, as sqlx does.
+                _ => {
+                    return Err(Error::Protocol(format!(
+                        "unsupported SQL parameter {name}: use $1, $2, …"
+                    )));
+                }
+            },
         };
         let value = values.get(position).ok_or_else(|| {
             Error::Protocol(format!(

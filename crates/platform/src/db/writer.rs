@@ -233,6 +233,13 @@ impl<'c> Executor<'c> for &'c mut TxConn {
 /// Runs `query` on the group's writer connection, on this thread.
 fn local<'q>(slot: &Slot, mut query: impl Execute<'q, Any>) -> Result<local_exec::Produced, Error> {
     let conn = slot.conn.as_ref().ok_or_else(closed)?;
+    if conn.is_autocommit() {
+        // Some failures (a full disk, `OR ROLLBACK`) make SQLite roll back the
+        // whole shared transaction; a statement run now would commit on its own.
+        return Err(group_failed(
+            "SQLite rolled back the shared transaction".to_string(),
+        ));
+    }
     let arguments = query.take_arguments().map_err(Error::Encode)?;
     local_exec::run(conn, query.sql().as_str(), arguments)
 }
@@ -428,6 +435,10 @@ impl Group {
         let out = f(&mut conn).await;
         if let Err(e) = conn.close().await {
             tracing::warn!(error = %e, "closing the SQLite migration connection failed");
+        }
+        // A migration may have changed the tables the writer's statements read.
+        if let Some(writer) = &guard.conn {
+            writer.flush_prepared_statement_cache();
         }
         drop(guard);
         Ok(out)
