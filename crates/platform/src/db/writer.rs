@@ -179,12 +179,7 @@ impl<'c> Executor<'c> for &'c mut TxConn {
     {
         match &mut self.0 {
             TxKind::Pool(tx) => (&mut **tx).fetch_many(query),
-            TxKind::Group { slot, .. } => futures_util::stream::once(async move {
-                let produced = local(slot, query)?;
-                Ok::<_, Error>(futures_util::stream::iter(produced.into_iter().map(Ok)))
-            })
-            .try_flatten()
-            .boxed(),
+            TxKind::Group { slot, .. } => stream_of(async move { local(slot, query) }),
             TxKind::Finished => futures_util::stream::once(async { Err(closed()) }).boxed(),
         }
     }
@@ -228,6 +223,17 @@ impl<'c> Executor<'c> for &'c mut TxConn {
             _ => Box::pin(async { Err(unsupported("describing a statement")) }),
         }
     }
+}
+
+/// What a query produced, once it has all been produced, as the stream sqlx's
+/// `fetch_many` answers with.
+fn stream_of<'e>(
+    produced: impl Future<Output = Result<local_exec::Produced, Error>> + Send + 'e,
+) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, Error>> {
+    futures_util::stream::once(produced)
+        .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
 }
 
 /// Runs `query` on the group's writer connection, on this thread.
@@ -662,14 +668,11 @@ impl<'c> Executor<'c> for &'c Writer {
     {
         match &self.kind {
             WriterKind::Pool(pool) => pool.fetch_many(query),
-            WriterKind::Group(group) => futures_util::stream::once(async move {
+            WriterKind::Group(group) => stream_of(async move {
                 let mut tx = group.begin().await?;
-                let items: Result<Vec<_>, _> = tx.fetch_many(query).try_collect().await;
-                let items = tx.finish(items).await?;
-                Ok::<_, Error>(futures_util::stream::iter(items.into_iter().map(Ok)))
-            })
-            .try_flatten()
-            .boxed(),
+                let items = tx.fetch_many(query).try_collect().await;
+                tx.finish(items).await
+            }),
         }
     }
 
