@@ -896,6 +896,15 @@ async fn revalidate(
     .await
 }
 
+/// How many products the public list shows.
+async fn public_listed(app: &crate::helpers::TestApp) -> Option<usize> {
+    app.get("/api/v1/products")
+        .await
+        .data()
+        .as_array()
+        .map(Vec::len)
+}
+
 fn etag(answer: &crate::helpers::Answer) -> String {
     answer.headers["etag"]
         .to_str()
@@ -951,28 +960,14 @@ async fn a_retired_product_leaves_cached_reads_at_once() {
     let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
     // Fill the cache with the product and a page that lists it.
     assert_eq!(app.get(&path).await.status, StatusCode::OK);
-    assert_eq!(
-        app.get("/api/v1/products")
-            .await
-            .data()
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(public_listed(&app).await, Some(1));
 
     assert_eq!(
         app.patch(&path, json!({"active": false})).await.status,
         StatusCode::OK
     );
     assert_eq!(app.get(&path).await.code(), "CATALOG_PRODUCT_NOT_FOUND");
-    assert_eq!(
-        app.get("/api/v1/products")
-            .await
-            .data()
-            .as_array()
-            .map(Vec::len),
-        Some(0)
-    );
+    assert_eq!(public_listed(&app).await, Some(0));
 
     assert_eq!(app.delete(&path).await.status, StatusCode::OK);
     assert_eq!(
@@ -995,14 +990,7 @@ async fn staff_views_are_private_and_never_from_the_public_cache() {
     let list = app.get_as("/api/v1/products", As::Staff).await;
     assert_eq!(list.headers["cache-control"], "private, no-store");
     assert_eq!(list.data().as_array().map(Vec::len), Some(1));
-    assert_eq!(
-        app.get("/api/v1/products")
-            .await
-            .data()
-            .as_array()
-            .map(Vec::len),
-        Some(0)
-    );
+    assert_eq!(public_listed(&app).await, Some(0));
 }
 
 #[tokio::test]
@@ -1029,14 +1017,7 @@ async fn with_the_cache_off_public_reads_answer_the_same() {
 #[tokio::test]
 #[ignore = "needs a Redis server: set AGORA_TEST_REDIS_URL and pass --ignored"]
 async fn public_reads_go_through_redis_and_see_writes_at_once() {
-    let url = std::env::var("AGORA_TEST_REDIS_URL").expect("AGORA_TEST_REDIS_URL");
-    let app = crate::helpers::spawn_app_with(|c| {
-        c.cache.backend = agora_platform::config::CacheBackend::Redis;
-        c.cache.redis_url = url;
-        // Each run its own keys: its ids and lists are its own.
-        c.cache.redis_prefix = format!("agora-test-{}", uuid::Uuid::now_v7().simple());
-    })
-    .await;
+    let app = crate::helpers::spawn_app_with_redis().await;
     let p = app.create_product(json!({})).await;
     let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
     let first = app.get(&path).await;

@@ -91,9 +91,21 @@ pub(crate) async fn spawn_app_with_redis_down() -> TestApp {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
     let port = listener.local_addr().expect("an address").port();
     drop(listener);
+    spawn_app_with_redis_at(format!("redis://127.0.0.1:{port}")).await
+}
+
+/// Starts the application with its cache in the Redis `AGORA_TEST_REDIS_URL`
+/// names, under keys of its own (its ids and lists are its own).
+pub(crate) async fn spawn_app_with_redis() -> TestApp {
+    spawn_app_with_redis_at(std::env::var("AGORA_TEST_REDIS_URL").expect("AGORA_TEST_REDIS_URL"))
+        .await
+}
+
+async fn spawn_app_with_redis_at(url: String) -> TestApp {
     spawn_app_with(|c| {
         c.cache.backend = agora_platform::config::CacheBackend::Redis;
-        c.cache.redis_url = format!("redis://127.0.0.1:{port}");
+        c.cache.redis_url = url;
+        c.cache.redis_prefix = format!("agora-test-{}", uuid::Uuid::now_v7().simple());
     })
     .await
 }

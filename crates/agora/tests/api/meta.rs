@@ -33,12 +33,7 @@ async fn readiness_reports_a_redis_cache_that_is_down_as_degraded() {
 #[tokio::test]
 #[ignore = "needs a Redis server: set AGORA_TEST_REDIS_URL and pass --ignored"]
 async fn readiness_reports_a_redis_cache_that_answers_as_ok() {
-    let url = std::env::var("AGORA_TEST_REDIS_URL").expect("AGORA_TEST_REDIS_URL");
-    let app = crate::helpers::spawn_app_with(|c| {
-        c.cache.backend = agora_platform::config::CacheBackend::Redis;
-        c.cache.redis_url = url;
-    })
-    .await;
+    let app = crate::helpers::spawn_app_with_redis().await;
     let ready = app.get("/health/ready").await;
     assert_eq!(ready.data()["checks"]["cache"], "ok");
 }
