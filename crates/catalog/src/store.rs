@@ -232,7 +232,7 @@ impl CatalogStore {
         q.push(order_by)
             .push(" LIMIT ")
             .bind(i64::from(filter.limit.get()) + 1)?;
-        let rows = q.build().fetch_all(self.db.reader()).await?;
+        let rows = q.build().fetch_all(self.db.scan_reader()).await?;
         rows.iter().map(|row| product_from_row(row)).collect()
     }
 

@@ -308,7 +308,7 @@ impl OrdersStore {
         }
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .bind(limit)?;
-        let rows = q.build().fetch_all(self.db.reader()).await?;
+        let rows = q.build().fetch_all(self.db.scan_reader()).await?;
         let orders = self.with_lines(rows).await?;
         Ok(orders
             .into_iter()

@@ -910,7 +910,7 @@ impl PaymentStore {
         }
         q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
             .bind(limit)?;
-        let rows = q.build().fetch_all(self.db.reader()).await?;
+        let rows = q.build().fetch_all(self.db.scan_reader()).await?;
         rows.iter().map(payment_from_row).collect()
     }
 

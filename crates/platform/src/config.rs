@@ -88,7 +88,8 @@ pub struct DatabaseConfig {
     /// `sqlite://…` or `postgres://…`. When absent: the SQLite file
     /// `<data_dir>/agora.db`.
     pub url: Option<String>,
-    /// The most connections of the read pool (and of the only pool on PostgreSQL).
+    /// The most idle read connections kept (SQLite), or the size of the only
+    /// pool (PostgreSQL).
     pub max_connections: u32,
     /// How long a request waits for a free connection before failing.
     pub acquire_timeout_ms: u64,
@@ -530,7 +531,7 @@ impl Config {
             && url.starts_with("sqlite:")
             && (url.contains(":memory:") || url.contains("mode=memory"))
         {
-            // The writer and the read pool would each get a separate empty database.
+            // The writer and the read connections would each get a separate empty database.
             return fail(
                 "database.url",
                 "an in-memory SQLite database is not supported: give a file",

@@ -10,8 +10,8 @@
 //! file lock; their transactions are committed in groups, one `fsync` for many
 //! (ADR 0004, [`WriteTx`]). The shared transaction starts with `BEGIN IMMEDIATE`
 //! so another process (a CLI command beside the server) waits its turn rather than
-//! failing. Reads go through a separate pool of read-only connections. On
-//! PostgreSQL both are the same pool.
+//! failing. Reads go through separate read-only connections, on the calling
+//! thread ([`Reader`], ADR 0006). On PostgreSQL both are the same pool.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,15 +21,16 @@ use std::time::Duration;
 use anyhow::Context;
 use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyConnection, AnyPool, Arguments, AssertSqlSafe, Encode, Row, Type};
+use sqlx::{Any, AnyConnection, Arguments, AssertSqlSafe, Encode, Row, Type};
 
 use crate::config::Config;
 
 mod local_exec;
-mod point_reads;
+mod reader;
 mod writer;
 
-use point_reads::PointReader;
+use reader::ReadConnections;
+pub use reader::Reader;
 pub use writer::{CommitStats, TxConn, WriteTx, Writer};
 
 /// Which engine is behind the pool.
@@ -47,10 +48,11 @@ pub struct Database {
     /// The only connection allowed to write, with group commit (SQLite), or the
     /// pool (PostgreSQL).
     writer: Writer,
-    /// Read-only connections (SQLite), or the same pool (PostgreSQL).
-    reader: AnyPool,
-    /// Read-only connections for reads by key on the calling thread (SQLite only).
-    point_reader: Option<Arc<PointReader>>,
+    /// Read-only connections on the calling thread (SQLite), or the same pool
+    /// (PostgreSQL).
+    reader: Reader,
+    /// The same connections, for reads that may visit many rows.
+    scan_reader: Reader,
     backend: Backend,
 }
 
@@ -85,20 +87,14 @@ impl Database {
             let conn = open_writer(file)
                 .with_context(|| format!("Failed to open the SQLite database {url}"))?;
             let writer = Writer::group(writer::Group::start(conn, url, acquire_timeout));
-            let reader = sqlite_pool(
-                url,
-                config.database.max_connections,
-                acquire_timeout,
-                "PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA query_only = ON;",
-            )
-            .await?;
             // Opened after the writer has created the file and switched it to WAL.
-            let point_reader = PointReader::open(file, config.database.max_connections as usize)
+            let reads = ReadConnections::open(file, config.database.max_connections as usize)
                 .with_context(|| format!("Failed to open the SQLite database {url} for reading"))?;
+            let reader = Reader::local(Arc::new(reads));
             Ok(Database {
                 writer,
+                scan_reader: reader.offloaded(),
                 reader,
-                point_reader: Some(Arc::new(point_reader)),
                 backend: Backend::Sqlite,
             })
         } else {
@@ -108,10 +104,11 @@ impl Database {
                 .connect(url)
                 .await
                 .context("Failed to connect to PostgreSQL")?;
+            let reader = Reader::pool(pool.clone());
             Ok(Database {
-                writer: Writer::pool(pool.clone()),
-                reader: pool,
-                point_reader: None,
+                writer: Writer::pool(pool),
+                scan_reader: reader.offloaded(),
+                reader,
                 backend: Backend::Postgres,
             })
         }
@@ -122,13 +119,22 @@ impl Database {
         self.backend
     }
 
-    /// The pool for reads. A read sees every commit that finished before it
+    /// Where reads go. A read sees every commit that finished before it
     /// started, this request's own included (SQLite in WAL mode; the PostgreSQL
     /// primary), so reads go here and leave the one SQLite writer connection to
-    /// writes. (Read replicas, when they come, will need a primary-only reader
-    /// for read-your-writes.)
-    pub fn reader(&self) -> &AnyPool {
+    /// writes. On SQLite a read runs on the calling thread (ADR 0006), so it
+    /// must be bounded: an index lookup or a page, never a whole table.
+    /// (Read replicas, when they come, will need a primary-only reader for
+    /// read-your-writes.)
+    pub fn reader(&self) -> &Reader {
         &self.reader
+    }
+
+    /// Where reads go that may visit many rows to fill a page: lists with
+    /// filters that no index serves, text search. On SQLite they run on a
+    /// blocking thread (ADR 0006); on PostgreSQL this is [`Database::reader`].
+    pub fn scan_reader(&self) -> &Reader {
+        &self.scan_reader
     }
 
     /// Where single-statement writes go: as an executor, each statement is its
@@ -151,15 +157,21 @@ impl Database {
     where
         E: From<sqlx::Error>,
     {
-        match &self.point_reader {
-            Some(reader) => reader
-                .read(|conn| {
+        match self.reader.connections() {
+            Some(reads) => {
+                let read = || -> rusqlite::Result<_> {
+                    let Some(conn) = reads.lease()? else {
+                        return Ok(None);
+                    };
                     let mut statement = conn.prepare_cached(sql)?;
                     let mut rows = statement.query([key])?;
-                    Ok(rows.next()?.map(|row| map(row)))
-                })
-                .map_err(driver_error)?
-                .transpose(),
+                    Ok(Some(rows.next()?.map(|row| map(row))))
+                };
+                read()
+                    .map_err(driver_error)?
+                    .ok_or(sqlx::Error::PoolClosed)?
+                    .transpose()
+            }
             None => {
                 let row = sqlx::query(sql)
                     .bind(key)
@@ -273,26 +285,6 @@ fn column_error(index: usize, source: rusqlite::Error) -> sqlx::Error {
 
 fn driver_error(e: rusqlite::Error) -> sqlx::Error {
     sqlx::Error::AnyDriverError(Box::new(e))
-}
-
-/// A SQLite pool whose every new connection first runs `pragmas`. A pool of one
-/// connection keeps it open, so the WAL stays in place between requests.
-async fn sqlite_pool(
-    url: &str,
-    max_connections: u32,
-    acquire_timeout: Duration,
-    pragmas: &'static str,
-) -> anyhow::Result<AnyPool> {
-    AnyPoolOptions::new()
-        .max_connections(max_connections)
-        .min_connections(1)
-        .acquire_timeout(acquire_timeout)
-        .after_connect(move |conn, _| {
-            Box::pin(async move { sqlx::raw_sql(pragmas).execute(conn).await.map(drop) })
-        })
-        .connect(url)
-        .await
-        .with_context(|| format!("Failed to open the SQLite database {url}"))
 }
 
 /// The one SQLite writer connection (ADR 0005): it creates the file, puts it in
@@ -571,7 +563,7 @@ mod tests {
     }
 
     /// A transaction that loses a race for a key and rolls back can read the
-    /// winner's row through the read pool at once (on SQLite the winner may still
+    /// winner's row through the reader at once (on SQLite the winner may still
     /// be waiting for its group's `COMMIT` when the loser sees the conflict).
     #[tokio::test]
     async fn the_loser_of_a_race_for_a_key_reads_the_winner_after_rollback() -> anyhow::Result<()> {
@@ -806,6 +798,67 @@ mod tests {
             .fetch_one(db.reader())
             .await?;
         assert_eq!(value, "y");
+        Ok(())
+    }
+
+    /// Both readers (the caller's thread and the blocking one, on SQLite) answer
+    /// as the drivers do, see every commit, refuse writes, and fail once closed.
+    #[tokio::test]
+    async fn reads_answer_queries_as_the_drivers_do() -> anyhow::Result<()> {
+        let test = with_notes().await?;
+        let db = &test.db;
+        let mut tx = db.begin().await?;
+        for n in [3, 1, 2] {
+            insert_note(&mut tx, n).await?;
+        }
+        tx.commit().await?;
+        for reader in [db.reader(), db.scan_reader()] {
+            let rows = sqlx::query("SELECT id, n, note FROM notes WHERE n >= $1 ORDER BY n")
+                .bind(2_i64)
+                .fetch_all(reader)
+                .await?;
+            let read: Vec<(String, i64, Option<String>)> = rows
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get("n")?, r.try_get(2)?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            assert_eq!(
+                read,
+                [("n2".to_string(), 2, None), ("n3".to_string(), 3, None)]
+            );
+            let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM notes")
+                .fetch_one(reader)
+                .await?;
+            assert_eq!(count, 3);
+            let missing = sqlx::query("SELECT id FROM notes WHERE n = $1")
+                .bind(9_i64)
+                .fetch_optional(reader)
+                .await?;
+            assert!(missing.is_none());
+            let bad = sqlx::query("SELECT id FROM notes WHERE n = $1 AND id = $2")
+                .bind(1_i64)
+                .fetch_optional(reader)
+                .await;
+            assert!(bad.is_err(), "a parameter without its argument");
+            let syntax = sqlx::query("SELEC id FROM notes").fetch_all(reader).await;
+            assert!(syntax.is_err(), "a syntax error");
+        }
+        if db.backend() == Backend::Sqlite {
+            for reader in [db.reader(), db.scan_reader()] {
+                let write = sqlx::query("DELETE FROM notes").execute(reader).await;
+                assert!(write.is_err(), "a read connection refuses writes");
+            }
+            assert_eq!(notes(db).await?, [1, 2, 3]);
+            db.close().await;
+            for reader in [db.reader(), db.scan_reader()] {
+                let closed = sqlx::query("SELECT n FROM notes")
+                    .fetch_all(reader)
+                    .await
+                    .map(|rows| rows.len());
+                assert!(matches!(closed, Err(sqlx::Error::PoolClosed)), "{closed:?}");
+            }
+            let closed = db.fetch_by_key(NOTE_BY_ID, "n1", note).await;
+            assert!(matches!(closed, Err(sqlx::Error::PoolClosed)), "{closed:?}");
+        }
         Ok(())
     }
 

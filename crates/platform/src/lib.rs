@@ -8,8 +8,8 @@
 //! - [`config`]: layered configuration (defaults → TOML file → `AGORA_*` environment
 //!   → command-line flags), validated at start-up with the offending key named.
 //! - [`telemetry`]: `tracing` subscriber, readable or JSON logs.
-//! - [`db`]: the database — sqlx `AnyPool` over SQLite or PostgreSQL, one writer and
-//!   a read pool, per-module migrations, a `$n` SQL builder, constraint mapping.
+//! - [`db`]: the database — sqlx over SQLite or PostgreSQL, one writer and read
+//!   connections, per-module migrations, a `$n` SQL builder, constraint mapping.
 //! - [`http`]: the HTTP foundation — our extractors (coded errors for malformed
 //!   input), the edge middleware (request id, API version, timeout, logging), the
 //!   server with graceful shutdown, health routes.

@@ -1,5 +1,5 @@
 //! SQLite statements run on the calling thread, through rusqlite, for the one
-//! writer connection (ADR 0005).
+//! writer connection (ADR 0005) and the read connections (ADR 0006).
 //!
 //! sqlx's SQLite driver hands each statement to the connection's own thread and
 //! each row back, through channels: two cross-thread wake-ups per statement, paid
@@ -17,6 +17,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use futures_core::stream::BoxStream;
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use rusqlite::fallible_iterator::FallibleIterator as _;
 use rusqlite::types::{Value, ValueRef};
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow, AnyTypeInfo, AnyTypeInfoKind};
@@ -27,6 +29,24 @@ use sqlx_core::ext::ustr::UStr;
 
 /// What one query produced, in sqlx's order: its rows, then its result.
 pub(super) type Produced = Vec<Either<AnyQueryResult, AnyRow>>;
+
+/// What a query produced, once it has all been produced, as the stream sqlx's
+/// `fetch_many` answers with.
+pub(super) fn stream_of<'e>(
+    produced: impl Future<Output = Result<Produced, Error>> + Send + 'e,
+) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, Error>> {
+    futures_util::stream::once(produced)
+        .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
+        .try_flatten()
+        .boxed()
+}
+
+/// The error for what sqlx's executors offer but these connections do not.
+pub(super) fn unsupported(what: &str) -> Error {
+    Error::Protocol(format!(
+        "{what} is not supported on SQLite's calling-thread connections; run the query instead"
+    ))
+}
 
 /// Runs one query (`sql` with its bound `arguments`) on `conn`. A query without
 /// arguments (`sqlx::raw_sql`; `sqlx::query` always carries arguments, and with

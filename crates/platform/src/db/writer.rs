@@ -14,7 +14,7 @@
 //! A transaction sees the writes of those before it in its group, released but
 //! not yet committed. So [`WriteTx::rollback`] waits for the group's `COMMIT`
 //! too: a caller that lost a race for a key, rolled back and reads the winner's
-//! row through the read pool finds it. End a transaction that returns success
+//! row through the reader finds it. End a transaction that returns success
 //! with `commit` or `rollback`; dropping it is for errors.
 //!
 //! A committer task ends the shared transaction: woken by the first transaction of
@@ -179,7 +179,7 @@ impl<'c> Executor<'c> for &'c mut TxConn {
     {
         match &mut self.0 {
             TxKind::Pool(tx) => (&mut **tx).fetch_many(query),
-            TxKind::Group { slot, .. } => stream_of(async move { local(slot, query) }),
+            TxKind::Group { slot, .. } => local_exec::stream_of(async move { local(slot, query) }),
             TxKind::Finished => futures_util::stream::once(async { Err(closed()) }).boxed(),
         }
     }
@@ -210,7 +210,7 @@ impl<'c> Executor<'c> for &'c mut TxConn {
     {
         match &mut self.0 {
             TxKind::Pool(tx) => (&mut **tx).prepare_with(sql, parameters),
-            _ => Box::pin(async { Err(unsupported("preparing a statement")) }),
+            _ => Box::pin(async { Err(local_exec::unsupported("preparing a statement")) }),
         }
     }
 
@@ -220,20 +220,9 @@ impl<'c> Executor<'c> for &'c mut TxConn {
     {
         match &mut self.0 {
             TxKind::Pool(tx) => (&mut **tx).describe(sql),
-            _ => Box::pin(async { Err(unsupported("describing a statement")) }),
+            _ => Box::pin(async { Err(local_exec::unsupported("describing a statement")) }),
         }
     }
-}
-
-/// What a query produced, once it has all been produced, as the stream sqlx's
-/// `fetch_many` answers with.
-fn stream_of<'e>(
-    produced: impl Future<Output = Result<local_exec::Produced, Error>> + Send + 'e,
-) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, Error>> {
-    futures_util::stream::once(produced)
-        .map_ok(|items| futures_util::stream::iter(items.into_iter().map(Ok)))
-        .try_flatten()
-        .boxed()
 }
 
 /// Runs `query` on the group's writer connection, on this thread.
@@ -248,12 +237,6 @@ fn local<'q>(slot: &Slot, mut query: impl Execute<'q, Any>) -> Result<local_exec
     }
     let arguments = query.take_arguments().map_err(Error::Encode)?;
     local_exec::run(conn, query.sql().as_str(), arguments)
-}
-
-fn unsupported(what: &str) -> Error {
-    Error::Protocol(format!(
-        "{what} is not supported on the SQLite writer; run the query instead"
-    ))
 }
 
 /// The one SQLite writer connection and the state of its shared transaction.
@@ -668,7 +651,7 @@ impl<'c> Executor<'c> for &'c Writer {
     {
         match &self.kind {
             WriterKind::Pool(pool) => pool.fetch_many(query),
-            WriterKind::Group(group) => stream_of(async move {
+            WriterKind::Group(group) => local_exec::stream_of(async move {
                 let mut tx = group.begin().await?;
                 let items = tx.fetch_many(query).try_collect().await;
                 tx.finish(items).await
@@ -701,7 +684,9 @@ impl<'c> Executor<'c> for &'c Writer {
     {
         match &self.kind {
             WriterKind::Pool(pool) => pool.prepare_with(sql, parameters),
-            WriterKind::Group(_) => Box::pin(async { Err(unsupported("preparing a statement")) }),
+            WriterKind::Group(_) => {
+                Box::pin(async { Err(local_exec::unsupported("preparing a statement")) })
+            }
         }
     }
 
@@ -711,7 +696,9 @@ impl<'c> Executor<'c> for &'c Writer {
     {
         match &self.kind {
             WriterKind::Pool(pool) => pool.describe(sql),
-            WriterKind::Group(_) => Box::pin(async { Err(unsupported("describing a statement")) }),
+            WriterKind::Group(_) => {
+                Box::pin(async { Err(local_exec::unsupported("describing a statement")) })
+            }
         }
     }
 }
