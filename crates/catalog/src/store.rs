@@ -366,7 +366,8 @@ impl CatalogStore {
             category_columns!(),
             " FROM catalog_categories ORDER BY name, id"
         ))
-        .fetch_all(self.db.reader())
+        // The whole table, however many categories staff made.
+        .fetch_all(self.db.scan_reader())
         .await?;
         rows.iter().map(|row| category_from_row(row)).collect()
     }

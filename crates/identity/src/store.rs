@@ -400,8 +400,9 @@ impl IdentityStore {
 
     /// The ids of disabled accounts.
     pub async fn disabled_users(&self) -> Result<Vec<UserId>, IdentityError> {
+        // Reads every account (once, at start-up): not on the caller's thread.
         let rows = sqlx::query("SELECT id FROM identity_users WHERE disabled = 1")
-            .fetch_all(self.db.reader())
+            .fetch_all(self.db.scan_reader())
             .await?;
         rows.iter()
             .map(|r| parse_user(&r.try_get::<String, _>(0)?))

@@ -545,9 +545,11 @@ impl OrdersStore {
     }
 
     /// Unfinished sagas nobody holds whose next attempt is due, oldest first.
+    /// (`state IN (…)`, not `<> 'done'`, so that the index on `(state,
+    /// next_attempt_at)` serves it: finished sagas are most of the table.)
     pub async fn due(&self, now: Timestamp, limit: i64) -> Result<Vec<OrderId>, OrderError> {
         let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT order_id FROM orders_sagas WHERE state <> 'done' AND next_attempt_at <= $1 \
+            "SELECT order_id FROM orders_sagas WHERE state IN ('running', 'compensating') AND next_attempt_at <= $1 \
              AND lease_until <= $1 ORDER BY next_attempt_at LIMIT $2",
         )
         .bind(now.as_millis())

@@ -1,4 +1,4 @@
-//! The database: sqlx `AnyPool` over SQLite or PostgreSQL, one SQL text for both.
+//! The database: sqlx queries over SQLite or PostgreSQL, one SQL text for both.
 //!
 //! Conventions every module follows: `$1` placeholders, TEXT UUID ids, BIGINT money
 //! in minor units, BIGINT epoch-millisecond timestamps, INTEGER 0/1 flags (the Any
@@ -93,7 +93,8 @@ impl Database {
             let reader = Reader::local(Arc::new(reads));
             Ok(Database {
                 writer,
-                scan_reader: reader.offloaded(),
+                scan_reader: reader
+                    .offloaded(config.database.max_connections as usize, acquire_timeout),
                 reader,
                 backend: Backend::Sqlite,
             })
@@ -107,7 +108,8 @@ impl Database {
             let reader = Reader::pool(pool.clone());
             Ok(Database {
                 writer: Writer::pool(pool),
-                scan_reader: reader.offloaded(),
+                scan_reader: reader
+                    .offloaded(config.database.max_connections as usize, acquire_timeout),
                 reader,
                 backend: Backend::Postgres,
             })
@@ -222,6 +224,7 @@ impl Database {
 
     /// Closes every connection, waiting for those in use.
     pub async fn close(&self) {
+        self.scan_reader.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -298,9 +301,9 @@ fn open_writer(file: &Path) -> rusqlite::Result<rusqlite::Connection> {
             | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-         PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
     )?;
+    conn.busy_timeout(writer::BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(WRITER_STATEMENT_CACHE);
     Ok(conn)
 }
@@ -801,6 +804,39 @@ mod tests {
         Ok(())
     }
 
+    /// On SQLite, while another process holds the file's write lock (a CLI
+    /// command beside the server), a write transaction waits for it, without
+    /// holding up the runtime, and then commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_transaction_waits_for_another_process_holding_the_file() -> anyhow::Result<()> {
+        let test = with_notes().await?;
+        let db = &test.db;
+        if db.backend() != Backend::Sqlite {
+            return Ok(());
+        }
+        let file = sqlite_file(test.config.database_url().as_str())
+            .context("a SQLite file")?
+            .to_path_buf();
+        let other = rusqlite::Connection::open(&file)?;
+        other.execute_batch("BEGIN IMMEDIATE; INSERT INTO notes (id, n) VALUES ('other', 100);")?;
+        let waiting = tokio::spawn({
+            let db = db.clone();
+            async move {
+                let mut tx = db.begin().await?;
+                insert_note(&mut tx, 1).await?;
+                tx.commit().await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!waiting.is_finished(), "the file's write lock is held");
+        // The runtime still serves reads meanwhile.
+        assert_eq!(notes(db).await?, Vec::<i64>::new());
+        other.execute_batch("COMMIT")?;
+        waiting.await??;
+        assert_eq!(notes(db).await?, [1, 100]);
+        Ok(())
+    }
+
     /// Both readers (the caller's thread and the blocking one, on SQLite) answer
     /// as the drivers do, see every commit, refuse writes, and fail once closed.
     #[tokio::test]
@@ -848,6 +884,13 @@ mod tests {
                 assert!(write.is_err(), "a read connection refuses writes");
             }
             assert_eq!(notes(db).await?, [1, 2, 3]);
+            // A transaction begun through a reader does not outlive the read:
+            // later reads still see every commit.
+            sqlx::raw_sql("BEGIN").execute(db.reader()).await?;
+            sqlx::query("INSERT INTO notes (id, n) VALUES ('n4', 4)")
+                .execute(db.writer())
+                .await?;
+            assert_eq!(notes(db).await?, [1, 2, 3, 4]);
             db.close().await;
             for reader in [db.reader(), db.scan_reader()] {
                 let closed = sqlx::query("SELECT n FROM notes")

@@ -52,30 +52,43 @@ pub(super) fn unsupported(what: &str) -> Error {
 /// arguments (`sqlx::raw_sql`; `sqlx::query` always carries arguments, and with
 /// them one statement only) may hold several statements: each is
 /// prepared only when the ones before it have run (a table created by the
-/// first is there for the second).
+/// first is there for the second). With `rows` = [`Rows::First`] a read stops
+/// at its first row (`fetch_optional`); a write always runs to its end.
 pub(super) fn run(
     conn: &rusqlite::Connection,
     sql: &str,
     arguments: Option<AnyArguments>,
+    rows: Rows,
 ) -> Result<Produced, Error> {
     let mut produced = Vec::new();
     if arguments.is_none() && sql.contains(';') {
         let mut batch = rusqlite::Batch::new(conn, sql);
         while let Some(mut statement) = batch.next().map_err(database_error)? {
-            step(conn, &mut statement, &mut produced)?;
+            step(conn, &mut statement, rows, &mut produced)?;
         }
     } else {
         let mut statement = conn.prepare_cached(sql).map_err(database_error)?;
         bind(&mut statement, arguments)?;
-        step(conn, &mut statement, &mut produced)?;
+        step(conn, &mut statement, rows, &mut produced)?;
     }
     Ok(produced)
 }
 
-/// Runs a prepared, bound statement to its end: its rows, then its result.
+/// Which rows of a query the caller wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rows {
+    /// Every row.
+    All,
+    /// The first row only, if the statement only reads.
+    First,
+}
+
+/// Runs a prepared, bound statement to its end (or, for a read, to the rows
+/// wanted): its rows, then its result.
 fn step(
     conn: &rusqlite::Connection,
     statement: &mut rusqlite::Statement<'_>,
+    wanted: Rows,
     produced: &mut Produced,
 ) -> Result<(), Error> {
     let names: Vec<UStr> = statement
@@ -110,6 +123,10 @@ fn step(
             any.values.push(AnyValue { kind });
         }
         produced.push(Either::Right(any));
+        if wanted == Rows::First && !writes {
+            // Dropping the rows resets the statement: no read stays open.
+            break;
+        }
     }
     drop(rows);
     produced.push(Either::Left(AnyQueryResult {

@@ -26,7 +26,9 @@ use rusqlite::{Connection, OpenFlags};
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyPool, Either, Error, Execute, Executor};
 
-use super::local_exec::{self, Produced};
+use tokio::sync::Semaphore;
+
+use super::local_exec::{self, Produced, Rows};
 
 /// How long a read waits for a lock before failing. In WAL mode readers do not
 /// wait for writers, so this only bounds rare cases (WAL recovery after a
@@ -41,9 +43,9 @@ const STATEMENT_CACHE: usize = 256;
 #[derive(Debug)]
 pub(super) struct ReadConnections {
     path: PathBuf,
-    /// Connections not in use. A read takes one and puts it back; reads run on
-    /// the runtime's worker threads, so there are about as many in use as there
-    /// are workers.
+    /// Connections not in use. A read takes one and puts it back. Reads run on
+    /// the runtime's worker threads, and reads that may scan on at most
+    /// `max_idle` blocking threads, so about that many are in use at once.
     idle: Mutex<Vec<Connection>>,
     /// Connections beyond this many are closed instead of kept.
     max_idle: usize,
@@ -102,13 +104,18 @@ impl ReadConnections {
             Some(conn) => conn,
             None => self.connect()?,
         };
+        if self.closed.load(Ordering::Acquire) {
+            // Closed while this one was being opened.
+            return Ok(None);
+        }
         Ok(Some(Leased {
             conn: Some(conn),
             from: self,
         }))
     }
 
-    /// Closes the idle connections; reads after this fail.
+    /// Closes the idle connections; reads after this fail. A read already
+    /// running finishes, and its connection is closed when it ends.
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.idle
@@ -118,6 +125,12 @@ impl ReadConnections {
     }
 
     fn release(&self, conn: Connection) {
+        // A connection left inside a transaction (a `BEGIN` sent as a read)
+        // would answer every later read from an old snapshot and keep the WAL
+        // from being checkpointed: it is closed instead.
+        if !conn.is_autocommit() {
+            return;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < self.max_idle && !self.closed.load(Ordering::Acquire) {
             idle.push(conn);
@@ -136,28 +149,54 @@ impl ReadConnections {
     }
 
     /// Runs `sql` with its `arguments` on a read connection, on this thread.
-    fn run(&self, sql: &str, arguments: Option<AnyArguments>) -> Result<Produced, Error> {
+    fn run(
+        &self,
+        sql: &str,
+        arguments: Option<AnyArguments>,
+        rows: Rows,
+    ) -> Result<Produced, Error> {
         let conn = self
             .lease()
             .map_err(local_exec::database_error)?
             .ok_or(Error::PoolClosed)?;
-        local_exec::run(&conn, sql, arguments)
+        local_exec::run(&conn, sql, arguments, rows)
     }
 }
 
-/// Runs `query` on `reads`: on this thread, or on a blocking thread when `offload`.
-async fn read<'q>(
-    reads: &Arc<ReadConnections>,
+/// Reads that may scan: run on a blocking thread, at most `slots` at once.
+#[derive(Debug)]
+struct Offloaded {
+    reads: Arc<ReadConnections>,
+    slots: Semaphore,
+    /// How long a read waits for a slot before failing with `PoolTimedOut`
+    /// (`SERVICE_NOT_READY`), as a busy pool would.
+    wait: Duration,
+}
+
+/// Runs `query` on the caller's thread.
+fn read_here<'q>(
+    reads: &ReadConnections,
     mut query: impl Execute<'q, Any>,
-    offload: bool,
+    rows: Rows,
+) -> Result<Produced, Error> {
+    let arguments = query.take_arguments().map_err(Error::Encode)?;
+    reads.run(query.sql().as_str(), arguments, rows)
+}
+
+/// Runs `query` on a blocking thread, once a slot is free.
+async fn read_offloaded<'q>(
+    offloaded: &Offloaded,
+    mut query: impl Execute<'q, Any>,
+    rows: Rows,
 ) -> Result<Produced, Error> {
     let arguments = query.take_arguments().map_err(Error::Encode)?;
     let sql = query.sql();
-    if !offload {
-        return reads.run(sql.as_str(), arguments);
-    }
-    let reads = Arc::clone(reads);
-    tokio::task::spawn_blocking(move || reads.run(sql.as_str(), arguments))
+    let _slot = tokio::time::timeout(offloaded.wait, offloaded.slots.acquire())
+        .await
+        .map_err(|_| Error::PoolTimedOut)?
+        .map_err(|_| Error::PoolClosed)?;
+    let reads = Arc::clone(&offloaded.reads);
+    tokio::task::spawn_blocking(move || reads.run(sql.as_str(), arguments, rows))
         .await
         .map_err(|e| Error::AnyDriverError(Box::new(e)))?
 }
@@ -175,7 +214,7 @@ enum ReaderKind {
     /// SQLite, on the calling thread.
     Local(Arc<ReadConnections>),
     /// SQLite, on a blocking thread: for reads that may visit many rows.
-    Blocking(Arc<ReadConnections>),
+    Blocking(Arc<Offloaded>),
 }
 
 impl std::fmt::Debug for Reader {
@@ -202,14 +241,18 @@ impl Reader {
     }
 
     /// The same connections, for reads that may visit many rows: on SQLite they
-    /// run on a blocking thread instead of the caller's.
-    pub(super) fn offloaded(&self) -> Reader {
+    /// run on a blocking thread instead of the caller's, at most `slots` at
+    /// once, each waiting at most `wait` for its turn.
+    pub(super) fn offloaded(&self, slots: usize, wait: Duration) -> Reader {
         Reader {
             kind: match &self.kind {
                 ReaderKind::Pool(pool) => ReaderKind::Pool(pool.clone()),
-                ReaderKind::Local(reads) | ReaderKind::Blocking(reads) => {
-                    ReaderKind::Blocking(Arc::clone(reads))
-                }
+                ReaderKind::Local(reads) => ReaderKind::Blocking(Arc::new(Offloaded {
+                    reads: Arc::clone(reads),
+                    slots: Semaphore::new(slots.max(1)),
+                    wait,
+                })),
+                ReaderKind::Blocking(offloaded) => ReaderKind::Blocking(Arc::clone(offloaded)),
             },
         }
     }
@@ -218,14 +261,19 @@ impl Reader {
     pub(super) fn connections(&self) -> Option<&ReadConnections> {
         match &self.kind {
             ReaderKind::Pool(_) => None,
-            ReaderKind::Local(reads) | ReaderKind::Blocking(reads) => Some(reads),
+            ReaderKind::Local(reads) => Some(reads),
+            ReaderKind::Blocking(offloaded) => Some(&offloaded.reads),
         }
     }
 
     pub(super) async fn close(&self) {
         match &self.kind {
             ReaderKind::Pool(pool) => pool.close().await,
-            ReaderKind::Local(reads) | ReaderKind::Blocking(reads) => reads.close(),
+            ReaderKind::Local(reads) => reads.close(),
+            ReaderKind::Blocking(offloaded) => {
+                offloaded.slots.close();
+                offloaded.reads.close();
+            }
         }
     }
 }
@@ -243,8 +291,12 @@ impl<'c> Executor<'c> for &'c Reader {
     {
         match &self.kind {
             ReaderKind::Pool(pool) => pool.fetch_many(query),
-            ReaderKind::Local(reads) => local_exec::stream_of(read(reads, query, false)),
-            ReaderKind::Blocking(reads) => local_exec::stream_of(read(reads, query, true)),
+            ReaderKind::Local(reads) => {
+                local_exec::stream_of(async move { read_here(reads, query, Rows::All) })
+            }
+            ReaderKind::Blocking(offloaded) => {
+                local_exec::stream_of(read_offloaded(offloaded, query, Rows::All))
+            }
         }
     }
 
@@ -255,15 +307,14 @@ impl<'c> Executor<'c> for &'c Reader {
     {
         match &self.kind {
             ReaderKind::Pool(pool) => pool.fetch_optional(query),
-            ReaderKind::Local(reads) | ReaderKind::Blocking(reads) => {
-                let offload = matches!(self.kind, ReaderKind::Blocking(_));
-                Box::pin(async move {
-                    Ok(read(reads, query, offload)
-                        .await?
-                        .into_iter()
-                        .find_map(Either::right))
-                })
+            ReaderKind::Local(reads) => {
+                Box::pin(async move { Ok(first_row(read_here(reads, query, Rows::First)?)) })
             }
+            ReaderKind::Blocking(offloaded) => Box::pin(async move {
+                Ok(first_row(
+                    read_offloaded(offloaded, query, Rows::First).await?,
+                ))
+            }),
         }
     }
 
@@ -293,5 +344,49 @@ impl<'c> Executor<'c> for &'c Reader {
                 Box::pin(async { Err(local_exec::unsupported("describing a statement")) })
             }
         }
+    }
+}
+
+fn first_row(produced: Produced) -> Option<AnyRow> {
+    produced.into_iter().find_map(Either::right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read that counts to `n`: long enough to hold its connection a while.
+    const COUNT_TO: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+         WHERE x < $1) SELECT COUNT(*) FROM c";
+
+    /// Reads that may scan run a bounded number at a time; one that waits too
+    /// long for its turn fails as a busy pool does (`PoolTimedOut`, which the
+    /// API answers with `SERVICE_NOT_READY`), instead of queueing without end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_that_may_scan_wait_their_turn_and_give_up() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("reads.db");
+        Connection::open(&file)?.execute_batch("PRAGMA journal_mode = WAL;")?;
+        let reader = Reader::local(Arc::new(ReadConnections::open(&file, 2)?));
+        let scans = reader.offloaded(1, Duration::from_millis(50));
+        let count = |n: i64| sqlx::query_scalar::<_, i64>(COUNT_TO).bind(n);
+
+        assert_eq!(count(10).fetch_one(&scans).await?, 10);
+        assert_eq!(count(10).fetch_one(&reader).await?, 10);
+        let long = tokio::spawn({
+            let scans = scans.clone();
+            async move { count(5_000_000).fetch_one(&scans).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let turned_away = count(10).fetch_one(&scans).await;
+        assert!(
+            matches!(turned_away, Err(Error::PoolTimedOut)),
+            "{turned_away:?}"
+        );
+        // Reads on the caller's thread do not queue behind scans.
+        assert_eq!(count(10).fetch_one(&reader).await?, 10);
+        assert_eq!(long.await??, 5_000_000);
+        assert_eq!(count(10).fetch_one(&scans).await?, 10);
+        Ok(())
     }
 }

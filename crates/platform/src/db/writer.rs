@@ -38,6 +38,9 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
 use super::local_exec;
 
+/// How long the writer waits for another process's write lock on the file.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The savepoint each write transaction runs in on SQLite (they never overlap).
 const SAVEPOINT: &str = "SAVEPOINT agora_write";
 const RELEASE: &str = "RELEASE agora_write";
@@ -236,7 +239,7 @@ fn local<'q>(slot: &Slot, mut query: impl Execute<'q, Any>) -> Result<local_exec
         ));
     }
     let arguments = query.take_arguments().map_err(Error::Encode)?;
-    local_exec::run(conn, query.sql().as_str(), arguments)
+    local_exec::run(conn, query.sql().as_str(), arguments, local_exec::Rows::All)
 }
 
 /// The one SQLite writer connection and the state of its shared transaction.
@@ -320,19 +323,26 @@ impl Group {
     /// a caller cancelled while waiting here or in [`Group::end`] can never stop
     /// between a statement and the bookkeeping of what it did. The one statement
     /// that can wait on another process, the shared transaction's
-    /// `BEGIN IMMEDIATE`, runs on a blocking thread instead, with the
-    /// transaction it opens: one that nobody takes any more is dropped, which
-    /// marks it for undoing like any abandoned one.
+    /// `BEGIN IMMEDIATE`, is first tried without waiting; only when another
+    /// process holds the lock does it run (and wait) on a blocking thread, with
+    /// the transaction it opens: one that nobody takes any more is dropped,
+    /// which marks it for undoing like any abandoned one.
     pub(super) async fn begin(self: &Arc<Self>) -> Result<WriteTx, Error> {
         let mut guard = tokio::time::timeout(self.acquire_timeout, self.slot.clone().lock_owned())
             .await
             .map_err(|_| Error::PoolTimedOut)?;
-        if guard.open {
-            return match self.open_savepoint(&mut guard) {
-                Ok(()) => Ok(self.transaction(guard)),
-                Err(e) => Err(self.give_up(guard, e)),
-            };
+        let opened = if guard.open {
+            self.open_savepoint(&mut guard).map(|()| true)
+        } else {
+            self.try_open(&mut guard)
+        };
+        match opened {
+            Ok(true) => return Ok(self.transaction(guard)),
+            Ok(false) => {}
+            Err(e) => return Err(self.give_up(guard, e)),
         }
+        // Another process holds the file's write lock: wait for it (at most the
+        // busy timeout) on a blocking thread.
         let group = Arc::clone(self);
         let opened = tokio::task::spawn_blocking(move || {
             let mut guard = guard;
@@ -359,6 +369,28 @@ impl Group {
         drop(slot);
         self.wake.notify_one();
         e
+    }
+
+    /// Opens the shared transaction and a savepoint in it without waiting:
+    /// `false` when another process holds the file's write lock (a CLI command
+    /// beside the server), which is rare, so the common case needs no thread.
+    fn try_open(&self, slot: &mut Slot) -> Result<bool, Error> {
+        self.settle(slot)?;
+        let conn = slot.conn.as_ref().ok_or_else(closed)?;
+        let no_wait = |c: &rusqlite::Connection, wait: Duration| {
+            c.busy_timeout(wait).map_err(local_exec::database_error)
+        };
+        no_wait(conn, Duration::ZERO)?;
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        no_wait(conn, BUSY_TIMEOUT)?;
+        match began {
+            Ok(()) => {
+                slot.open = true;
+                run(slot, SAVEPOINT).map(|()| true)
+            }
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => Ok(false),
+            Err(e) => Err(local_exec::database_error(e)),
+        }
     }
 
     fn open_savepoint(&self, slot: &mut Slot) -> Result<(), Error> {
@@ -448,12 +480,21 @@ impl Group {
     /// Takes the connection and commits what is pending on it (on a blocking
     /// thread: a `COMMIT` waits for the disk).
     async fn flushed(self: &Arc<Self>) -> Result<OwnedMutexGuard<Slot>, Error> {
+        self.flush_then(|guard| guard).await
+    }
+
+    /// Takes the connection, commits what is pending on it and hands the
+    /// connection to `then`, all on a blocking thread.
+    async fn flush_then<T: Send + 'static>(
+        self: &Arc<Self>,
+        then: impl FnOnce(OwnedMutexGuard<Slot>) -> T + Send + 'static,
+    ) -> Result<T, Error> {
         let guard = self.slot.clone().lock_owned().await;
         let group = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let mut guard = guard;
             group.flush(&mut guard);
-            guard
+            then(guard)
         })
         .await
         .map_err(|e| group_failed(e.to_string()))
@@ -531,7 +572,9 @@ async fn committer(group: Weak<Group>, wake: Arc<Notify>) {
         let Some(group) = group.upgrade() else {
             return;
         };
-        if group.flushed().await.is_err() {
+        // The connection is given back on the blocking thread, as soon as the
+        // `COMMIT` returns, not after this task is scheduled again.
+        if group.flush_then(drop).await.is_err() {
             tracing::error!("the group committer's blocking task failed");
         }
     }
