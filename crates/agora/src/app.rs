@@ -24,9 +24,10 @@ use agora_payments::Payments;
 use agora_payments::provider::{SimulatedBehaviour, SimulatedProvider};
 use agora_payments::store::PaymentStore;
 use agora_platform::auth::Authenticator;
+use agora_platform::bus::nats::{NatsBus, NatsSettings};
 use agora_platform::bus::{Bus, InProcessBus, Outbox, Relay};
 use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache};
-use agora_platform::config::CacheBackend;
+use agora_platform::config::{BusBackend, CacheBackend};
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
 use agora_platform::{Config, Database, Shutdown};
@@ -82,7 +83,7 @@ impl Application {
         let carts = carts(&db, &catalog);
         let payments = payments(&config, &db);
         let orders = orders(&db, &catalog, &carts, &inventory, &payments);
-        let relays = messaging(&db, &inventory, &payments, &orders);
+        let relays = messaging(&config, &db, &inventory, &payments, &orders).await?;
         let modules = Modules {
             carts: carts.clone(),
             identity,
@@ -284,30 +285,44 @@ pub fn orders(
     )
 }
 
-/// The in-process bus with its consumers, and one outbox relay per module that
-/// publishes events.
-fn messaging(
+/// The bus (in-process or NATS JetStream) with its consumers, and one outbox
+/// relay per module that publishes events.
+async fn messaging(
+    config: &Config,
     db: &Database,
     inventory: &Inventory,
     payments: &Payments,
     orders: &Orders,
-) -> Vec<Relay> {
+) -> anyhow::Result<Vec<Relay>> {
     use agora_contracts::events::{EventPayload, PaymentRefunded};
-    let bus = Arc::new(InProcessBus::new());
+    let bus: Arc<dyn Bus> = match config.bus.backend {
+        BusBackend::InProcess => Arc::new(InProcessBus::new()),
+        BusBackend::Nats => Arc::new(
+            NatsBus::connect(NatsSettings {
+                url: config.bus.nats_url.clone(),
+                stream: config.bus.nats_stream.clone(),
+                subject_prefix: config.bus.nats_subject_prefix.clone(),
+                max_attempts: config.bus.max_attempts,
+                retry_pause: Duration::from_millis(config.bus.retry_pause_ms),
+                ack_wait: Duration::from_secs(30),
+            })
+            .await
+            .with_context(|| format!("Failed to set up the NATS bus at {}", config.bus.nats_url))?,
+        ),
+    };
     bus.subscribe(
         agora_orders::service::PAYMENT_EVENTS_CONSUMER,
         &[PaymentRefunded::KIND],
         Arc::new(orders.clone()),
     );
-    let bus: Arc<dyn Bus> = bus;
-    [
+    Ok([
         inventory.store().outbox().clone(),
         payments.store().outbox().clone(),
         orders.outbox().clone(),
     ]
     .into_iter()
     .map(|outbox| Relay::new(db.clone(), outbox, bus.clone(), Arc::new(SystemClock)))
-    .collect()
+    .collect())
 }
 
 /// Every module's migrations, in dependency order.

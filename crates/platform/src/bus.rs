@@ -45,6 +45,8 @@ use tokio::sync::Notify;
 
 use crate::{Database, Shutdown};
 
+pub mod nats;
+
 /// An event: something that happened in a module, for others to react to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {

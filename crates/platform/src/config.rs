@@ -34,6 +34,8 @@ pub struct Config {
     pub payments: PaymentsConfig,
     /// The cache in front of public reads.
     pub cache: CacheConfig,
+    /// The message bus between modules.
+    pub bus: BusConfig,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             seed: SeedConfig::default(),
             payments: PaymentsConfig::default(),
             cache: CacheConfig::default(),
+            bus: BusConfig::default(),
         }
     }
 }
@@ -315,6 +318,50 @@ impl Default for CacheConfig {
     }
 }
 
+/// Which bus carries events between modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BusBackend {
+    /// In this process: events reach this process's consumers only.
+    InProcess,
+    /// NATS JetStream at `bus.nats_url`, shared by every process.
+    Nats,
+}
+
+/// The message bus. See `docs/configuration.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// `in_process` or `nats`.
+    pub backend: BusBackend,
+    /// The NATS server of the `nats` backend.
+    pub nats_url: String,
+    /// The JetStream stream holding every event (and `<stream>_DEAD`, the
+    /// dead letters).
+    pub nats_stream: String,
+    /// The first token of every subject: `<prefix>.<module>.<event>`.
+    pub nats_subject_prefix: String,
+    /// Failed deliveries of a message to a consumer before it is parked as a
+    /// dead letter.
+    pub max_attempts: i64,
+    /// The pause before the first redelivery, in milliseconds; it doubles with
+    /// each attempt, up to a minute.
+    pub retry_pause_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            backend: BusBackend::InProcess,
+            nats_url: "nats://127.0.0.1:4222".to_string(),
+            nats_stream: "AGORA".to_string(),
+            nats_subject_prefix: "agora".to_string(),
+            max_attempts: 5,
+            retry_pause_ms: 1000,
+        }
+    }
+}
+
 /// Demo data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -561,6 +608,27 @@ impl Config {
                 "cache.max_bytes",
                 "must be between 1048576 (1 MiB) and 68719476736 (64 GiB)",
             );
+        }
+        if !self.bus.nats_url.starts_with("nats://") && !self.bus.nats_url.starts_with("tls://") {
+            return fail("bus.nats_url", "must start with nats:// or tls://");
+        }
+        let name_like = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+        };
+        if !name_like(&self.bus.nats_stream) {
+            return fail("bus.nats_stream", "must be 1-64 of A-Z a-z 0-9 - _");
+        }
+        if !name_like(&self.bus.nats_subject_prefix) {
+            return fail("bus.nats_subject_prefix", "must be 1-64 of A-Z a-z 0-9 - _");
+        }
+        if !(1..=100).contains(&self.bus.max_attempts) {
+            return fail("bus.max_attempts", "must be between 1 and 100");
+        }
+        if !(1..=60_000).contains(&self.bus.retry_pause_ms) {
+            return fail("bus.retry_pause_ms", "must be between 1 and 60000");
         }
         if !(1..=1000).contains(&self.database.max_connections) {
             return fail("database.max_connections", "must be between 1 and 1000");
@@ -928,6 +996,37 @@ mod tests {
                     .unwrap_or_default();
                 assert!(err.contains(key), "{var}={value}: {err}");
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_bus_settings_name_their_key() {
+        Jail::expect_with(|jail| {
+            for (var, value, key) in [
+                ("AGORA_BUS__BACKEND", "kafka", "bus.backend"),
+                ("AGORA_BUS__NATS_URL", "http://x", "bus.nats_url"),
+                ("AGORA_BUS__NATS_STREAM", "a.b", "bus.nats_stream"),
+                (
+                    "AGORA_BUS__NATS_SUBJECT_PREFIX",
+                    "a>",
+                    "bus.nats_subject_prefix",
+                ),
+                ("AGORA_BUS__MAX_ATTEMPTS", "0", "bus.max_attempts"),
+                ("AGORA_BUS__RETRY_PAUSE_MS", "0", "bus.retry_pause_ms"),
+            ] {
+                jail.clear_env();
+                jail.set_env(var, value);
+                let err = load(&Overrides::default())
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(err.contains(key), "{var}={value}: {err}");
+            }
+            jail.clear_env();
+            jail.set_env("AGORA_BUS__BACKEND", "nats");
+            let config = load(&Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.bus.backend, BusBackend::Nats);
             Ok(())
         });
     }
