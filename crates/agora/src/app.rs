@@ -83,7 +83,7 @@ impl Application {
         let carts = carts(&db, &catalog);
         let payments = payments(&config, &db);
         let orders = orders(&db, &catalog, &carts, &inventory, &payments);
-        let relays = messaging(&config, &db, &inventory, &payments, &orders).await?;
+        let relays = messaging(&config, &db, &catalog, &inventory, &payments, &orders).await?;
         let modules = Modules {
             carts: carts.clone(),
             identity,
@@ -290,6 +290,7 @@ pub fn orders(
 async fn messaging(
     config: &Config,
     db: &Database,
+    catalog: &Catalog,
     inventory: &Inventory,
     payments: &Payments,
     orders: &Orders,
@@ -315,7 +316,15 @@ async fn messaging(
         &[PaymentRefunded::KIND],
         Arc::new(orders.clone()),
     );
+    // Every node forgets its cached catalog reads when any node changes the
+    // catalog (with the in-process bus: this node, which already did).
+    bus.subscribe_each_node(
+        agora_catalog::service::CACHE_CONSUMER,
+        &agora_catalog::service::CHANGE_EVENTS,
+        Arc::new(catalog.clone()),
+    );
     Ok([
+        catalog.store().outbox().clone(),
         inventory.store().outbox().clone(),
         payments.store().outbox().clone(),
         orders.outbox().clone(),

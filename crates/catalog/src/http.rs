@@ -325,6 +325,14 @@ pub struct UpdateProduct {
     active: Option<bool>,
 }
 
+impl TryFrom<UpdateProduct> for ProductChanges {
+    type Error = ApiError;
+
+    fn try_from(body: UpdateProduct) -> Result<Self, Self::Error> {
+        body.parse()
+    }
+}
+
 impl UpdateProduct {
     fn parse(self) -> Result<ProductChanges, ApiError> {
         let mut p = Problems::default();

@@ -1,10 +1,12 @@
 //! The catalog module: categories and products.
 //!
-//! Owns the tables `catalog_categories` and `catalog_products`. Anyone may browse
-//! active products; staff create, change and retire them. Other modules read
-//! products through [`agora_contracts::catalog::CatalogPort`] (implemented by
-//! [`Catalog`]), which returns a price snapshot. Publishes no events yet
-//! (ProductChanged arrives with the message bus).
+//! Owns the tables `catalog_categories`, `catalog_products` and
+//! `catalog_outbox`. Anyone may browse active products; staff create, change and
+//! retire them. Other modules read products through
+//! [`agora_contracts::catalog::CatalogPort`] (implemented by [`Catalog`]), which
+//! returns a price snapshot. Every write publishes `ProductChanged` or
+//! `CategoryChanged`; every node's [`Catalog`] handles them by forgetting its
+//! cached reads.
 //!
 //! # Layout
 //! - [`domain`]: `Product`, `Category`, and the rules of each field.

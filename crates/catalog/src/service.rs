@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use agora_contracts::PortError;
 use agora_contracts::catalog::{CatalogPort, ProductSnapshot};
+use agora_contracts::events::{CategoryChanged, EventPayload, ProductChanged};
 use agora_kernel::{CategoryId, Clock, Page, ProductId};
+use agora_platform::bus::{Event, Handler};
 use agora_platform::cache::CacheAside;
 use agora_platform::http::cacheable;
 use async_trait::async_trait;
@@ -107,6 +109,10 @@ impl Catalog {
     ) -> Result<T, CatalogError> {
         let invalidation = self.cache.as_ref().map(|c| c.aside.invalidation(CACHE_TAG));
         let written = write.await;
+        if written.is_ok() {
+            // Its ProductChanged or CategoryChanged tells the other nodes.
+            self.store.outbox().notify();
+        }
         if let Some(invalidation) = invalidation {
             invalidation.now().await;
         }
@@ -141,11 +147,7 @@ impl Catalog {
     /// Adds a product.
     pub async fn create_product(&self, draft: ProductDraft) -> Result<Product, CatalogError> {
         let product = new_product(draft, self.clock.now());
-        self.write(
-            self.store
-                .insert_product(self.store.db().writer(), &product),
-        )
-        .await?;
+        self.write(self.store.create_product(&product)).await?;
         tracing::info!(product_id = %product.id, sku = %product.sku, "product created");
         Ok(product)
     }
@@ -166,7 +168,10 @@ impl Catalog {
 
     /// Removes a product.
     pub async fn delete_product(&self, id: ProductId) -> Result<(), CatalogError> {
-        if !self.write(self.store.delete_product(id)).await? {
+        if !self
+            .write(self.store.delete_product(id, self.clock.now()))
+            .await?
+        {
             return Err(CatalogError::ProductNotFound);
         }
         tracing::info!(product_id = %id, "product deleted");
@@ -189,11 +194,7 @@ impl Catalog {
     /// Adds a category.
     pub async fn create_category(&self, draft: CategoryDraft) -> Result<Category, CatalogError> {
         let category = new_category(draft, self.clock.now());
-        self.write(
-            self.store
-                .insert_category(self.store.db().writer(), &category),
-        )
-        .await?;
+        self.write(self.store.create_category(&category)).await?;
         tracing::info!(category_id = %category.id, "category created");
         Ok(category)
     }
@@ -211,7 +212,10 @@ impl Catalog {
 
     /// Removes a category that has no products and no subcategories.
     pub async fn delete_category(&self, id: CategoryId) -> Result<(), CatalogError> {
-        if !self.write(self.store.delete_category(id)).await? {
+        if !self
+            .write(self.store.delete_category(id, self.clock.now()))
+            .await?
+        {
             return Err(CatalogError::CategoryNotFound);
         }
         tracing::info!(category_id = %id, "category deleted");
@@ -230,6 +234,24 @@ impl Catalog {
         self.clock.now()
     }
 }
+
+/// Every node forgets its cached catalog reads when another node changed the
+/// catalog (ProductChanged, CategoryChanged; see `Bus::subscribe_each_node`).
+#[async_trait]
+impl Handler for Catalog {
+    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        if CHANGE_EVENTS.contains(&event.kind.as_str()) {
+            self.forget_cached_reads().await;
+        }
+        Ok(())
+    }
+}
+
+/// What the catalog's cache listens to.
+pub const CHANGE_EVENTS: [&str; 2] = [ProductChanged::KIND, CategoryChanged::KIND];
+
+/// The name of the catalog's per-node cache subscription.
+pub const CACHE_CONSUMER: &str = "catalog-cache";
 
 #[async_trait]
 impl CatalogPort for Catalog {

@@ -4,9 +4,15 @@
 //! and price sign through named constraints; [`write_error`] turns their refusals
 //! into [`CatalogError`]s, so no rule depends on a racy check-then-write.
 
+use std::sync::Arc;
+
+use agora_contracts::events::{CatalogChange, CategoryChanged, EventPayload, ProductChanged};
 use agora_kernel::{CategoryId, Currency, Limit, Money, ProductId, Timestamp};
 use agora_platform::Database;
-use agora_platform::db::{Backend, Columns, SqlBuilder, Violation, contains_pattern, violation};
+use agora_platform::bus::{Event, Outbox};
+use agora_platform::db::{
+    Backend, Columns, SqlBuilder, Violation, WriteTx, contains_pattern, violation,
+};
 use anyhow::{Context, anyhow};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -160,12 +166,107 @@ pub struct ProductFilter {
 #[derive(Debug, Clone)]
 pub struct CatalogStore {
     db: Database,
+    outbox: Arc<Outbox>,
 }
+
+/// The catalog's outbox table.
+pub const OUTBOX: &str = "catalog_outbox";
 
 impl CatalogStore {
     /// A store over `db`.
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            outbox: Arc::new(Outbox::new(OUTBOX)),
+        }
+    }
+
+    /// The module's outbox: ProductChanged and CategoryChanged.
+    pub fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+
+    /// Adds a product, with its ProductChanged, in one transaction.
+    pub async fn create_product(&self, product: &Product) -> Result<(), CatalogError> {
+        let mut tx = self.db.begin().await?;
+        self.insert_product(&mut *tx, product).await?;
+        self.product_changed(
+            &mut tx,
+            product.id,
+            CatalogChange::Created,
+            product.created_at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds a category, with its CategoryChanged, in one transaction.
+    pub async fn create_category(&self, category: &Category) -> Result<(), CatalogError> {
+        let mut tx = self.db.begin().await?;
+        self.insert_category(&mut *tx, category).await?;
+        self.category_changed(
+            &mut tx,
+            category.id,
+            CatalogChange::Created,
+            category.created_at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn product_changed(
+        &self,
+        tx: &mut WriteTx,
+        product_id: ProductId,
+        change: CatalogChange,
+        now: Timestamp,
+    ) -> Result<(), CatalogError> {
+        let payload = ProductChanged { product_id, change };
+        self.append(
+            tx,
+            ProductChanged::KIND,
+            product_id.to_string(),
+            &payload,
+            now,
+        )
+        .await
+    }
+
+    async fn category_changed(
+        &self,
+        tx: &mut WriteTx,
+        category_id: CategoryId,
+        change: CatalogChange,
+        now: Timestamp,
+    ) -> Result<(), CatalogError> {
+        let payload = CategoryChanged {
+            category_id,
+            change,
+        };
+        self.append(
+            tx,
+            CategoryChanged::KIND,
+            category_id.to_string(),
+            &payload,
+            now,
+        )
+        .await
+    }
+
+    async fn append<P: Serialize>(
+        &self,
+        tx: &mut WriteTx,
+        kind: &str,
+        aggregate: String,
+        payload: &P,
+        now: Timestamp,
+    ) -> Result<(), CatalogError> {
+        let event = Event::new(kind, aggregate, payload, now)
+            .map_err(|e| CatalogError::Unexpected(anyhow!("event payload: {e}")))?;
+        self.outbox.append(tx, &event).await?;
+        Ok(())
     }
 
     /// The database.
@@ -329,21 +430,42 @@ impl CatalogStore {
         }
         q.push(" WHERE id = ").bind(id.to_db())?;
         q.push(concat!(" RETURNING ", product_columns!()));
+        let mut tx = self.db.begin().await?;
         let row = q
             .build()
-            .fetch_optional(self.db.writer())
+            .fetch_optional(&mut *tx)
             .await
             .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
-        row.as_ref().map(|row| product_from_row(row)).transpose()
+        let product = row.as_ref().map(|row| product_from_row(row)).transpose()?;
+        if product.is_some() {
+            self.product_changed(&mut tx, id, CatalogChange::Updated, now)
+                .await?;
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(product)
     }
 
-    /// Deletes a product; whether it existed.
-    pub async fn delete_product(&self, id: ProductId) -> Result<bool, CatalogError> {
+    /// Deletes a product (with its ProductChanged); whether it existed.
+    pub async fn delete_product(
+        &self,
+        id: ProductId,
+        now: Timestamp,
+    ) -> Result<bool, CatalogError> {
+        let mut tx = self.db.begin().await?;
         let done = sqlx::query("DELETE FROM catalog_products WHERE id = $1")
             .bind(id.to_db())
-            .execute(self.db.writer())
+            .execute(&mut *tx)
             .await?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        self.product_changed(&mut tx, id, CatalogChange::Deleted, now)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// One category.
@@ -467,18 +589,37 @@ impl CatalogStore {
             .await
             .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
         let category = row.as_ref().map(|row| category_from_row(row)).transpose()?;
-        tx.commit().await?;
+        if category.is_some() {
+            self.category_changed(&mut tx, id, CatalogChange::Updated, now)
+                .await?;
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
         Ok(category)
     }
 
-    /// Deletes a category that nothing refers to; whether it existed.
-    pub async fn delete_category(&self, id: CategoryId) -> Result<bool, CatalogError> {
+    /// Deletes a category that nothing refers to (with its CategoryChanged);
+    /// whether it existed.
+    pub async fn delete_category(
+        &self,
+        id: CategoryId,
+        now: Timestamp,
+    ) -> Result<bool, CatalogError> {
+        let mut tx = self.db.begin().await?;
         let done = sqlx::query("DELETE FROM catalog_categories WHERE id = $1")
             .bind(id.to_db())
-            .execute(self.db.writer())
+            .execute(&mut *tx)
             .await
             .map_err(|e| write_error(e, CatalogError::CategoryInUse))?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        self.category_changed(&mut tx, id, CatalogChange::Deleted, now)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Whether the catalog has neither products nor categories, as seen by

@@ -50,7 +50,7 @@ async fn migrations_are_recorded_per_module_and_run_once() {
         .fetch_one(catalog.store().db().reader())
         .await
         .expect("the catalog has its own history table");
-    assert_eq!(applied, 1);
+    assert_eq!(applied, 2);
 }
 
 #[tokio::test]
@@ -178,4 +178,123 @@ async fn public_reads_are_counted_as_hits_and_misses_of_the_read_cache() {
         Err(CatalogError::ProductNotFound)
     ));
     assert_eq!(catalog.cache_stats().map(|s| s.misses), Some(2));
+}
+
+/// The kinds and products in the catalog's outbox, oldest first.
+async fn outbox(catalog: &Catalog) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT kind, aggregate_id FROM catalog_outbox ORDER BY seq")
+        .fetch_all(catalog.store().db().reader())
+        .await
+        .expect("the outbox reads")
+}
+
+fn changes(body: serde_json::Value) -> agora_catalog::domain::ProductChanges {
+    let request: agora_catalog::http::UpdateProduct =
+        serde_json::from_value(body).expect("a well-formed request");
+    agora_catalog::domain::ProductChanges::try_from(request).expect("a valid request")
+}
+
+/// Every product write puts one ProductChanged in the outbox, in the same
+/// transaction: a write that fails, or finds nothing to change, puts none.
+#[tokio::test]
+async fn product_writes_and_only_they_leave_a_product_changed_event() {
+    let (catalog, _db) = catalog().await;
+    let p = catalog
+        .create_product(draft("EV-1", 100, true))
+        .await
+        .expect("created");
+    let duplicate = catalog.create_product(draft("EV-1", 100, true)).await;
+    assert!(
+        // The same draft: its slug is taken too, and either refusal is first.
+        matches!(
+            duplicate,
+            Err(CatalogError::SkuTaken | CatalogError::SlugTaken)
+        ),
+        "{duplicate:?}"
+    );
+    catalog
+        .update_product(p.id, changes(serde_json::json!({ "name": "Renamed" })))
+        .await
+        .expect("updated");
+    let missing = catalog
+        .update_product(
+            ProductId::new(),
+            changes(serde_json::json!({ "name": "x" })),
+        )
+        .await;
+    assert!(matches!(missing, Err(CatalogError::ProductNotFound)));
+    catalog.delete_product(p.id).await.expect("deleted");
+    assert!(catalog.delete_product(p.id).await.is_err());
+    let id = p.id.to_string();
+    assert_eq!(
+        outbox(&catalog).await,
+        [
+            ("catalog.product_changed".to_string(), id.clone()),
+            ("catalog.product_changed".to_string(), id.clone()),
+            ("catalog.product_changed".to_string(), id),
+        ]
+    );
+    let payload: String =
+        sqlx::query_scalar("SELECT payload FROM catalog_outbox ORDER BY seq DESC LIMIT 1")
+            .fetch_one(catalog.store().db().reader())
+            .await
+            .expect("the outbox reads");
+    let event: agora_contracts::events::ProductChanged =
+        serde_json::from_str(&payload).expect("a ProductChanged payload");
+    assert_eq!(event.product_id, p.id);
+    assert_eq!(
+        event.change,
+        agora_contracts::events::CatalogChange::Deleted
+    );
+}
+
+/// A node whose cache holds a product forgets it when it hears that another
+/// node changed the catalog (the write here goes past this node's service, as
+/// another node's would).
+#[tokio::test]
+async fn a_product_changed_event_makes_every_node_forget_its_cached_reads() {
+    use agora_platform::bus::{Event, Handler};
+    use agora_platform::cache::{CacheAside, MemoryCache};
+    let (catalog, _db) = catalog().await;
+    let catalog = catalog.with_cache(
+        Arc::new(CacheAside::new(Arc::new(MemoryCache::new(1 << 20)))),
+        std::time::Duration::from_secs(60),
+    );
+    let p = catalog
+        .create_product(draft("NODE-1", 100, true))
+        .await
+        .expect("created");
+    let cached = catalog.public_product(p.id).await.expect("read");
+    sqlx::query("UPDATE catalog_products SET name = 'Changed elsewhere' WHERE id = $1")
+        .bind(p.id.to_db())
+        .execute(catalog.store().db().writer())
+        .await
+        .expect("written");
+    assert_eq!(catalog.public_product(p.id).await.expect("read"), cached);
+    let other_kind = Event::new(
+        "orders.order_placed",
+        "x",
+        &serde_json::json!({}),
+        catalog.now(),
+    )
+    .expect("an event");
+    catalog.handle(&other_kind).await.expect("ignored");
+    assert_eq!(catalog.public_product(p.id).await.expect("read"), cached);
+    let changed = Event::new(
+        "catalog.product_changed",
+        p.id,
+        &agora_contracts::events::ProductChanged {
+            product_id: p.id,
+            change: agora_contracts::events::CatalogChange::Updated,
+        },
+        catalog.now(),
+    )
+    .expect("an event");
+    catalog.handle(&changed).await.expect("handled");
+    let fresh = catalog.public_product(p.id).await.expect("read");
+    assert!(
+        String::from_utf8_lossy(&fresh).contains("Changed elsewhere"),
+        "{}",
+        String::from_utf8_lossy(&fresh)
+    );
 }

@@ -3,7 +3,7 @@
 //! fields are only ever added, never renamed or removed (consumers in other
 //! processes read them).
 
-use agora_kernel::{Money, OrderId, PaymentId, ProductId, UserId};
+use agora_kernel::{CategoryId, Money, OrderId, PaymentId, ProductId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// An event payload and the kind it is published as.
@@ -113,4 +113,42 @@ pub struct StockLow {
 }
 impl EventPayload for StockLow {
     const KIND: &'static str = "inventory.stock_low";
+}
+
+/// What happened to a product or a category.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatalogChange {
+    /// Created.
+    Created,
+    /// Changed.
+    Updated,
+    /// Removed.
+    Deleted,
+}
+
+/// A product was created, changed or deleted: what is cached of it, and of the
+/// lists it appears in, is stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProductChanged {
+    /// The product.
+    pub product_id: ProductId,
+    /// What happened to it.
+    pub change: CatalogChange,
+}
+impl EventPayload for ProductChanged {
+    const KIND: &'static str = "catalog.product_changed";
+}
+
+/// A category was created, changed or deleted: cached catalog reads that show
+/// it are stale.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CategoryChanged {
+    /// The category.
+    pub category_id: CategoryId,
+    /// What happened to it.
+    pub change: CatalogChange,
+}
+impl EventPayload for CategoryChanged {
+    const KIND: &'static str = "catalog.category_changed";
 }

@@ -112,8 +112,16 @@ pub trait Bus: Send + Sync {
     async fn publish(&self, event: &Event) -> Result<(), PublishError>;
 
     /// Has `handler`, known as `consumer`, receive every event whose kind is in
-    /// `kinds`.
+    /// `kinds`. Every process that subscribes under the same name shares the
+    /// events: each is handled by one of them.
     fn subscribe(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>);
+
+    /// Has `handler` receive, in every process that calls this, each event of
+    /// `kinds` published from now on: for work each node does for itself
+    /// (forgetting what it cached), where `subscribe` shares the work. A node
+    /// cut off from the bus misses what was published meanwhile, so the work
+    /// must be bounded without it (cached entries expire).
+    fn subscribe_each_node(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>);
 }
 
 struct Subscription {
@@ -165,6 +173,11 @@ impl Bus for InProcessBus {
             }
         }
         Ok(())
+    }
+
+    fn subscribe_each_node(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>) {
+        // One process: every subscription is its own.
+        self.subscribe(consumer, kinds, handler);
     }
 
     fn subscribe(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>) {

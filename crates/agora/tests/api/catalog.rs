@@ -1052,3 +1052,32 @@ async fn with_the_redis_cache_down_public_reads_still_answer() {
     let list = app.get("/api/v1/products").await;
     assert_eq!(list.data().as_array().map(Vec::len), Some(1));
 }
+
+/// A catalog write is published from the catalog's outbox (so other nodes'
+/// caches hear of it), once.
+#[tokio::test]
+async fn catalog_writes_are_published_from_the_outbox() {
+    let app = spawn_app().await;
+    let created = app
+        .post("/api/v1/products", product_body(json!({ "sku": "PUB-1" })))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let id = created.data()["id"].as_str().expect("an id").to_string();
+    let mut rows: Vec<(String, String, Option<i64>)> = Vec::new();
+    for _ in 0..200 {
+        rows = sqlx::query_as(
+            "SELECT kind, aggregate_id, published_at FROM catalog_outbox ORDER BY seq",
+        )
+        .fetch_all(app.db.db.reader())
+        .await
+        .expect("the outbox reads");
+        if rows.iter().all(|r| r.2.is_some()) && !rows.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "catalog.product_changed");
+    assert_eq!(rows[0].1, id);
+    assert!(rows[0].2.is_some(), "published: {rows:?}");
+}

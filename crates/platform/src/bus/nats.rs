@@ -8,7 +8,9 @@
 //!   between publishing and marking the row).
 //! - A consumer is a durable pull consumer per subscribed kind, named after the
 //!   consumer and the kind: every process that subscribes under that name shares
-//!   it, as a work queue. A subscriber handles one message at a time and acks it
+//!   it, as a work queue. `subscribe_each_node` instead gives each process a
+//!   consumer of its own, starting at the next event, which the server drops a
+//!   minute after the process stops asking (cache invalidation on every node). A subscriber handles one message at a time and acks it
 //!   after its handler succeeded; a failure is redelivered after a pause that
 //!   doubles with each attempt; after `bus.max_attempts` failed deliveries (or
 //!   at once, for a message that is not an event) the message is **parked** in
@@ -220,36 +222,57 @@ impl Inner {
         consumer: String,
         kind: String,
         handler: Arc<dyn Handler>,
+        shared: bool,
     ) {
         loop {
-            if let Err(e) = self.consume(&consumer, &kind, handler.as_ref()).await {
+            if let Err(e) = self
+                .consume(&consumer, &kind, handler.as_ref(), shared)
+                .await
+            {
                 tracing::warn!(consumer, kind, error = %e, "bus subscriber stopped; starting again");
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
+    /// Receives `kind` on a durable consumer shared by every process (`shared`),
+    /// or on one of this process's own that starts at the next event and that
+    /// the server forgets a minute after this process stops asking.
     async fn consume(
         &self,
         consumer: &str,
         kind: &str,
         handler: &dyn Handler,
+        shared: bool,
     ) -> anyhow::Result<()> {
         self.ready().await?;
-        let name = durable_name(consumer, kind);
         let stream = self.js.get_stream(&self.settings.stream).await?;
-        let pull = stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: self.subject(kind),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ack_wait: self.settings.ack_wait,
-                    ..Default::default()
-                },
-            )
-            .await?;
+        let config = pull::Config {
+            filter_subject: self.subject(kind),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: self.settings.ack_wait,
+            ..Default::default()
+        };
+        let pull = if shared {
+            let name = durable_name(consumer, kind);
+            stream
+                .get_or_create_consumer(
+                    &name,
+                    pull::Config {
+                        durable_name: Some(name.clone()),
+                        ..config
+                    },
+                )
+                .await?
+        } else {
+            stream
+                .create_consumer(pull::Config {
+                    deliver_policy: jetstream::consumer::DeliverPolicy::New,
+                    inactive_threshold: Duration::from_secs(60),
+                    ..config
+                })
+                .await?
+        };
         let mut messages = pull.messages().await?;
         while let Some(message) = messages.next().await {
             self.deliver(consumer, handler, message?).await;
@@ -367,6 +390,16 @@ impl Bus for NatsBus {
     }
 
     fn subscribe(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>) {
+        self.start(consumer, kinds, &handler, true);
+    }
+
+    fn subscribe_each_node(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>) {
+        self.start(consumer, kinds, &handler, false);
+    }
+}
+
+impl NatsBus {
+    fn start(&self, consumer: &str, kinds: &[&str], handler: &Arc<dyn Handler>, shared: bool) {
         let mut subscribers = self
             .subscribers
             .lock()
@@ -375,7 +408,8 @@ impl Bus for NatsBus {
             let task = tokio::spawn(Arc::clone(&self.inner).subscriber(
                 consumer.to_string(),
                 (*kind).to_string(),
-                Arc::clone(&handler),
+                Arc::clone(handler),
+                shared,
             ));
             subscribers.push(task.abort_handle());
         }
@@ -506,6 +540,44 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(handler.seen(), ["a", "b"]);
         remove(bus).await
+    }
+
+    /// Work queue and broadcast: two processes subscribed under one name share
+    /// the events (each handled once in all), while each of them also gets
+    /// every event on its own per-node subscription.
+    #[tokio::test]
+    #[ignore = "needs a NATS server with JetStream: set AGORA_TEST_NATS_URL and pass --ignored"]
+    async fn shared_consumers_split_events_and_each_node_gets_all() -> anyhow::Result<()> {
+        let first = test_bus().await?;
+        let second = NatsBus::connect(first.inner.settings.clone()).await?;
+        let (shared_a, shared_b) = (Counting::new(0), Counting::new(0));
+        let (node_a, node_b) = (Counting::new(0), Counting::new(0));
+        let kind = "catalog.product_changed";
+        first.subscribe("shared-test", &[kind], shared_a.clone());
+        second.subscribe("shared-test", &[kind], shared_b.clone());
+        first.subscribe_each_node("cache-test", &[kind], node_a.clone());
+        second.subscribe_each_node("cache-test", &[kind], node_b.clone());
+        // Each node's consumer starts at the next event: let them be made.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for n in 0..20 {
+            first.publish(&event(kind, &format!("p{n}"))).await?;
+        }
+        eventually(
+            "every event on both nodes, once in the shared consumer",
+            || {
+                node_a.seen().len() == 20
+                    && node_b.seen().len() == 20
+                    && shared_a.seen().len() + shared_b.seen().len() == 20
+            },
+        )
+        .await;
+        let mut shared: Vec<String> = shared_a.seen();
+        shared.extend(shared_b.seen());
+        shared.sort();
+        shared.dedup();
+        assert_eq!(shared.len(), 20);
+        drop(second);
+        remove(first).await
     }
 
     /// A failing handler gets the message again after a pause, and succeeds.
