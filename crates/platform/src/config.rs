@@ -956,73 +956,77 @@ mod tests {
     #[test]
     fn bad_payments_settings_name_their_key() {
         Jail::expect_with(|jail| {
-            for (var, value, key) in [
-                (
-                    "AGORA_PAYMENTS__SIMULATED__ERROR_RATE",
-                    "1.5",
-                    "payments.simulated.error_rate",
-                ),
-                (
-                    "AGORA_PAYMENTS__SIMULATED__ERROR_RATE",
-                    "-0.1",
-                    "payments.simulated.error_rate",
-                ),
-                (
-                    "AGORA_PAYMENTS__SIMULATED__LATENCY_MS",
-                    "600000",
-                    "payments.simulated.latency_ms",
-                ),
-                (
-                    "AGORA_PAYMENTS__SIMULATED__WEBHOOK_URL",
-                    "ftp://x",
-                    "payments.simulated.webhook_url",
-                ),
-                (
-                    "AGORA_PAYMENTS__WEBHOOK_SECRET",
-                    "short",
-                    "payments.webhook_secret",
-                ),
-                (
-                    "AGORA_PAYMENTS__WEBHOOK_TOLERANCE_SECS",
-                    "0",
-                    "payments.webhook_tolerance_secs",
-                ),
-            ] {
-                jail.clear_env();
-                jail.set_env(var, value);
-                let err = load(&Overrides::default())
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
-                assert!(err.contains(key), "{var}={value}: {err}");
-            }
+            refused_naming_their_key(
+                jail,
+                &[
+                    (
+                        "AGORA_PAYMENTS__SIMULATED__ERROR_RATE",
+                        "1.5",
+                        "payments.simulated.error_rate",
+                    ),
+                    (
+                        "AGORA_PAYMENTS__SIMULATED__ERROR_RATE",
+                        "-0.1",
+                        "payments.simulated.error_rate",
+                    ),
+                    (
+                        "AGORA_PAYMENTS__SIMULATED__LATENCY_MS",
+                        "600000",
+                        "payments.simulated.latency_ms",
+                    ),
+                    (
+                        "AGORA_PAYMENTS__SIMULATED__WEBHOOK_URL",
+                        "ftp://x",
+                        "payments.simulated.webhook_url",
+                    ),
+                    (
+                        "AGORA_PAYMENTS__WEBHOOK_SECRET",
+                        "short",
+                        "payments.webhook_secret",
+                    ),
+                    (
+                        "AGORA_PAYMENTS__WEBHOOK_TOLERANCE_SECS",
+                        "0",
+                        "payments.webhook_tolerance_secs",
+                    ),
+                ],
+            );
             Ok(())
         });
+    }
+
+    /// Each `(variable, value, key)` alone makes loading fail with an error
+    /// that names `key`.
+    fn refused_naming_their_key(jail: &mut Jail, cases: &[(&str, &str, &str)]) {
+        for (var, value, key) in cases {
+            jail.clear_env();
+            jail.set_env(var, value);
+            let err = load(&Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
     }
 
     #[test]
     fn bad_bus_settings_name_their_key() {
         Jail::expect_with(|jail| {
-            for (var, value, key) in [
-                ("AGORA_BUS__BACKEND", "kafka", "bus.backend"),
-                ("AGORA_BUS__NATS_URL", "http://x", "bus.nats_url"),
-                ("AGORA_BUS__NATS_STREAM", "a.b", "bus.nats_stream"),
-                (
-                    "AGORA_BUS__NATS_SUBJECT_PREFIX",
-                    "a>",
-                    "bus.nats_subject_prefix",
-                ),
-                ("AGORA_BUS__MAX_ATTEMPTS", "0", "bus.max_attempts"),
-                ("AGORA_BUS__RETRY_PAUSE_MS", "0", "bus.retry_pause_ms"),
-            ] {
-                jail.clear_env();
-                jail.set_env(var, value);
-                let err = load(&Overrides::default())
-                    .err()
-                    .map(|e| e.to_string())
-                    .unwrap_or_default();
-                assert!(err.contains(key), "{var}={value}: {err}");
-            }
+            refused_naming_their_key(
+                jail,
+                &[
+                    ("AGORA_BUS__BACKEND", "kafka", "bus.backend"),
+                    ("AGORA_BUS__NATS_URL", "http://x", "bus.nats_url"),
+                    ("AGORA_BUS__NATS_STREAM", "a.b", "bus.nats_stream"),
+                    (
+                        "AGORA_BUS__NATS_SUBJECT_PREFIX",
+                        "a>",
+                        "bus.nats_subject_prefix",
+                    ),
+                    ("AGORA_BUS__MAX_ATTEMPTS", "0", "bus.max_attempts"),
+                    ("AGORA_BUS__RETRY_PAUSE_MS", "0", "bus.retry_pause_ms"),
+                ],
+            );
             jail.clear_env();
             jail.set_env("AGORA_BUS__BACKEND", "nats");
             let config = load(&Overrides::default()).map_err(|e| e.to_string())?;
