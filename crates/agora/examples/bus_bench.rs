@@ -1,0 +1,107 @@
+//! Events per second through a bus, publisher to handler, as the outbox relays
+//! use it: `publish` awaited (the relay marks a row published only after), with
+//! `IN_FLIGHT` publications at once, to a subscriber that counts.
+//!
+//! Usage: `bus_bench in-process COUNT IN_FLIGHT` or
+//! `bus_bench nats://127.0.0.1:4222 COUNT IN_FLIGHT` (a stream of its own,
+//! deleted afterwards).
+//!
+//! Prints the publication rate (all publications acknowledged) and the end to
+//! end rate (all events handled). Bounded: COUNT events, loopback only.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agora_kernel::Timestamp;
+use agora_platform::bus::nats::{NatsBus, NatsSettings};
+use agora_platform::bus::{Bus, Event, Handler, InProcessBus};
+use async_trait::async_trait;
+use futures_util::StreamExt as _;
+
+struct Count(AtomicU64);
+
+#[async_trait]
+impl Handler for Count {
+    async fn handle(&self, _event: &Event) -> anyhow::Result<()> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let (Some(target), Some(count), Some(in_flight)) = (args.next(), args.next(), args.next())
+    else {
+        anyhow::bail!("usage: bus_bench in-process|nats://HOST:PORT COUNT IN_FLIGHT");
+    };
+    let count: u64 = count.parse()?;
+    let in_flight: usize = in_flight.parse()?;
+    anyhow::ensure!(
+        (1..=10_000_000).contains(&count) && (1..=4096).contains(&in_flight),
+        "COUNT must be 1..=10000000 and IN_FLIGHT 1..=4096"
+    );
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let bus: Arc<dyn Bus> = if target == "in-process" {
+        Arc::new(InProcessBus::new())
+    } else {
+        Arc::new(
+            NatsBus::connect(NatsSettings {
+                url: target.clone(),
+                stream: format!("BENCH_{unique}"),
+                subject_prefix: format!("bench{unique}"),
+                max_attempts: 5,
+                retry_pause: Duration::from_millis(100),
+                ack_wait: Duration::from_secs(30),
+            })
+            .await?,
+        )
+    };
+    let handled = Arc::new(Count(AtomicU64::new(0)));
+    bus.subscribe("bench", &["bench.event"], handled.clone());
+    // Let the subscriber set itself up before the clock starts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let payload = serde_json::json!({ "order_id": "ord_0000", "total": { "amount": 1999, "currency": "USD" } });
+    let started = Instant::now();
+    let published = futures_util::stream::iter(0..count)
+        .map(|n| {
+            let bus = Arc::clone(&bus);
+            let payload = payload.clone();
+            async move {
+                let event = Event::new("bench.event", n, &payload, Timestamp::from_millis(0))?;
+                bus.publish(&event).await.map_err(anyhow::Error::from)
+            }
+        })
+        .buffer_unordered(in_flight)
+        .fold(Ok(0_u64), |acc: anyhow::Result<u64>, r| async move {
+            Ok(acc? + u64::from(r.is_ok()))
+        })
+        .await?;
+    let publish_secs = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while handled.0.load(Ordering::Relaxed) < published && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let total_secs = started.elapsed().as_secs_f64();
+    let handled = handled.0.load(Ordering::Relaxed);
+    println!(
+        "bus={} events={count} in_flight={in_flight} published={published} handled={handled} \
+         publish_per_s={:.0} end_to_end_per_s={:.0}",
+        if target == "in-process" {
+            "in-process"
+        } else {
+            "nats"
+        },
+        published as f64 / publish_secs,
+        handled as f64 / total_secs,
+    );
+    if target != "in-process" {
+        let js = async_nats::jetstream::new(async_nats::connect(target.as_str()).await?);
+        js.delete_stream(format!("BENCH_{unique}")).await?;
+        js.delete_stream(format!("BENCH_{unique}_DEAD")).await?;
+    }
+    anyhow::ensure!(handled == count, "{handled} of {count} events handled");
+    Ok(())
+}
