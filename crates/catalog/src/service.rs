@@ -245,6 +245,11 @@ impl Handler for Catalog {
         }
         Ok(())
     }
+
+    /// Changes may have been missed: forget everything cached.
+    async fn resumed(&self) {
+        self.forget_cached_reads().await;
+    }
 }
 
 /// What the catalog's cache listens to.

@@ -91,6 +91,11 @@ impl Event {
 pub trait Handler: Send + Sync {
     /// Handles one event. An error leaves the event to be delivered again.
     async fn handle(&self, event: &Event) -> anyhow::Result<()>;
+
+    /// Called when a `subscribe_each_node` subscription was made again after a
+    /// gap (a lost connection): events published meanwhile will not arrive, so
+    /// a handler whose work is per node (forgetting cached reads) does it now.
+    async fn resumed(&self) {}
 }
 
 /// Why a publication failed: the event stays in the outbox and is tried again.

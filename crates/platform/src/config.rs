@@ -356,7 +356,7 @@ impl Default for BusConfig {
             nats_url: "nats://127.0.0.1:4222".to_string(),
             nats_stream: "AGORA".to_string(),
             nats_subject_prefix: "agora".to_string(),
-            max_attempts: 5,
+            max_attempts: 10,
             retry_pause_ms: 1000,
         }
     }

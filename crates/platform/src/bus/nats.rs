@@ -22,10 +22,12 @@
 //!   subscribers set themselves up again.
 //!
 //! The server here is NATS 2.9, whose consumers take one filter subject, hence
-//! one consumer per kind. A subscriber keeps the order of the stream within a
-//! kind; several replicas of a consumer share its messages, so across
-//! replicas, and across kinds, handlers must not depend on order (they are
-//! idempotent, and state machines refuse illegal transitions).
+//! one consumer per kind. A subscriber handles a kind's messages in the
+//! stream's order until one fails (a message that comes back later is
+//! overtaken by those behind it); several replicas of a consumer share its
+//! messages. So handlers must not depend on order (they are idempotent, and
+//! state machines refuse illegal transitions). A handler runs in a task of its
+//! own, bounded by the ack wait: a panic or a hang is a failed delivery.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -38,6 +40,9 @@ use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 
 use super::{Bus, Event, Handler, PublishError};
+
+/// Messages a subscriber asks the server for at a time.
+const BATCH: usize = 8;
 
 /// Where the bus is and how it treats failures.
 #[derive(Debug, Clone)]
@@ -224,13 +229,15 @@ impl Inner {
         handler: Arc<dyn Handler>,
         shared: bool,
     ) {
+        let mut first = true;
         loop {
             if let Err(e) = self
-                .consume(&consumer, &kind, handler.as_ref(), shared)
+                .consume(&consumer, &kind, &handler, shared, first)
                 .await
             {
                 tracing::warn!(consumer, kind, error = %e, "bus subscriber stopped; starting again");
             }
+            first = false;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
@@ -242,8 +249,9 @@ impl Inner {
         &self,
         consumer: &str,
         kind: &str,
-        handler: &dyn Handler,
+        handler: &Arc<dyn Handler>,
         shared: bool,
+        first: bool,
     ) -> anyhow::Result<()> {
         self.ready().await?;
         let stream = self.js.get_stream(&self.settings.stream).await?;
@@ -273,21 +281,44 @@ impl Inner {
                 })
                 .await?
         };
-        let mut messages = pull.messages().await?;
+        if !shared && !first {
+            // A consumer of this node's own starts at the next event: what was
+            // published while there was none is not coming.
+            handler.resumed().await;
+        }
+        // Few messages at a time: the server counts `ack_wait` from when it
+        // sent a message, and this subscriber handles one at a time.
+        let mut messages = pull
+            .stream()
+            .max_messages_per_batch(BATCH)
+            .messages()
+            .await?;
         while let Some(message) = messages.next().await {
-            self.deliver(consumer, handler, message?).await;
+            match message {
+                Ok(message) => self.deliver(consumer, handler, message).await,
+                // Reported, but the stream goes on.
+                Err(e) if e.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
+                    tracing::debug!(consumer, kind, "missed a heartbeat from NATS");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
 
     /// Hands one message to the handler and answers the server.
-    async fn deliver(&self, consumer: &str, handler: &dyn Handler, message: jetstream::Message) {
+    async fn deliver(
+        &self,
+        consumer: &str,
+        handler: &Arc<dyn Handler>,
+        message: jetstream::Message,
+    ) {
         let attempts = message.info().map_or(1, |info| info.delivered);
         let outcome = match serde_json::from_slice::<Event>(&message.payload) {
-            Ok(event) => handler
-                .handle(&event)
+            Ok(event) => self
+                .handle(handler, event)
                 .await
-                .map_err(|e| (format!("{e:#}"), attempts >= self.settings.max_attempts)),
+                .map_err(|e| (e, attempts >= self.settings.max_attempts)),
             Err(e) => Err((format!("not an event: {e}"), true)),
         };
         let answered = match outcome {
@@ -315,6 +346,24 @@ impl Inner {
         }
     }
 
+    /// Runs the handler in a task of its own, so that a panic is a failed
+    /// delivery rather than the end of this subscriber, and gives up on it
+    /// before the server would hand the message to someone else.
+    async fn handle(&self, handler: &Arc<dyn Handler>, event: Event) -> Result<(), String> {
+        let handler = Arc::clone(handler);
+        let task = tokio::spawn(async move { handler.handle(&event).await });
+        let abort = task.abort_handle();
+        match tokio::time::timeout(self.settings.ack_wait.mul_f32(0.9), task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("{e:#}")),
+            Ok(Err(e)) => Err(format!("the handler panicked: {e}")),
+            Err(_) => {
+                abort.abort();
+                Err("the handler took longer than the ack wait".to_string())
+            }
+        }
+    }
+
     fn pause(&self, attempts: i64) -> Duration {
         let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
         (self.settings.retry_pause * (1 << doublings)).min(Duration::from_secs(60))
@@ -329,8 +378,11 @@ impl Inner {
         attempts: i64,
     ) -> Result<(), async_nats::Error> {
         let mut parked = HeaderMap::new();
-        let sequence = message.info().map_or(0, |info| info.stream_sequence);
-        parked.insert("Nats-Msg-Id", format!("{consumer}:{sequence}").as_str());
+        if let Ok(info) = message.info() {
+            // Parking the same message again (after a failed ack) is dropped.
+            let id = format!("{consumer}:{}", info.stream_sequence);
+            parked.insert("Nats-Msg-Id", id.as_str());
+        }
         parked.insert(headers::CONSUMER, consumer);
         // Header values are one line.
         parked.insert(headers::ERROR, error.replace(['\r', '\n'], " ").as_str());
@@ -484,6 +536,7 @@ mod tests {
             if call < self.failures || self.poison == Some(event.aggregate_id.as_str()) {
                 anyhow::bail!("failing on purpose");
             }
+            assert_ne!(event.aggregate_id, "boom", "panicking on purpose");
             self.seen
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -578,6 +631,32 @@ mod tests {
         assert_eq!(shared.len(), 20);
         drop(second);
         remove(first).await
+    }
+
+    /// A handler that panics is a failed delivery, not the end of the
+    /// subscriber: the message is parked after its attempts, and the next one
+    /// is handled.
+    #[tokio::test]
+    #[ignore = "needs a NATS server with JetStream: set AGORA_TEST_NATS_URL and pass --ignored"]
+    async fn a_panicking_handler_does_not_stop_its_subscriber() -> anyhow::Result<()> {
+        let bus = test_bus().await?;
+        let handler = Counting::new(0);
+        bus.subscribe("panic-test", &["orders.order_placed"], handler.clone());
+        bus.publish(&event("orders.order_placed", "boom")).await?;
+        bus.publish(&event("orders.order_placed", "after")).await?;
+        eventually("the message behind", || handler.seen() == ["after"]).await;
+        let mut parked = Vec::new();
+        for _ in 0..200 {
+            parked = bus.dead_letters(10).await?;
+            if !parked.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(parked.len(), 1, "{parked:?}");
+        assert_eq!(parked[0].attempts, 3);
+        assert!(parked[0].error.contains("panicked"), "{parked:?}");
+        remove(bus).await
     }
 
     /// A failing handler gets the message again after a pause, and succeeds.
