@@ -565,6 +565,18 @@ mod tests {
         .expect("a JSON payload")
     }
 
+    /// The dead letters, once there are at least `count` (or after 4 s).
+    async fn parked(bus: &NatsBus, count: usize) -> anyhow::Result<Vec<DeadLetter>> {
+        for _ in 0..200 {
+            let parked = bus.dead_letters(10).await?;
+            if parked.len() >= count {
+                return Ok(parked);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bus.dead_letters(10).await
+    }
+
     async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         for _ in 0..500 {
             if done() {
@@ -645,14 +657,7 @@ mod tests {
         bus.publish(&event("orders.order_placed", "boom")).await?;
         bus.publish(&event("orders.order_placed", "after")).await?;
         eventually("the message behind", || handler.seen() == ["after"]).await;
-        let mut parked = Vec::new();
-        for _ in 0..200 {
-            parked = bus.dead_letters(10).await?;
-            if !parked.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let parked = parked(&bus, 1).await?;
         assert_eq!(parked.len(), 1, "{parked:?}");
         assert_eq!(parked[0].attempts, 3);
         assert!(parked[0].error.contains("panicked"), "{parked:?}");
@@ -698,14 +703,7 @@ mod tests {
         bus.publish(&event("catalog.product_changed", "fine"))
             .await?;
         eventually("the message behind", || handler.seen() == ["fine"]).await;
-        let mut parked = Vec::new();
-        for _ in 0..200 {
-            parked = bus.dead_letters(10).await?;
-            if parked.len() >= 2 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let mut parked = parked(&bus, 2).await?;
         parked.sort_by_key(|p| p.attempts);
         assert_eq!(parked.len(), 2, "{parked:?}");
         // The message that is not an event is parked at once.
