@@ -316,13 +316,16 @@ async fn messaging(
         &[PaymentRefunded::KIND],
         Arc::new(orders.clone()),
     );
-    // Every node forgets its cached catalog reads when any node changes the
-    // catalog (with the in-process bus: this node, which already did).
-    bus.subscribe_each_node(
-        agora_catalog::service::CACHE_CONSUMER,
-        &agora_catalog::service::CHANGE_EVENTS,
-        Arc::new(catalog.clone()),
-    );
+    // Every node forgets its cached catalog reads when another node changes the
+    // catalog. (With the in-process bus there is no other node, and this one
+    // forgot them as it wrote.)
+    if config.bus.backend == BusBackend::Nats {
+        bus.subscribe_each_node(
+            agora_catalog::service::CACHE_CONSUMER,
+            &agora_catalog::service::CHANGE_EVENTS,
+            Arc::new(catalog.clone()),
+        );
+    }
     Ok([
         catalog.store().outbox().clone(),
         inventory.store().outbox().clone(),
