@@ -172,6 +172,13 @@ pub struct CatalogStore {
 /// The catalog's outbox table.
 pub const OUTBOX: &str = "catalog_outbox";
 
+/// What a write changed, for its event.
+#[derive(Clone, Copy)]
+enum Changed {
+    Product(ProductId),
+    Category(CategoryId),
+}
+
 impl CatalogStore {
     /// A store over `db`.
     pub fn new(db: Database) -> Self {
@@ -190,83 +197,70 @@ impl CatalogStore {
     pub async fn create_product(&self, product: &Product) -> Result<(), CatalogError> {
         let mut tx = self.db.begin().await?;
         self.insert_product(&mut *tx, product).await?;
-        self.product_changed(
-            &mut tx,
-            product.id,
+        let changed = Changed::Product(product.id);
+        self.finish(
+            tx,
+            true,
+            changed,
             CatalogChange::Created,
             product.created_at,
         )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
+        .map(drop)
     }
 
     /// Adds a category, with its CategoryChanged, in one transaction.
     pub async fn create_category(&self, category: &Category) -> Result<(), CatalogError> {
         let mut tx = self.db.begin().await?;
         self.insert_category(&mut *tx, category).await?;
-        self.category_changed(
-            &mut tx,
-            category.id,
+        let changed = Changed::Category(category.id);
+        self.finish(
+            tx,
+            true,
+            changed,
             CatalogChange::Created,
             category.created_at,
         )
-        .await?;
+        .await
+        .map(drop)
+    }
+
+    /// Ends a write's transaction: when the write `found` its row, with the
+    /// event of the change appended, committed; otherwise rolled back, with no
+    /// event. Returns `found`.
+    async fn finish(
+        &self,
+        mut tx: WriteTx,
+        found: bool,
+        changed: Changed,
+        change: CatalogChange,
+        now: Timestamp,
+    ) -> Result<bool, CatalogError> {
+        if !found {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let event = match changed {
+            Changed::Product(product_id) => Event::new(
+                ProductChanged::KIND,
+                product_id,
+                &ProductChanged { product_id, change },
+                now,
+            ),
+            Changed::Category(category_id) => Event::new(
+                CategoryChanged::KIND,
+                category_id,
+                &CategoryChanged {
+                    category_id,
+                    change,
+                },
+                now,
+            ),
+        }
+        .map_err(|e| CatalogError::Unexpected(anyhow!("event payload: {e}")))?;
+        self.outbox.append(&mut tx, &event).await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn product_changed(
-        &self,
-        tx: &mut WriteTx,
-        product_id: ProductId,
-        change: CatalogChange,
-        now: Timestamp,
-    ) -> Result<(), CatalogError> {
-        let payload = ProductChanged { product_id, change };
-        self.append(
-            tx,
-            ProductChanged::KIND,
-            product_id.to_string(),
-            &payload,
-            now,
-        )
-        .await
-    }
-
-    async fn category_changed(
-        &self,
-        tx: &mut WriteTx,
-        category_id: CategoryId,
-        change: CatalogChange,
-        now: Timestamp,
-    ) -> Result<(), CatalogError> {
-        let payload = CategoryChanged {
-            category_id,
-            change,
-        };
-        self.append(
-            tx,
-            CategoryChanged::KIND,
-            category_id.to_string(),
-            &payload,
-            now,
-        )
-        .await
-    }
-
-    async fn append<P: Serialize>(
-        &self,
-        tx: &mut WriteTx,
-        kind: &str,
-        aggregate: String,
-        payload: &P,
-        now: Timestamp,
-    ) -> Result<(), CatalogError> {
-        let event = Event::new(kind, aggregate, payload, now)
-            .map_err(|e| CatalogError::Unexpected(anyhow!("event payload: {e}")))?;
-        self.outbox.append(tx, &event).await?;
-        Ok(())
+        Ok(true)
     }
 
     /// The database.
@@ -437,13 +431,9 @@ impl CatalogStore {
             .await
             .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
         let product = row.as_ref().map(|row| product_from_row(row)).transpose()?;
-        if product.is_some() {
-            self.product_changed(&mut tx, id, CatalogChange::Updated, now)
-                .await?;
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
+        let found = product.is_some();
+        self.finish(tx, found, Changed::Product(id), CatalogChange::Updated, now)
+            .await?;
         Ok(product)
     }
 
@@ -458,14 +448,9 @@ impl CatalogStore {
             .bind(id.to_db())
             .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        self.product_changed(&mut tx, id, CatalogChange::Deleted, now)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+        let found = done.rows_affected() > 0;
+        self.finish(tx, found, Changed::Product(id), CatalogChange::Deleted, now)
+            .await
     }
 
     /// One category.
@@ -589,13 +574,15 @@ impl CatalogStore {
             .await
             .map_err(|e| write_error(e, CatalogError::UnknownCategory))?;
         let category = row.as_ref().map(|row| category_from_row(row)).transpose()?;
-        if category.is_some() {
-            self.category_changed(&mut tx, id, CatalogChange::Updated, now)
-                .await?;
-            tx.commit().await?;
-        } else {
-            tx.rollback().await?;
-        }
+        let found = category.is_some();
+        self.finish(
+            tx,
+            found,
+            Changed::Category(id),
+            CatalogChange::Updated,
+            now,
+        )
+        .await?;
         Ok(category)
     }
 
@@ -612,14 +599,15 @@ impl CatalogStore {
             .execute(&mut *tx)
             .await
             .map_err(|e| write_error(e, CatalogError::CategoryInUse))?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(false);
-        }
-        self.category_changed(&mut tx, id, CatalogChange::Deleted, now)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+        let found = done.rows_affected() > 0;
+        self.finish(
+            tx,
+            found,
+            Changed::Category(id),
+            CatalogChange::Deleted,
+            now,
+        )
+        .await
     }
 
     /// Whether the catalog has neither products nor categories, as seen by
