@@ -119,5 +119,6 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     v1.merge(agora_cart::http::CartApi::openapi());
     v1.merge(agora_orders::http::OrdersApi::openapi());
     v1.merge(agora_payments::http::PaymentsApi::openapi());
+    v1.merge(crate::admin::AdminApi::openapi());
     RootApi::openapi().nest("/api/v1", v1)
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admin;
 use agora_cart::Carts;
 use agora_cart::store::CartStore;
 use agora_catalog::Catalog;
@@ -25,7 +26,7 @@ use agora_payments::provider::{SimulatedBehaviour, SimulatedProvider};
 use agora_payments::store::PaymentStore;
 use agora_platform::auth::Authenticator;
 use agora_platform::bus::nats::{NatsBus, NatsSettings};
-use agora_platform::bus::{Bus, InProcessBus, Outbox, Relay};
+use agora_platform::bus::{Bus, EventLog, InProcessBus, Outbox, Relay};
 use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache};
 use agora_platform::config::{BusBackend, CacheBackend};
 use agora_platform::http::edge::Edge;
@@ -339,6 +340,7 @@ async fn messaging(
 
 /// Every module's migrations, in dependency order.
 async fn migrate(db: &Database) -> anyhow::Result<()> {
+    db.migrate(&agora_platform::bus::MIGRATIONS).await?;
     db.migrate(&agora_identity::MIGRATIONS).await?;
     db.migrate(&agora_catalog::MIGRATIONS).await?;
     db.migrate(&agora_inventory::MIGRATIONS).await?;
@@ -380,7 +382,8 @@ fn router(
         .merge(agora_inventory::http::router(inventory))
         .merge(agora_cart::http::router(carts))
         .merge(agora_orders::http::router(orders))
-        .merge(agora_payments::http::router(payments));
+        .merge(agora_payments::http::router(payments))
+        .merge(admin::router(EventLog::new(db.clone())));
     let root = health::routes(db.clone(), cache)
         .merge(agora_identity::http::well_known_router(identity))
         .merge(api::docs_router());

@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`app`]: [`app::Application`] — builds the monolith from a [`Config`]
 //!   (database, migrations, modules, router) and runs it until shutdown.
+//! - [`admin`]: the operators' routes: the event log.
 //! - [`api`]: the routes that belong to no module: the error catalogue and the
 //!   OpenAPI document, and the Swagger UI.
 //!
 //! [`Config`]: agora_platform::Config
 
+pub mod admin;
 pub mod api;
 pub mod app;

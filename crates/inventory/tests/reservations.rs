@@ -27,6 +27,10 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let db = TestDatabase::new().await.expect("a database");
     db.db
+        .migrate(&agora_platform::bus::MIGRATIONS)
+        .await
+        .expect("bus migrations");
+    db.db
         .migrate(&agora_catalog::MIGRATIONS)
         .await
         .expect("catalog migrations");

@@ -45,9 +45,13 @@ impl Role {
         use Permission::*;
         match self {
             Role::Customer => Permissions::EMPTY,
-            Role::Staff => {
-                Permissions::of(&[CatalogWrite, InventoryManage, OrdersManage, PaymentsManage])
-            }
+            Role::Staff => Permissions::of(&[
+                CatalogWrite,
+                InventoryManage,
+                OrdersManage,
+                PaymentsManage,
+                EventsRead,
+            ]),
             Role::Admin => Permissions::ALL,
         }
     }
@@ -101,6 +105,8 @@ permissions! {
     PaymentsManage = "payments:manage", PaymentsManage: "See payments with their refunds and provider events; refund captured payments.";
     UsersManage = "users:manage", UsersManage: "List users, change their roles, disable and enable them.";
     ApiKeysManage = "api_keys:manage", ApiKeysManage: "Create, list and revoke API keys for service accounts (granting only permissions the caller holds).";
+    EventsRead = "events:read", EventsRead: "Read the event log and the dead letters.";
+    EventsManage = "events:manage", EventsManage: "Replay logged events to a consumer and re-drive dead letters.";
 }
 
 /// A permission known at compile time.

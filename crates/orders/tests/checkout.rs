@@ -56,6 +56,7 @@ fn settings() -> SagaSettings {
 async fn shop() -> Shop {
     let db = TestDatabase::new().await.expect("a database");
     for m in [
+        &agora_platform::bus::MIGRATIONS,
         &agora_catalog::MIGRATIONS,
         &agora_inventory::MIGRATIONS,
         &agora_cart::MIGRATIONS,

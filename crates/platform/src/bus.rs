@@ -10,6 +10,9 @@
 //! **inbox** ([`Inbox::first_time`]): they record the event id in the same
 //! transaction as their effect, and skip ids already recorded.
 //!
+//! Every published event is also appended to the [`EventLog`], in the relay's
+//! transaction that marks it published.
+//!
 //! The [`Bus`] trait has the in-process implementation here ([`InProcessBus`]),
 //! which hands each event to every subscribed handler and reports failure if one
 //! fails, so the relay keeps the row and tries again later. The NATS JetStream
@@ -45,7 +48,20 @@ use tokio::sync::Notify;
 
 use crate::{Database, Shutdown};
 
+pub mod log;
 pub mod nats;
+
+pub use log::{EventLog, LogFilter, LoggedEvent};
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The bus's own tables (the event log), under the module name `bus`.
+pub static MIGRATIONS: crate::db::ModuleMigrations = crate::db::ModuleMigrations {
+    module: "bus",
+    sqlite: &SQLITE,
+    postgres: &POSTGRES,
+};
 
 /// An event: something that happened in a module, for others to react to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,7 +331,7 @@ impl Relay {
             .bind(RELAY_BATCH)
             .fetch_all(self.db.reader())
             .await?;
-        let mut published = Vec::with_capacity(rows.len());
+        let mut published: Vec<Event> = Vec::with_capacity(rows.len());
         let mut failure = None;
         for row in &rows {
             let id: String = row.try_get(0)?;
@@ -329,28 +345,33 @@ impl Relay {
                 }
             };
             match self.bus.publish(&event).await {
-                Ok(()) => published.push(id),
+                Ok(()) => published.push(event),
                 Err(e) => {
                     failure = Some((id, e.to_string()));
                     break;
                 }
             }
         }
-        let now = self.clock.now().as_millis();
+        let now = self.clock.now();
         if !published.is_empty() {
+            // Marked published and logged together: the log holds each
+            // published event once.
             let mut q = crate::db::SqlBuilder::new("UPDATE ");
             q.push(table)
                 .push(" SET published_at = ")
-                .bind(now)?
+                .bind(now.as_millis())?
                 .push(" WHERE id IN (");
-            for (i, id) in published.iter().enumerate() {
+            for (i, event) in published.iter().enumerate() {
                 if i > 0 {
                     q.push(", ");
                 }
-                q.bind(id.clone())?;
+                q.bind(event.id.to_db())?;
             }
             q.push(")");
-            q.build().execute(self.db.writer()).await?;
+            let mut tx = self.db.begin().await?;
+            q.build().execute(&mut *tx).await?;
+            EventLog::append(&mut tx, &published, now).await?;
+            tx.commit().await?;
         }
         if let Some((id, reason)) = failure {
             sqlx::query(AssertSqlSafe(self.outbox.failed.as_str()))

@@ -8,6 +8,7 @@ mod cart;
 mod catalog;
 mod cli;
 mod edge;
+mod events;
 mod helpers;
 mod identity;
 mod inventory;

@@ -67,7 +67,11 @@ fn holds(who: Who, permission: &str) -> bool {
     match who {
         Who::Staff => matches!(
             permission,
-            "catalog:write" | "inventory:manage" | "orders:manage" | "payments:manage"
+            "catalog:write"
+                | "inventory:manage"
+                | "orders:manage"
+                | "payments:manage"
+                | "events:read"
         ),
         Who::Admin => true,
         _ => false,
@@ -183,6 +187,8 @@ const ROUTES: &[Route] = &[
     Route { method: "POST", path: "/api/v1/payments/{payment_id}/refunds", policy: Policy::Needs("payments:manage"), fixture: Fixture::Payment,
         body: || Some(json!({ "amount_minor": 100, "reason": "scratched" })), ok: 400 },
     Route { method: "POST", path: "/api/v1/webhooks/payments/{provider}", policy: Policy::Public, fixture: Fixture::None, body: || Some(json!({})), ok: 404 },
+    // Operations.
+    Route { method: "GET", path: "/api/v1/admin/events", policy: Policy::Needs("events:read"), fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "GET", path: "/api/v1/cart", policy: Policy::Personal, fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "DELETE", path: "/api/v1/cart", policy: Policy::Personal, fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "POST", path: "/api/v1/cart/items", policy: Policy::Personal, fixture: Fixture::Product,
