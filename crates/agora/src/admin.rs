@@ -1,26 +1,49 @@
-//! The operators' routes under `/api/v1/admin`: the event log.
+//! The operators' routes under `/api/v1/admin`: the event log, replays to a
+//! consumer, and the dead letters.
 
-use agora_kernel::access::require::EventsRead;
+use std::sync::Arc;
+
+use agora_kernel::access::require::{EventsManage, EventsRead};
 use agora_kernel::pagination::Limit;
 use agora_kernel::validation::Problems;
-use agora_kernel::{ApiError, ApiResponse, Cursor, Timestamp};
+use agora_kernel::{ApiError, ApiResponse, Cursor, ErrorCode, Timestamp};
 use agora_platform::auth::Authorized;
-use agora_platform::bus::{EventLog, LogFilter, LoggedEvent};
+use agora_platform::bus::{
+    Bus, DeadLetter, DeliverError, EventLog, LogFilter, LoggedEvent, Redrive,
+};
 use agora_platform::db::database_failure;
-use agora_platform::http::AppQuery;
+use agora_platform::http::{AppJson, AppQuery};
 use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
-use serde::Deserialize;
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
 
 /// The longest `kind` or `aggregate_id` a filter may name.
 const MAX_FILTER_LEN: usize = 200;
 
+/// The most events one replay request delivers.
+const MAX_REPLAY: u32 = 1000;
+/// The most dead letters one re-drive request names.
+const MAX_REDRIVE: usize = 100;
+/// The most failures a replay's answer lists.
+const MAX_LISTED_FAILURES: usize = 20;
+
+/// What the operators' routes work on.
+#[derive(Clone)]
+pub struct Operations {
+    /// The event log.
+    pub log: EventLog,
+    /// The bus, for replays and dead letters.
+    pub bus: Arc<dyn Bus>,
+}
+
 /// The routes under `/api/v1`.
-pub fn router(log: EventLog) -> Router {
+pub fn router(operations: Operations) -> Router {
     Router::new()
         .route("/admin/events", get(events))
-        .with_state(log)
+        .route("/admin/events/replay", post(replay))
+        .route("/admin/dead-letters", get(dead_letters).post(redrive))
+        .with_state(operations)
 }
 
 /// A page of the event log.
@@ -62,7 +85,7 @@ pub struct EventsQuery {
     )
 )]
 async fn events(
-    State(log): State<EventLog>,
+    State(Operations { log, .. }): State<Operations>,
     _staff: Authorized<EventsRead>,
     AppQuery(query): AppQuery<EventsQuery>,
 ) -> Result<ApiResponse<Vec<LoggedEvent>>, ApiError> {
@@ -99,6 +122,258 @@ async fn events(
     Ok(ApiResponse::ok(page).with_next_cursor(next))
 }
 
+/// Which logged events to hand to one consumer again.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The consumer's name, e.g. `orders.payment_events`.
+    #[schema(example = "orders.payment_events")]
+    consumer: String,
+    /// Only events of this kind.
+    kind: Option<String>,
+    /// Only events about this entity.
+    aggregate_id: Option<String>,
+    /// Only events that happened at or after this time.
+    from: Option<Timestamp>,
+    /// Only events that happened before this time.
+    to: Option<Timestamp>,
+    /// Only events at or after this offset.
+    from_offset: Option<i64>,
+    /// Only events at or before this offset.
+    to_offset: Option<i64>,
+    /// At most this many events, 1 to 1,000 (default 100); `next_offset` says
+    /// where to go on.
+    limit: Option<u32>,
+}
+
+/// A delivery that failed during a replay.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayFailure {
+    /// The event's offset.
+    offset: i64,
+    /// What went wrong.
+    error: String,
+}
+
+/// What a replay did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayReport {
+    /// Events handed to the consumer (in-process: handled; on NATS: queued
+    /// for it). Its inbox skips those it had handled already.
+    replayed: u32,
+    /// Events of kinds the consumer does not take.
+    skipped: u32,
+    /// Deliveries that failed (at most 20 listed; `failed_count` counts all).
+    failed: Vec<ReplayFailure>,
+    /// Every failed delivery.
+    failed_count: u32,
+    /// Where a next request goes on (`from_offset`), when the limit was reached.
+    next_offset: Option<i64>,
+}
+
+/// Replay logged events to one consumer (`events:manage`), oldest first: for a
+/// consumer whose effects were lost, or one added after the events. Its inbox
+/// skips events it has handled, so replaying twice changes nothing.
+#[utoipa::path(
+    post, path = "/admin/events/replay", tag = "admin",
+    request_body = ReplayRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What was replayed.", body = inline(agora_kernel::envelope::Success<ReplayReport>)),
+        (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`EVENTS_UNKNOWN_CONSUMER`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`, `REQUEST_INVALID_BODY`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn replay(
+    State(Operations { log, bus }): State<Operations>,
+    _admin: Authorized<EventsManage>,
+    AppJson(body): AppJson<ReplayRequest>,
+) -> Result<ApiResponse<ReplayReport>, ApiError> {
+    let mut p = Problems::default();
+    let consumer = p.check("consumer", bounded(Some(body.consumer)));
+    let kind = p.check("kind", bounded(body.kind));
+    let aggregate_id = p.check("aggregate_id", bounded(body.aggregate_id));
+    if let (Some(from), Some(to)) = (body.from, body.to)
+        && from >= to
+    {
+        p.add("to", "must be later than `from`");
+    }
+    for (field, offset) in [
+        ("from_offset", body.from_offset),
+        ("to_offset", body.to_offset),
+    ] {
+        if offset.is_some_and(|o| o < 0) {
+            p.add(field, "must not be negative");
+        }
+    }
+    if let (Some(from), Some(to)) = (body.from_offset, body.to_offset)
+        && from > to
+    {
+        p.add("to_offset", "must not be below `from_offset`");
+    }
+    let limit = body.limit.unwrap_or(100);
+    if !(1..=MAX_REPLAY).contains(&limit) {
+        p.add("limit", format!("must be between 1 and {MAX_REPLAY}"));
+    }
+    let (consumer, filter) = p.finish(|| {
+        Some((
+            consumer??,
+            LogFilter {
+                kind: kind?,
+                aggregate_id: aggregate_id?,
+                from: body.from,
+                to: body.to,
+                from_offset: body.from_offset,
+                to_offset: body.to_offset,
+            },
+        ))
+    })?;
+    let events = log
+        .page(&filter, None, limit)
+        .await
+        .map_err(|e| database_failure("events", &e))?;
+    let mut report = ReplayReport {
+        replayed: 0,
+        skipped: 0,
+        failed: Vec::new(),
+        failed_count: 0,
+        next_offset: None,
+    };
+    for logged in &events {
+        match bus.deliver_to(&consumer, &logged.event()).await {
+            Ok(()) => report.replayed += 1,
+            Err(DeliverError::KindNotSubscribed { .. }) => report.skipped += 1,
+            Err(DeliverError::UnknownConsumer(_)) => {
+                return Err(ApiError::from_code(ErrorCode::EventsUnknownConsumer)
+                    .with_details(serde_json::json!({ "consumer": consumer })));
+            }
+            Err(DeliverError::Failed(error)) => {
+                report.failed_count += 1;
+                if report.failed.len() < MAX_LISTED_FAILURES {
+                    report.failed.push(ReplayFailure {
+                        offset: logged.offset,
+                        error,
+                    });
+                }
+            }
+        }
+    }
+    if events.len() == limit as usize {
+        report.next_offset = events.last().map(|e| e.offset + 1);
+    }
+    tracing::info!(
+        consumer,
+        replayed = report.replayed,
+        failed = report.failed_count,
+        "events replayed"
+    );
+    Ok(ApiResponse::ok(report))
+}
+
+/// A page of dead letters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLettersQuery {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    limit: Option<Limit>,
+    /// `meta.next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Messages consumers gave up on, oldest first (`events:read`).
+#[utoipa::path(
+    get, path = "/admin/dead-letters", tag = "admin",
+    params(DeadLettersQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of dead letters; `meta.next_cursor` when there may be more.", body = inline(agora_kernel::envelope::Success<Vec<DeadLetter>>)),
+        (status = 400, description = "`REQUEST_INVALID_QUERY`, `REQUEST_INVALID_CURSOR`", body = agora_kernel::envelope::Failure),
+        (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
+        (status = 503, description = "`SERVICE_NOT_READY`: the bus does not answer", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn dead_letters(
+    State(Operations { bus, .. }): State<Operations>,
+    _staff: Authorized<EventsRead>,
+    AppQuery(query): AppQuery<DeadLettersQuery>,
+) -> Result<ApiResponse<Vec<DeadLetter>>, ApiError> {
+    let after: Option<u64> = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let limit = query.limit.unwrap_or_default().get() as usize;
+    let page = bus.dead_letters(after, limit).await.map_err(bus_down)?;
+    let next = (page.len() == limit)
+        .then(|| page.last().map(|d| Cursor::encode(&d.id)))
+        .flatten();
+    Ok(ApiResponse::ok(page).with_next_cursor(next))
+}
+
+/// Dead letters to deliver again.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    /// Their ids, 1 to 100.
+    ids: Vec<u64>,
+}
+
+/// What became of one dead letter.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RedriveOutcome {
+    /// The dead letter.
+    id: u64,
+    /// `redriven` (handled, or on NATS queued for its consumer; it left the
+    /// list), `not_found`, or `failed` (it stays, with `error`).
+    #[schema(example = "redriven")]
+    outcome: &'static str,
+    /// Why it failed.
+    error: Option<String>,
+}
+
+/// Deliver dead letters to their consumers again (`events:manage`), once what
+/// made them fail is fixed.
+#[utoipa::path(
+    post, path = "/admin/dead-letters", tag = "admin",
+    request_body = RedriveRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "One outcome per id, in order.", body = inline(agora_kernel::envelope::Success<Vec<RedriveOutcome>>)),
+        (status = 403, description = "`AUTH_FORBIDDEN`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`VALIDATION_FAILED`, `REQUEST_INVALID_BODY`", body = agora_kernel::envelope::Failure),
+        (status = 503, description = "`SERVICE_NOT_READY`: the bus does not answer", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn redrive(
+    State(Operations { bus, .. }): State<Operations>,
+    _admin: Authorized<EventsManage>,
+    AppJson(body): AppJson<RedriveRequest>,
+) -> Result<ApiResponse<Vec<RedriveOutcome>>, ApiError> {
+    if body.ids.is_empty() || body.ids.len() > MAX_REDRIVE {
+        return Err(ApiError::validation(vec![
+            agora_kernel::error::FieldError::new(
+                "ids",
+                format!("must name 1 to {MAX_REDRIVE} dead letters"),
+            ),
+        ]));
+    }
+    let mut outcomes = Vec::with_capacity(body.ids.len());
+    for id in body.ids {
+        let (outcome, error) = match bus.redrive(id).await.map_err(bus_down)? {
+            Redrive::Redriven => ("redriven", None),
+            Redrive::NotFound => ("not_found", None),
+            Redrive::Failed(error) => ("failed", Some(error)),
+        };
+        outcomes.push(RedriveOutcome { id, outcome, error });
+    }
+    Ok(ApiResponse::ok(outcomes))
+}
+
+/// The bus (or the database behind the in-process one) did not answer.
+fn bus_down(e: anyhow::Error) -> ApiError {
+    tracing::warn!(error = %format!("{e:#}"), "the bus's dead letters could not be read");
+    ApiError::from_code(ErrorCode::ServiceNotReady)
+}
+
 /// A filter value: absent, or 1 to 200 characters.
 fn bounded(value: Option<String>) -> Result<Option<String>, String> {
     match value {
@@ -112,8 +387,8 @@ fn bounded(value: Option<String>) -> Result<Option<String>, String> {
 /// The operators' part of the OpenAPI document (paths relative to `/api/v1`).
 #[derive(utoipa::OpenApi)]
 #[openapi(
-    paths(events),
-    components(schemas(LoggedEvent)),
-    tags((name = "admin", description = "Operations: the event log (staff)"))
+    paths(events, replay, dead_letters, redrive),
+    components(schemas(LoggedEvent, ReplayRequest, ReplayReport, ReplayFailure, DeadLetter, RedriveRequest, RedriveOutcome)),
+    tags((name = "admin", description = "Operations: the event log, replays and dead letters"))
 )]
 pub struct AdminApi;

@@ -84,7 +84,8 @@ impl Application {
         let carts = carts(&db, &catalog);
         let payments = payments(&config, &db);
         let orders = orders(&db, &catalog, &carts, &inventory, &payments);
-        let relays = messaging(&config, &db, &catalog, &inventory, &payments, &orders).await?;
+        let (bus, relays) =
+            messaging(&config, &db, &catalog, &inventory, &payments, &orders).await?;
         let modules = Modules {
             carts: carts.clone(),
             identity,
@@ -93,7 +94,7 @@ impl Application {
             orders: orders.clone(),
             payments: payments.clone(),
         };
-        let router = router(&config, &db, cache, authenticator, modules);
+        let router = router(&config, &db, cache, authenticator, modules, bus);
         let listener = TcpListener::bind(config.server.addr)
             .await
             .with_context(|| {
@@ -295,10 +296,14 @@ async fn messaging(
     inventory: &Inventory,
     payments: &Payments,
     orders: &Orders,
-) -> anyhow::Result<Vec<Relay>> {
+) -> anyhow::Result<(Arc<dyn Bus>, Vec<Relay>)> {
     use agora_contracts::events::{EventPayload, PaymentRefunded};
     let bus: Arc<dyn Bus> = match config.bus.backend {
-        BusBackend::InProcess => Arc::new(InProcessBus::new()),
+        BusBackend::InProcess => Arc::new(InProcessBus::with_dead_letters(
+            db.clone(),
+            config.bus.max_attempts,
+            Arc::new(SystemClock),
+        )),
         BusBackend::Nats => Arc::new(
             NatsBus::connect(NatsSettings {
                 url: config.bus.nats_url.clone(),
@@ -327,7 +332,7 @@ async fn messaging(
             Arc::new(catalog.clone()),
         );
     }
-    Ok([
+    let relays = [
         catalog.store().outbox().clone(),
         inventory.store().outbox().clone(),
         payments.store().outbox().clone(),
@@ -335,7 +340,8 @@ async fn messaging(
     ]
     .into_iter()
     .map(|outbox| Relay::new(db.clone(), outbox, bus.clone(), Arc::new(SystemClock)))
-    .collect())
+    .collect();
+    Ok((bus, relays))
 }
 
 /// Every module's migrations, in dependency order.
@@ -366,6 +372,7 @@ fn router(
     cache: Option<Arc<dyn Cache>>,
     authenticator: Authenticator,
     modules: Modules,
+    bus: Arc<dyn Bus>,
 ) -> Router {
     let Modules {
         identity,
@@ -383,7 +390,10 @@ fn router(
         .merge(agora_cart::http::router(carts))
         .merge(agora_orders::http::router(orders))
         .merge(agora_payments::http::router(payments))
-        .merge(admin::router(EventLog::new(db.clone())));
+        .merge(admin::router(admin::Operations {
+            log: EventLog::new(db.clone()),
+            bus,
+        }));
     let root = health::routes(db.clone(), cache)
         .merge(agora_identity::http::well_known_router(identity))
         .merge(api::docs_router());

@@ -136,6 +136,8 @@ error_codes! {
     CatalogCategorySlugTaken = ("CATALOG_CATEGORY_SLUG_TAKEN", 409, "Another category already has this slug.");
     CatalogCategoryInUse = ("CATALOG_CATEGORY_IN_USE", 409, "The category still has products or subcategories; move or delete them first.");
     CatalogCategoryCycle = ("CATALOG_CATEGORY_CYCLE", 422, "The new `parent_id` would make the category its own ancestor.");
+    // Events (operations).
+    EventsUnknownConsumer = ("EVENTS_UNKNOWN_CONSUMER", 404, "No consumer of this name is subscribed (in this process for the in-process bus; on the server for NATS). Nothing was replayed.");
 }
 
 impl fmt::Display for ErrorCode {

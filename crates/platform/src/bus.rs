@@ -37,6 +37,7 @@
 //! );
 //! ```
 
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -48,9 +49,11 @@ use tokio::sync::Notify;
 
 use crate::{Database, Shutdown};
 
+pub mod dead;
 pub mod log;
 pub mod nats;
 
+pub use dead::{DeadLetter, Redrive};
 pub use log::{EventLog, LogFilter, LoggedEvent};
 
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -126,6 +129,26 @@ pub struct PublishError {
     pub reason: String,
 }
 
+/// Why [`Bus::deliver_to`] did not deliver an event.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverError {
+    /// No consumer of this name subscribed (in this process, for the
+    /// in-process bus; on the server, for NATS).
+    #[error("no consumer {0} is subscribed")]
+    UnknownConsumer(String),
+    /// The consumer does not take events of this kind.
+    #[error("consumer {consumer} does not take {kind}")]
+    KindNotSubscribed {
+        /// The consumer.
+        consumer: String,
+        /// The event's kind.
+        kind: String,
+    },
+    /// The delivery failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Carries events from the outbox relays to the consumers.
 #[async_trait]
 pub trait Bus: Send + Sync {
@@ -143,27 +166,158 @@ pub trait Bus: Send + Sync {
     /// cut off from the bus misses what was published meanwhile, so the work
     /// must be bounded without it (cached entries expire).
     fn subscribe_each_node(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>);
+
+    /// Hands `event` to the consumer named `consumer` alone, which must have
+    /// subscribed (with [`Bus::subscribe`]) to its kind: a replay from the
+    /// event log, or a re-drive. The consumer's inbox skips an event it has
+    /// handled already. In-process, `Ok` means it was handled; on NATS, that it
+    /// is queued for the consumer.
+    async fn deliver_to(&self, consumer: &str, event: &Event) -> Result<(), DeliverError>;
+
+    /// Up to `limit` messages consumers gave up on, oldest first, after the
+    /// dead letter `after`.
+    async fn dead_letters(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<DeadLetter>>;
+
+    /// Delivers the dead letter `id` to its consumer again; it leaves the list
+    /// when that succeeds.
+    async fn redrive(&self, id: u64) -> anyhow::Result<Redrive>;
 }
 
-struct Subscription {
-    consumer: String,
-    kinds: Vec<String>,
-    handler: Arc<dyn Handler>,
+/// How long an in-process handler may take before its delivery counts as
+/// failed (and for NATS, within the ack wait).
+const HANDLER_LIMIT: Duration = Duration::from_secs(30);
+
+/// Runs `handler` on `event` in a task of its own, so that a panic is a failed
+/// delivery rather than the end of the caller (a relay, a subscriber), and
+/// gives up on it after `limit`.
+pub(crate) async fn run_handler(
+    handler: &Arc<dyn Handler>,
+    event: &Event,
+    limit: Duration,
+) -> Result<(), String> {
+    let handler = Arc::clone(handler);
+    let event = event.clone();
+    let task = tokio::spawn(async move { handler.handle(&event).await });
+    let abort = task.abort_handle();
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(e))) => Err(format!("{e:#}")),
+        Ok(Err(e)) => Err(format!("the handler panicked: {e}")),
+        Err(_) => {
+            abort.abort();
+            Err(format!("the handler took longer than {limit:?}"))
+        }
+    }
+}
+
+/// A consumer's handler of some kinds.
+pub(crate) struct Subscription {
+    pub(crate) consumer: String,
+    pub(crate) kinds: Vec<String>,
+    pub(crate) handler: Arc<dyn Handler>,
 }
 
 /// The bus of the monolith: events go to the handlers in this process. Publishing
 /// returns once every interested handler has handled the event, so an event is
 /// marked published only when it was handled; a failing handler makes the relay
-/// deliver it again (to every handler: their inboxes skip the repeat).
+/// deliver it again (to every handler: their inboxes skip the repeat). After
+/// `max_attempts` failed deliveries of an event to one consumer, the event is
+/// parked in the dead letters (`bus_dead_letters`) for that consumer and the
+/// others go on: a poison event holds back the events behind it in its outbox
+/// only until then.
 #[derive(Default)]
 pub struct InProcessBus {
     subscriptions: RwLock<Vec<Arc<Subscription>>>,
+    parking: Option<Parking>,
+    /// Failed deliveries so far, per consumer and event, in this process.
+    attempts: std::sync::Mutex<HashMap<(String, EventId), i64>>,
+}
+
+struct Parking {
+    store: dead::DeadLetterStore,
+    max_attempts: i64,
+    clock: Arc<dyn Clock>,
 }
 
 impl InProcessBus {
-    /// A bus with no subscribers.
+    /// A bus with no subscribers that never gives up on an event: a failing
+    /// one is delivered again until it is handled (for tests).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A bus with no subscribers that parks an event in `db`'s dead letters
+    /// after `max_attempts` failed deliveries to a consumer.
+    pub fn with_dead_letters(db: Database, max_attempts: i64, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            parking: Some(Parking {
+                store: dead::DeadLetterStore::new(db),
+                max_attempts: max_attempts.max(1),
+                clock,
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// Counts a failed delivery of `event` to `consumer`; parks it when that
+    /// was the last attempt. `true` when parked.
+    async fn give_up(&self, consumer: &str, event: &Event, error: &str) -> anyhow::Result<bool> {
+        let Some(parking) = &self.parking else {
+            return Ok(false);
+        };
+        let key = (consumer.to_string(), event.id);
+        let attempts = {
+            let mut attempts = self
+                .attempts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = attempts.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if attempts < parking.max_attempts {
+            return Ok(false);
+        }
+        tracing::error!(consumer, kind = %event.kind, event_id = %event.id, attempts, error, "parking an event the consumer cannot handle");
+        parking
+            .store
+            .park(consumer, event, error, attempts, parking.clock.now())
+            .await?;
+        self.forget(&key);
+        Ok(true)
+    }
+
+    fn forget(&self, key: &(String, EventId)) {
+        self.attempts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(key);
+    }
+
+    /// The subscription of `consumer` that takes `kind`.
+    fn subscription(&self, consumer: &str, kind: &str) -> Result<Arc<Subscription>, DeliverError> {
+        let subscriptions = self
+            .subscriptions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut named = subscriptions
+            .iter()
+            .filter(|s| s.consumer == consumer)
+            .peekable();
+        if named.peek().is_none() {
+            return Err(DeliverError::UnknownConsumer(consumer.to_string()));
+        }
+        named
+            .find(|s| s.kinds.iter().any(|k| k == kind))
+            .cloned()
+            .ok_or_else(|| DeliverError::KindNotSubscribed {
+                consumer: consumer.to_string(),
+                kind: kind.to_string(),
+            })
     }
 }
 
@@ -185,15 +339,69 @@ impl Bus for InProcessBus {
             .cloned()
             .collect();
         for subscription in interested {
-            if let Err(e) = subscription.handler.handle(event).await {
-                return Err(PublishError {
-                    kind: event.kind.clone(),
-                    id: event.id,
-                    reason: format!("consumer {} failed: {e:#}", subscription.consumer),
-                });
+            let consumer = &subscription.consumer;
+            let failed = |reason: String| PublishError {
+                kind: event.kind.clone(),
+                id: event.id,
+                reason,
+            };
+            match run_handler(&subscription.handler, event, HANDLER_LIMIT).await {
+                Ok(()) => self.forget(&(consumer.clone(), event.id)),
+                Err(error) => match self.give_up(consumer, event, &error).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(failed(format!("consumer {consumer} failed: {error}")));
+                    }
+                    Err(e) => {
+                        return Err(failed(format!(
+                            "consumer {consumer} failed ({error}) and parking failed: {e:#}"
+                        )));
+                    }
+                },
             }
         }
         Ok(())
+    }
+
+    async fn deliver_to(&self, consumer: &str, event: &Event) -> Result<(), DeliverError> {
+        let subscription = self.subscription(consumer, &event.kind)?;
+        run_handler(&subscription.handler, event, HANDLER_LIMIT)
+            .await
+            .map_err(DeliverError::Failed)
+    }
+
+    async fn dead_letters(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<DeadLetter>> {
+        match &self.parking {
+            Some(parking) => parking.store.page(after, limit).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn redrive(&self, id: u64) -> anyhow::Result<Redrive> {
+        let Some(parking) = &self.parking else {
+            return Ok(Redrive::NotFound);
+        };
+        let Some(letter) = parking.store.get(id).await? else {
+            return Ok(Redrive::NotFound);
+        };
+        let Some(event) = &letter.event else {
+            return Ok(Redrive::Failed("the message is not an event".into()));
+        };
+        match self.deliver_to(&letter.consumer, event).await {
+            Ok(()) => {
+                parking.store.remove(id).await?;
+                Ok(Redrive::Redriven)
+            }
+            Err(e) => {
+                let error = e.to_string();
+                parking.store.failed_again(id, &error).await?;
+                Ok(Redrive::Failed(error))
+            }
+        }
     }
 
     fn subscribe_each_node(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>) {
@@ -430,5 +638,165 @@ impl Inbox {
             .execute(&mut **tx)
             .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use agora_kernel::ManualClock;
+
+    use super::*;
+    use crate::testing::TestDatabase;
+
+    /// Fails (or panics) while told to; records what it handled.
+    #[derive(Default)]
+    struct Flaky {
+        failing: AtomicBool,
+        panicking: AtomicBool,
+        seen: Mutex<Vec<String>>,
+    }
+
+    impl Flaky {
+        fn failing() -> Arc<Flaky> {
+            let flaky = Flaky::default();
+            flaky.failing.store(true, Ordering::SeqCst);
+            Arc::new(flaky)
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    #[async_trait]
+    impl Handler for Flaky {
+        async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+            assert!(
+                !self.panicking.load(Ordering::SeqCst),
+                "panicking on purpose"
+            );
+            anyhow::ensure!(!self.failing.load(Ordering::SeqCst), "failing on purpose");
+            self.seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(event.aggregate_id.clone());
+            Ok(())
+        }
+    }
+
+    fn event(kind: &str, aggregate: &str) -> Event {
+        Event::new(
+            kind,
+            aggregate,
+            &serde_json::json!({}),
+            Timestamp::from_millis(1),
+        )
+        .expect("a JSON payload")
+    }
+
+    async fn bus_with_dead_letters(
+        max_attempts: i64,
+    ) -> anyhow::Result<(TestDatabase, InProcessBus)> {
+        let test = TestDatabase::new().await?;
+        test.db.migrate(&MIGRATIONS).await?;
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1_800_000_000_000)));
+        let bus = InProcessBus::with_dead_letters(test.db.clone(), max_attempts, clock);
+        Ok((test, bus))
+    }
+
+    /// An event one consumer always fails on is parked for it after its
+    /// attempts (the publication then succeeds, so the outbox moves on); the
+    /// other consumer handled it once; re-driven after the consumer is fixed,
+    /// it is handled and leaves the list.
+    #[tokio::test]
+    async fn in_process_poison_events_are_parked_and_re_driven() -> anyhow::Result<()> {
+        let (_test, bus) = bus_with_dead_letters(3).await?;
+        let kind = "orders.order_placed";
+        let poisoned = Flaky::failing();
+        let healthy = Arc::new(Flaky::default());
+        bus.subscribe("poisoned", &[kind], poisoned.clone());
+        bus.subscribe("healthy", &[kind], healthy.clone());
+        let placed = event(kind, "o1");
+        assert!(bus.publish(&placed).await.is_err(), "first attempt");
+        assert!(bus.publish(&placed).await.is_err(), "second attempt");
+        bus.publish(&placed).await?;
+        // Handlers run in subscription order: the healthy one got the event
+        // once the poisoned one gave up on it.
+        assert_eq!(healthy.seen(), ["o1"]);
+
+        let parked = bus.dead_letters(None, 10).await?;
+        assert_eq!(parked.len(), 1, "{parked:?}");
+        assert_eq!(
+            (
+                parked[0].consumer.as_str(),
+                parked[0].attempts,
+                parked[0].event.as_ref()
+            ),
+            ("poisoned", 3, Some(&placed))
+        );
+        assert!(parked[0].error.contains("failing on purpose"), "{parked:?}");
+        assert!(bus.dead_letters(Some(parked[0].id), 10).await?.is_empty());
+
+        // Still failing: it stays, with one attempt more.
+        assert!(matches!(
+            bus.redrive(parked[0].id).await?,
+            Redrive::Failed(_)
+        ));
+        assert_eq!(bus.dead_letters(None, 10).await?[0].attempts, 4);
+        poisoned.failing.store(false, Ordering::SeqCst);
+        assert_eq!(bus.redrive(parked[0].id).await?, Redrive::Redriven);
+        assert_eq!(poisoned.seen(), ["o1"]);
+        assert!(bus.dead_letters(None, 10).await?.is_empty());
+        assert_eq!(bus.redrive(parked[0].id).await?, Redrive::NotFound);
+        Ok(())
+    }
+
+    /// A panicking handler is a failed delivery, not the end of the relay that
+    /// published.
+    #[tokio::test]
+    async fn a_panicking_in_process_handler_is_a_failed_delivery() -> anyhow::Result<()> {
+        let (_test, bus) = bus_with_dead_letters(2).await?;
+        let handler = Arc::new(Flaky::default());
+        handler.panicking.store(true, Ordering::SeqCst);
+        bus.subscribe("panicky", &["a.b"], handler.clone());
+        let x = event("a.b", "x");
+        let failed = bus.publish(&x).await;
+        assert!(
+            failed
+                .as_ref()
+                .is_err_and(|e| e.reason.contains("panicked")),
+            "{failed:?}"
+        );
+        bus.publish(&x).await?;
+        assert_eq!(bus.dead_letters(None, 10).await?.len(), 1);
+        Ok(())
+    }
+
+    /// Delivering to one consumer reaches it alone, for a kind it takes.
+    #[tokio::test]
+    async fn in_process_delivery_to_one_consumer() -> anyhow::Result<()> {
+        let bus = InProcessBus::new();
+        let (one, two) = (Arc::new(Flaky::default()), Arc::new(Flaky::default()));
+        bus.subscribe("one", &["a.b"], one.clone());
+        bus.subscribe("two", &["a.b"], two.clone());
+        bus.deliver_to("one", &event("a.b", "x")).await?;
+        assert_eq!((one.seen(), two.seen()), (vec!["x".to_string()], vec![]));
+        assert!(matches!(
+            bus.deliver_to("three", &event("a.b", "x")).await,
+            Err(DeliverError::UnknownConsumer(_))
+        ));
+        assert!(matches!(
+            bus.deliver_to("one", &event("c.d", "x")).await,
+            Err(DeliverError::KindNotSubscribed { .. })
+        ));
+        // Without a dead-letter store the list is empty.
+        assert!(bus.dead_letters(None, 10).await?.is_empty());
+        Ok(())
     }
 }

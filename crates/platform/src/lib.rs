@@ -1,8 +1,9 @@
 //! The platform: adapters every module stands on, behind small interfaces.
 //!
 //! # Layout
-//! - [`bus`]: events, the bus that carries them (in-process here), and each
-//!   module's outbox, relay and inbox that make delivery reliable.
+//! - [`bus`]: events, the bus that carries them (in-process, or NATS
+//!   JetStream), each module's outbox, relay and inbox that make delivery
+//!   reliable, the event log, and the dead letters.
 //! - [`cache`]: the cache (in-process moka) and cache-aside reads with single
 //!   flight.
 //! - [`config`]: layered configuration (defaults → TOML file → `AGORA_*` environment

@@ -155,3 +155,193 @@ async fn bad_event_queries_get_coded_errors() {
     let answer = events(&app, &format!("?aggregate_id={long}")).await;
     assert_eq!(answer.code(), "VALIDATION_FAILED");
 }
+
+async fn replay(app: &TestApp, body: Value, who: As<'_>) -> crate::helpers::Answer {
+    app.call(Method::POST, "/api/v1/admin/events/replay", Some(body), who)
+        .await
+}
+
+async fn redrive(app: &TestApp, ids: Value, who: As<'_>) -> crate::helpers::Answer {
+    let body = json!({ "ids": ids });
+    app.call(Method::POST, "/api/v1/admin/dead-letters", Some(body), who)
+        .await
+}
+
+/// An administrator's token.
+async fn admin(app: &TestApp) -> String {
+    app.create_user_and_login("ops@agora.test", &[agora_kernel::Role::Admin])
+        .await
+}
+
+/// A refund's event, replayed to the orders' consumer that already handled
+/// it, is delivered and skipped by its inbox: the order is refunded once.
+/// Replays to an unknown consumer, by staff, or with bad bodies change nothing.
+#[tokio::test]
+async fn replays_reach_the_named_consumer_and_repeat_nothing() {
+    let app = spawn_app().await;
+    let ops = admin(&app).await;
+    let ada = app.register_and_login("ada@example.com").await;
+    let mug = app.stocked_product(1250, 5).await;
+    app.add_to_cart(As::Token(&ada), &mug, 2).await;
+    let order = app.checkout(As::Token(&ada), "replay-1", "tok_visa").await;
+    assert_eq!(order.status, StatusCode::CREATED, "{:?}", order.body);
+    let id = order.data()["id"].as_str().expect("an id").to_string();
+    let refunded = app
+        .call_with(
+            Method::POST,
+            &format!("/api/v1/orders/{id}/refunds"),
+            Some(json!({ "amount_minor": 500, "reason": "damaged" })),
+            As::Staff,
+            &[("idempotency-key", "refund-1")],
+        )
+        .await;
+    assert_eq!(refunded.status, StatusCode::OK, "{:?}", refunded.body);
+    let kind = "payments.payment_refunded";
+    for _ in 0..300 {
+        let page = events(&app, &format!("?kind={kind}")).await;
+        if page.data().as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    let done = replay(
+        &app,
+        json!({ "consumer": "orders.payment_events", "kind": kind }),
+        As::Token(&ops),
+    )
+    .await;
+    assert_eq!(done.status, StatusCode::OK, "{:?}", done.body);
+    assert_eq!(done.data()["replayed"], 1, "{:?}", done.body);
+    assert_eq!(done.data()["failed_count"], 0);
+    let shown = app.get_as(&format!("/api/v1/orders/{id}"), As::Staff).await;
+    assert_eq!(shown.data()["refunded_minor"], 500, "refunded once");
+
+    // Every event to that consumer: the catalog's and orders' are not its kinds.
+    let all = replay(
+        &app,
+        json!({ "consumer": "orders.payment_events" }),
+        As::Token(&ops),
+    )
+    .await;
+    assert_eq!(all.data()["replayed"], 1, "{:?}", all.body);
+    assert!(
+        all.data()["skipped"].as_u64().is_some_and(|n| n > 0),
+        "{:?}",
+        all.body
+    );
+    assert_eq!(all.data()["next_offset"], Value::Null);
+    let first = replay(
+        &app,
+        json!({ "consumer": "orders.payment_events", "limit": 1 }),
+        As::Token(&ops),
+    )
+    .await;
+    assert!(
+        first.data()["next_offset"].as_i64().is_some(),
+        "{:?}",
+        first.body
+    );
+
+    let unknown = replay(&app, json!({ "consumer": "nobody" }), As::Token(&ops)).await;
+    assert_eq!(
+        (unknown.status, unknown.code()),
+        (StatusCode::NOT_FOUND, "EVENTS_UNKNOWN_CONSUMER")
+    );
+    let staff = replay(
+        &app,
+        json!({ "consumer": "orders.payment_events" }),
+        As::Staff,
+    )
+    .await;
+    assert_eq!(staff.code(), "AUTH_FORBIDDEN");
+    for bad in [
+        json!({}),
+        json!({ "consumer": "" }),
+        json!({ "consumer": "x", "limit": 0 }),
+        json!({ "consumer": "x", "limit": 1001 }),
+        json!({ "consumer": "x", "from_offset": 5, "to_offset": 4 }),
+        json!({ "consumer": "x", "from_offset": -1 }),
+        json!({ "consumer": "x", "colour": "red" }),
+    ] {
+        let answer = replay(&app, bad.clone(), As::Token(&ops)).await;
+        assert!(
+            matches!(answer.code(), "VALIDATION_FAILED" | "REQUEST_INVALID_BODY"),
+            "{bad}: {:?}",
+            answer.body
+        );
+    }
+}
+
+/// A poison event (a refund event whose payload the orders' consumer cannot
+/// read) ends in the dead letters after its attempts instead of looping, and
+/// the events behind it still flow; re-driving it fails again and keeps it.
+#[tokio::test]
+async fn poison_events_end_in_the_dead_letters_over_http() {
+    let app = crate::helpers::spawn_app_with(|c| c.bus.max_attempts = 2).await;
+    let ops = admin(&app).await;
+    let poison = agora_platform::bus::Event::new(
+        "payments.payment_refunded",
+        "pay_x",
+        &json!({ "not": "a refund" }),
+        agora_kernel::Timestamp::from_millis(1),
+    )
+    .expect("an event");
+    sqlx::query(
+        "INSERT INTO payments_outbox (id, kind, aggregate_id, payload, occurred_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(poison.id.to_db())
+    .bind(poison.kind.clone())
+    .bind(poison.aggregate_id.clone())
+    .bind(poison.payload.to_string())
+    .bind(1_i64)
+    .execute(app.db.db.writer())
+    .await
+    .expect("a poison row");
+    let mut letters = Value::Null;
+    for _ in 0..600 {
+        let page = app.get_as("/api/v1/admin/dead-letters", As::Staff).await;
+        assert_eq!(page.status, StatusCode::OK, "{:?}", page.body);
+        letters = page.data().clone();
+        if letters.as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let letter = &letters[0];
+    assert_eq!(letter["consumer"], "orders.payment_events", "{letters:?}");
+    assert_eq!(letter["attempts"], 2);
+    assert_eq!(letter["event"]["id"], poison.id.to_string());
+    let published: Option<i64> =
+        sqlx::query_scalar("SELECT published_at FROM payments_outbox WHERE id = $1")
+            .bind(poison.id.to_db())
+            .fetch_one(app.db.db.reader())
+            .await
+            .expect("the row");
+    assert!(published.is_some(), "the outbox moved on");
+
+    let id = letter["id"].as_u64().expect("an id");
+    let again = redrive(&app, json!([id, 999_999]), As::Token(&ops)).await;
+    assert_eq!(again.status, StatusCode::OK, "{:?}", again.body);
+    assert_eq!(again.data()[0]["outcome"], "failed");
+    assert_eq!(again.data()[1]["outcome"], "not_found");
+    let kept = app.get_as("/api/v1/admin/dead-letters", As::Staff).await;
+    assert_eq!(kept.data()[0]["attempts"], 3, "{:?}", kept.body);
+    assert_eq!(
+        redrive(&app, json!([id]), As::Staff).await.code(),
+        "AUTH_FORBIDDEN"
+    );
+    for bad in [
+        json!([]),
+        json!((0..101).collect::<Vec<u64>>()),
+        json!(["x"]),
+    ] {
+        let answer = redrive(&app, bad.clone(), As::Token(&ops)).await;
+        assert!(
+            matches!(answer.code(), "VALIDATION_FAILED" | "REQUEST_INVALID_BODY"),
+            "{bad}: {:?}",
+            answer.body
+        );
+    }
+}

@@ -189,6 +189,11 @@ const ROUTES: &[Route] = &[
     Route { method: "POST", path: "/api/v1/webhooks/payments/{provider}", policy: Policy::Public, fixture: Fixture::None, body: || Some(json!({})), ok: 404 },
     // Operations.
     Route { method: "GET", path: "/api/v1/admin/events", policy: Policy::Needs("events:read"), fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "POST", path: "/api/v1/admin/events/replay", policy: Policy::Needs("events:manage"), fixture: Fixture::None,
+        body: || Some(json!({ "consumer": "orders.payment_events" })), ok: 200 },
+    Route { method: "GET", path: "/api/v1/admin/dead-letters", policy: Policy::Needs("events:read"), fixture: Fixture::None, body: no_body, ok: 200 },
+    Route { method: "POST", path: "/api/v1/admin/dead-letters", policy: Policy::Needs("events:manage"), fixture: Fixture::None,
+        body: || Some(json!({ "ids": [1] })), ok: 200 },
     Route { method: "GET", path: "/api/v1/cart", policy: Policy::Personal, fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "DELETE", path: "/api/v1/cart", policy: Policy::Personal, fixture: Fixture::None, body: no_body, ok: 200 },
     Route { method: "POST", path: "/api/v1/cart/items", policy: Policy::Personal, fixture: Fixture::Product,

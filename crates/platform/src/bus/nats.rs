@@ -29,7 +29,8 @@
 //! state machines refuse illegal transitions). A handler runs in a task of its
 //! own, bounded by the ack wait: a panic or a hang is a failed delivery.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -39,7 +40,10 @@ use futures_util::StreamExt as _;
 use tokio::sync::OnceCell;
 use tokio::task::AbortHandle;
 
-use super::{Bus, Event, Handler, PublishError};
+use super::dead::raw_text;
+use super::{
+    Bus, DeadLetter, DeliverError, Event, Handler, PublishError, Redrive, Subscription, run_handler,
+};
 
 /// Messages a subscriber asks the server for at a time.
 const BATCH: usize = 8;
@@ -79,6 +83,33 @@ pub mod headers {
 pub struct NatsBus {
     inner: Arc<Inner>,
     subscribers: Mutex<Vec<AbortHandle>>,
+    /// Per shared consumer, the handlers of what is delivered to it alone
+    /// (replays, re-drives), by kind.
+    direct: Mutex<HashMap<String, Arc<Direct>>>,
+}
+
+/// The handlers of one consumer, by kind: for the messages sent to that
+/// consumer alone (`<prefix>._direct.<consumer>`), whatever their kind.
+#[derive(Default)]
+struct Direct {
+    routes: RwLock<Vec<Subscription>>,
+}
+
+#[async_trait]
+impl Handler for Direct {
+    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        let handler = self
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|s| s.kinds.contains(&event.kind))
+            .map(|s| Arc::clone(&s.handler));
+        match handler {
+            Some(handler) => handler.handle(event).await,
+            None => anyhow::bail!("the consumer does not take {}", event.kind),
+        }
+    }
 }
 
 struct Inner {
@@ -114,6 +145,7 @@ impl NatsBus {
                 streams: OnceCell::new(),
             }),
             subscribers: Mutex::new(Vec::new()),
+            direct: Mutex::new(HashMap::new()),
         };
         // Set up the streams now if the server answers, without holding up the
         // start: until then events wait in the outboxes.
@@ -125,50 +157,6 @@ impl NatsBus {
         });
         Ok(bus)
     }
-
-    /// The messages parked in the dead-letter stream, oldest first (at most
-    /// `limit`), each with its headers.
-    pub async fn dead_letters(&self, limit: usize) -> anyhow::Result<Vec<DeadLetter>> {
-        self.inner.ready().await?;
-        let stream = self.inner.js.get_stream(self.inner.dead_stream()).await?;
-        let info = stream.get_info().await?;
-        let mut out = Vec::new();
-        let mut seq = info.state.first_sequence;
-        while out.len() < limit && seq <= info.state.last_sequence && info.state.messages > 0 {
-            if let Ok(raw) = stream.get_raw_message(seq).await {
-                let header = |name: &str| {
-                    raw.headers
-                        .get(name)
-                        .map(|v| v.as_str().to_string())
-                        .unwrap_or_default()
-                };
-                out.push(DeadLetter {
-                    consumer: header(headers::CONSUMER),
-                    error: header(headers::ERROR),
-                    attempts: header(headers::ATTEMPTS).parse().unwrap_or(0),
-                    subject: header(headers::SUBJECT),
-                    payload: raw.payload.to_vec(),
-                });
-            }
-            seq += 1;
-        }
-        Ok(out)
-    }
-}
-
-/// A message a consumer gave up on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    /// Who gave up.
-    pub consumer: String,
-    /// The last error.
-    pub error: String,
-    /// Failed deliveries.
-    pub attempts: i64,
-    /// Where it was published.
-    pub subject: String,
-    /// The message as published.
-    pub payload: Vec<u8>,
 }
 
 impl Drop for NatsBus {
@@ -187,6 +175,12 @@ impl Drop for NatsBus {
 impl Inner {
     fn subject(&self, kind: &str) -> String {
         format!("{}.{kind}", self.settings.subject_prefix)
+    }
+
+    /// The "kind" under which messages for `consumer` alone travel:
+    /// `<prefix>._direct.<consumer>` (no module's name starts with `_`).
+    fn direct_kind(consumer: &str) -> String {
+        format!("_direct.{}", token(consumer))
     }
 
     fn dead_stream(&self) -> String {
@@ -315,8 +309,7 @@ impl Inner {
     ) {
         let attempts = message.info().map_or(1, |info| info.delivered);
         let outcome = match serde_json::from_slice::<Event>(&message.payload) {
-            Ok(event) => self
-                .handle(handler, event)
+            Ok(event) => run_handler(handler, &event, self.settings.ack_wait.mul_f32(0.9))
                 .await
                 .map_err(|e| (e, attempts >= self.settings.max_attempts)),
             Err(e) => Err((format!("not an event: {e}"), true)),
@@ -343,24 +336,6 @@ impl Inner {
         };
         if let Err(e) = answered {
             tracing::warn!(consumer, error = %e, "answering the bus failed; the message comes back");
-        }
-    }
-
-    /// Runs the handler in a task of its own, so that a panic is a failed
-    /// delivery rather than the end of this subscriber, and gives up on it
-    /// before the server would hand the message to someone else.
-    async fn handle(&self, handler: &Arc<dyn Handler>, event: Event) -> Result<(), String> {
-        let handler = Arc::clone(handler);
-        let task = tokio::spawn(async move { handler.handle(&event).await });
-        let abort = task.abort_handle();
-        match tokio::time::timeout(self.settings.ack_wait.mul_f32(0.9), task).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(format!("{e:#}")),
-            Ok(Err(e)) => Err(format!("the handler panicked: {e}")),
-            Err(_) => {
-                abort.abort();
-                Err("the handler took longer than the ack wait".to_string())
-            }
         }
     }
 
@@ -448,6 +423,102 @@ impl Bus for NatsBus {
     fn subscribe_each_node(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>) {
         self.start(consumer, kinds, &handler, false);
     }
+
+    async fn deliver_to(&self, consumer: &str, event: &Event) -> Result<(), DeliverError> {
+        let failed = |e: &dyn std::fmt::Display| DeliverError::Failed(e.to_string());
+        self.inner.ready().await.map_err(|e| failed(&e))?;
+        let kind = Inner::direct_kind(consumer);
+        let stream = self
+            .inner
+            .js
+            .get_stream(&self.inner.settings.stream)
+            .await
+            .map_err(|e| failed(&e))?;
+        // Some process subscribed it: its consumer for direct messages exists.
+        if stream
+            .consumer_info(durable_name(consumer, &kind))
+            .await
+            .is_err()
+        {
+            return Err(DeliverError::UnknownConsumer(consumer.to_string()));
+        }
+        let payload = serde_json::to_vec(event).map_err(|e| failed(&e))?;
+        self.inner
+            .js
+            .publish(self.inner.subject(&kind), payload.into())
+            .await
+            .map_err(|e| failed(&e))?
+            .await
+            .map_err(|e| failed(&e))?;
+        Ok(())
+    }
+
+    async fn dead_letters(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> anyhow::Result<Vec<DeadLetter>> {
+        self.inner.ready().await?;
+        let stream = self.inner.js.get_stream(self.inner.dead_stream()).await?;
+        let info = stream.get_info().await?;
+        let mut out = Vec::new();
+        if info.state.messages == 0 {
+            return Ok(out);
+        }
+        let mut seq = after
+            .map_or(0, |a| a.saturating_add(1))
+            .max(info.state.first_sequence);
+        while out.len() < limit && seq <= info.state.last_sequence {
+            // Re-driven ones are deleted: their sequences are gaps.
+            if let Ok(raw) = stream.get_raw_message(seq).await {
+                out.push(dead_letter(&raw));
+            }
+            seq += 1;
+        }
+        Ok(out)
+    }
+
+    async fn redrive(&self, id: u64) -> anyhow::Result<Redrive> {
+        self.inner.ready().await?;
+        let stream = self.inner.js.get_stream(self.inner.dead_stream()).await?;
+        let Ok(raw) = stream.get_raw_message(id).await else {
+            return Ok(Redrive::NotFound);
+        };
+        let letter = dead_letter(&raw);
+        let Some(event) = &letter.event else {
+            return Ok(Redrive::Failed("the message is not an event".into()));
+        };
+        match self.deliver_to(&letter.consumer, event).await {
+            Ok(()) => {
+                // Queued for the consumer; a failure to delete leaves a copy
+                // that its inbox skips if re-driven again.
+                stream.delete_message(id).await?;
+                Ok(Redrive::Redriven)
+            }
+            Err(e) => Ok(Redrive::Failed(e.to_string())),
+        }
+    }
+}
+
+/// A parked message as a dead letter.
+fn dead_letter(raw: &async_nats::jetstream::message::StreamMessage) -> DeadLetter {
+    let header = |name: &str| {
+        raw.headers
+            .get(name)
+            .map(|v| v.as_str().to_string())
+            .unwrap_or_default()
+    };
+    let event: Option<Event> = serde_json::from_slice(&raw.payload).ok();
+    let millis = raw.time.unix_timestamp_nanos() / 1_000_000;
+    DeadLetter {
+        id: raw.sequence,
+        consumer: header(headers::CONSUMER),
+        raw: event.is_none().then(|| raw_text(&raw.payload)),
+        event,
+        error: header(headers::ERROR),
+        attempts: header(headers::ATTEMPTS).parse().unwrap_or(0),
+        parked_at: agora_kernel::Timestamp::from_millis(i64::try_from(millis).unwrap_or(0)),
+    }
 }
 
 impl NatsBus {
@@ -456,14 +527,36 @@ impl NatsBus {
             .subscribers
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for kind in kinds {
+        let mut spawn = |kind: String, handler: Arc<dyn Handler>| {
             let task = tokio::spawn(Arc::clone(&self.inner).subscriber(
                 consumer.to_string(),
-                (*kind).to_string(),
-                Arc::clone(handler),
+                kind,
+                handler,
                 shared,
             ));
             subscribers.push(task.abort_handle());
+        };
+        for kind in kinds {
+            spawn((*kind).to_string(), Arc::clone(handler));
+        }
+        if shared {
+            // Replays and re-drives reach a shared consumer on a subject of its
+            // own, for whichever of its kinds they are.
+            let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
+            let routes = direct.entry(consumer.to_string()).or_insert_with(|| {
+                let routes = Arc::new(Direct::default());
+                spawn(Inner::direct_kind(consumer), routes.clone());
+                routes
+            });
+            routes
+                .routes
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Subscription {
+                    consumer: consumer.to_string(),
+                    kinds: kinds.iter().map(|k| (*k).to_string()).collect(),
+                    handler: Arc::clone(handler),
+                });
         }
     }
 }
@@ -568,13 +661,13 @@ mod tests {
     /// The dead letters, once there are at least `count` (or after 4 s).
     async fn parked(bus: &NatsBus, count: usize) -> anyhow::Result<Vec<DeadLetter>> {
         for _ in 0..200 {
-            let parked = bus.dead_letters(10).await?;
+            let parked = bus.dead_letters(None, 10).await?;
             if parked.len() >= count {
                 return Ok(parked);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        bus.dead_letters(10).await
+        bus.dead_letters(None, 10).await
     }
 
     async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -679,7 +772,7 @@ mod tests {
             .await?;
         eventually("the third attempt", || handler.seen() == ["p"]).await;
         assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
-        assert!(bus.dead_letters(10).await?.is_empty());
+        assert!(bus.dead_letters(None, 10).await?.is_empty());
         remove(bus).await
     }
 
@@ -694,10 +787,12 @@ mod tests {
         bus.subscribe("poison-test", &["catalog.product_changed"], handler.clone());
         bus.publish(&event("catalog.product_changed", "poison"))
             .await?;
-        let garbage_subject = bus.inner.subject("catalog.product_changed");
         bus.inner
             .js
-            .publish(garbage_subject.clone(), "{not json".into())
+            .publish(
+                bus.inner.subject("catalog.product_changed"),
+                "{not json".into(),
+            )
             .await?
             .await?;
         bus.publish(&event("catalog.product_changed", "fine"))
@@ -710,16 +805,56 @@ mod tests {
         assert_eq!(parked[0].consumer, "poison-test");
         assert_eq!(parked[0].attempts, 1);
         assert!(parked[0].error.starts_with("not an event"), "{parked:?}");
-        assert_eq!(parked[0].subject, garbage_subject);
-        assert_eq!(parked[0].payload, b"{not json");
+        assert_eq!(parked[0].raw.as_deref(), Some("{not json"));
+        assert_eq!(parked[0].event, None);
         // The event that always fails, after its three attempts.
         assert_eq!(parked[1].attempts, 3);
         assert!(parked[1].error.contains("failing on purpose"), "{parked:?}");
-        let poison: Event = serde_json::from_slice(&parked[1].payload)?;
+        let poison = parked[1].event.as_ref().expect("an event");
         assert_eq!(poison.aggregate_id, "poison");
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Three failed calls for the poison, one for the fine event; no more.
         assert_eq!(handler.calls.load(Ordering::SeqCst), 4);
+        remove(bus).await
+    }
+
+    /// A parked event re-driven once its consumer can handle it is handled and
+    /// leaves the list; a message that is not an event cannot be re-driven; an
+    /// event delivered to one consumer alone reaches it and no other.
+    #[tokio::test]
+    #[ignore = "needs a NATS server with JetStream: set AGORA_TEST_NATS_URL and pass --ignored"]
+    async fn dead_letters_are_re_driven_and_events_delivered_to_one_consumer() -> anyhow::Result<()>
+    {
+        let bus = test_bus().await?;
+        let kind = "payments.payment_refunded";
+        // Fails its first three calls: the event is parked after them.
+        let handler = Counting::new(3);
+        let other = Counting::new(0);
+        bus.subscribe("redrive-test", &[kind], handler.clone());
+        bus.subscribe("other-test", &[kind], other.clone());
+        let refunded = event(kind, "p");
+        bus.publish(&refunded).await?;
+        let parked = parked(&bus, 1).await?;
+        assert_eq!(parked.len(), 1, "{parked:?}");
+        assert_eq!(parked[0].event.as_ref(), Some(&refunded));
+        assert_eq!(bus.redrive(parked[0].id).await?, Redrive::Redriven);
+        eventually("the re-driven event", || handler.seen() == ["p"]).await;
+        assert!(bus.dead_letters(None, 10).await?.is_empty());
+        assert_eq!(bus.redrive(parked[0].id).await?, Redrive::NotFound);
+
+        bus.deliver_to("redrive-test", &event(kind, "again"))
+            .await?;
+        eventually("the delivered event", || handler.seen() == ["p", "again"]).await;
+        assert!(matches!(
+            bus.deliver_to("nobody", &refunded).await,
+            Err(DeliverError::UnknownConsumer(_))
+        ));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            other.seen(),
+            ["p"],
+            "the other consumer got the publication only"
+        );
         remove(bus).await
     }
 }
