@@ -27,6 +27,9 @@ const MAX_REPLAY: u32 = 1000;
 const MAX_REDRIVE: usize = 100;
 /// The most failures a replay's answer lists.
 const MAX_LISTED_FAILURES: usize = 20;
+/// How long one replay request delivers before it answers with `next_offset`
+/// (well within the default 15 s request timeout).
+const REPLAY_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the operators' routes work on.
 #[derive(Clone)]
@@ -142,7 +145,7 @@ pub struct ReplayRequest {
     /// Only events at or before this offset.
     to_offset: Option<i64>,
     /// At most this many events, 1 to 1,000 (default 100); `next_offset` says
-    /// where to go on.
+    /// where to go on (also when the request's 5 s budget ran out first).
     limit: Option<u32>,
 }
 
@@ -240,7 +243,12 @@ async fn replay(
         failed_count: 0,
         next_offset: None,
     };
+    let started = std::time::Instant::now();
     for logged in &events {
+        if started.elapsed() > REPLAY_BUDGET {
+            report.next_offset = Some(logged.offset);
+            break;
+        }
         match bus.deliver_to(&consumer, &logged.event()).await {
             Ok(()) => report.replayed += 1,
             Err(DeliverError::KindNotSubscribed { .. }) => report.skipped += 1,
@@ -259,7 +267,7 @@ async fn replay(
             }
         }
     }
-    if events.len() == limit as usize {
+    if report.next_offset.is_none() && events.len() == limit as usize {
         report.next_offset = events.last().map(|e| e.offset + 1);
     }
     tracing::info!(
@@ -358,10 +366,14 @@ async fn redrive(
     }
     let mut outcomes = Vec::with_capacity(body.ids.len());
     for id in body.ids {
-        let (outcome, error) = match bus.redrive(id).await.map_err(bus_down)? {
-            Redrive::Redriven => ("redriven", None),
-            Redrive::NotFound => ("not_found", None),
-            Redrive::Failed(error) => ("failed", Some(error)),
+        let (outcome, error) = match bus.redrive(id).await {
+            Ok(Redrive::Redriven) => ("redriven", None),
+            Ok(Redrive::NotFound) => ("not_found", None),
+            Ok(Redrive::Failed(error)) => ("failed", Some(error)),
+            Err(e) => {
+                tracing::warn!(id, error = %format!("{e:#}"), "re-driving a dead letter failed");
+                ("failed", Some("the bus did not answer".to_string()))
+            }
         };
         outcomes.push(RedriveOutcome { id, outcome, error });
     }
@@ -377,7 +389,7 @@ fn bus_down(e: anyhow::Error) -> ApiError {
 /// A filter value: absent, or 1 to 200 characters.
 fn bounded(value: Option<String>) -> Result<Option<String>, String> {
     match value {
-        Some(v) if v.is_empty() || v.len() > MAX_FILTER_LEN => {
+        Some(v) if v.is_empty() || v.chars().count() > MAX_FILTER_LEN => {
             Err(format!("must be 1 to {MAX_FILTER_LEN} characters"))
         }
         v => Ok(v),

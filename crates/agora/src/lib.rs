@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`app`]: [`app::Application`] — builds the monolith from a [`Config`]
 //!   (database, migrations, modules, router) and runs it until shutdown.
-//! - [`admin`]: the operators' routes: the event log.
+//! - [`admin`]: the operators' routes: the event log, replays to a consumer,
+//!   and the dead letters.
 //! - [`api`]: the routes that belong to no module: the error catalogue and the
 //!   OpenAPI document, and the Swagger UI.
 //!

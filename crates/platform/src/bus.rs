@@ -233,8 +233,17 @@ pub(crate) struct Subscription {
 pub struct InProcessBus {
     subscriptions: RwLock<Vec<Arc<Subscription>>>,
     parking: Option<Parking>,
-    /// Failed deliveries so far, per consumer and event, in this process.
-    attempts: std::sync::Mutex<HashMap<(String, EventId), i64>>,
+    /// Failed deliveries so far, per consumer and event, in this process; and
+    /// the consumers that gave up on an event not yet published to all (a
+    /// later consumer failing makes the relay publish it again: they are not
+    /// handed it again).
+    attempts: std::sync::Mutex<Attempts>,
+}
+
+#[derive(Default)]
+struct Attempts {
+    failed: HashMap<(String, EventId), i64>,
+    parked: std::collections::HashSet<(String, EventId)>,
 }
 
 struct Parking {
@@ -271,11 +280,8 @@ impl InProcessBus {
         };
         let key = (consumer.to_string(), event.id);
         let attempts = {
-            let mut attempts = self
-                .attempts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = attempts.entry(key.clone()).or_insert(0);
+            let mut attempts = self.attempts();
+            let n = attempts.failed.entry(key.clone()).or_insert(0);
             *n += 1;
             *n
         };
@@ -287,15 +293,16 @@ impl InProcessBus {
             .store
             .park(consumer, event, error, attempts, parking.clock.now())
             .await?;
-        self.forget(&key);
+        let mut known = self.attempts();
+        known.failed.remove(&key);
+        known.parked.insert(key);
         Ok(true)
     }
 
-    fn forget(&self, key: &(String, EventId)) {
+    fn attempts(&self) -> std::sync::MutexGuard<'_, Attempts> {
         self.attempts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(key);
     }
 
     /// The subscription of `consumer` that takes `kind`.
@@ -340,13 +347,19 @@ impl Bus for InProcessBus {
             .collect();
         for subscription in interested {
             let consumer = &subscription.consumer;
+            let key = (consumer.clone(), event.id);
+            if self.attempts().parked.contains(&key) {
+                continue;
+            }
             let failed = |reason: String| PublishError {
                 kind: event.kind.clone(),
                 id: event.id,
                 reason,
             };
             match run_handler(&subscription.handler, event, HANDLER_LIMIT).await {
-                Ok(()) => self.forget(&(consumer.clone(), event.id)),
+                Ok(()) => {
+                    self.attempts().failed.remove(&key);
+                }
                 Err(error) => match self.give_up(consumer, event, &error).await {
                     Ok(true) => {}
                     Ok(false) => {
@@ -360,6 +373,8 @@ impl Bus for InProcessBus {
                 },
             }
         }
+        // Published to all: who gave up on it need not be remembered.
+        self.attempts().parked.retain(|(_, id)| *id != event.id);
         Ok(())
     }
 
@@ -392,10 +407,13 @@ impl Bus for InProcessBus {
             return Ok(Redrive::Failed("the message is not an event".into()));
         };
         match self.deliver_to(&letter.consumer, event).await {
-            Ok(()) => {
-                parking.store.remove(id).await?;
-                Ok(Redrive::Redriven)
-            }
+            Ok(()) => match parking.store.remove(id).await {
+                Ok(()) => Ok(Redrive::Redriven),
+                // Handled; the copy left is skipped by the inbox if re-driven.
+                Err(e) => Ok(Redrive::Failed(format!(
+                    "handled again, but not removed from the list: {e:#}"
+                ))),
+            },
             Err(e) => {
                 let error = e.to_string();
                 parking.store.failed_again(id, &error).await?;
@@ -510,7 +528,9 @@ impl Relay {
     pub async fn run(self, shutdown: Shutdown) {
         let mut pause = RELAY_POLL;
         loop {
-            let wait = match self.deliver().await {
+            let delivered = self.deliver().await;
+            let failing = delivered.is_err();
+            let wait = match delivered {
                 Ok(n) if n as i64 == RELAY_BATCH => Duration::ZERO,
                 Ok(_) => {
                     pause = RELAY_POLL;
@@ -522,6 +542,15 @@ impl Relay {
                     pause
                 }
             };
+            if failing {
+                // After a failure, new events do not cut the pause short: each
+                // attempt counts towards parking an event (bus.max_attempts).
+                tokio::select! {
+                    () = shutdown.wait() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                continue;
+            }
             tokio::select! {
                 () = shutdown.wait() => return,
                 () = self.outbox.wake.notified() => {}
@@ -578,7 +607,7 @@ impl Relay {
             q.push(")");
             let mut tx = self.db.begin().await?;
             q.build().execute(&mut *tx).await?;
-            EventLog::append(&mut tx, &published, now).await?;
+            EventLog::append(self.db.backend(), &mut tx, &published, now).await?;
             tx.commit().await?;
         }
         if let Some((id, reason)) = failure {
@@ -641,6 +670,24 @@ impl Inbox {
     }
 }
 
+/// Creates an outbox table `table` in `db` (for tests of relays), with the DDL
+/// of the module migrations.
+#[cfg(test)]
+pub(crate) async fn create_test_outbox(db: &Database, table: &str) -> anyhow::Result<()> {
+    let seq = match db.backend() {
+        crate::db::Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        crate::db::Backend::Postgres => "BIGSERIAL PRIMARY KEY",
+    };
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {table} (seq {seq}, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, \
+         aggregate_id TEXT NOT NULL, payload TEXT NOT NULL, occurred_at BIGINT NOT NULL, \
+         published_at BIGINT, attempts BIGINT NOT NULL DEFAULT 0, last_error TEXT)"
+    )))
+    .execute(db.writer())
+    .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -656,6 +703,7 @@ mod tests {
     struct Flaky {
         failing: AtomicBool,
         panicking: AtomicBool,
+        calls: std::sync::atomic::AtomicUsize,
         seen: Mutex<Vec<String>>,
     }
 
@@ -677,6 +725,7 @@ mod tests {
     #[async_trait]
     impl Handler for Flaky {
         async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
             assert!(
                 !self.panicking.load(Ordering::SeqCst),
                 "panicking on purpose"
@@ -754,6 +803,31 @@ mod tests {
         assert_eq!(poisoned.seen(), ["o1"]);
         assert!(bus.dead_letters(None, 10).await?.is_empty());
         assert_eq!(bus.redrive(parked[0].id).await?, Redrive::NotFound);
+        Ok(())
+    }
+
+    /// A consumer that gave up on an event is not handed it again when another
+    /// consumer's failure makes the relay publish it again: each is tried
+    /// `max_attempts` times, and both end parked.
+    #[tokio::test]
+    async fn a_parked_consumer_is_not_tried_again_for_the_same_event() -> anyhow::Result<()> {
+        let (_test, bus) = bus_with_dead_letters(2).await?;
+        let (first, second) = (Flaky::failing(), Flaky::failing());
+        bus.subscribe("first", &["a.b"], first.clone());
+        bus.subscribe("second", &["a.b"], second.clone());
+        let x = event("a.b", "x");
+        assert!(bus.publish(&x).await.is_err(), "first fails");
+        assert!(bus.publish(&x).await.is_err(), "first parked, second fails");
+        bus.publish(&x).await?;
+        assert_eq!(first.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(second.calls.load(Ordering::SeqCst), 2);
+        let parked: Vec<String> = bus
+            .dead_letters(None, 10)
+            .await?
+            .into_iter()
+            .map(|d| d.consumer)
+            .collect();
+        assert_eq!(parked, ["first", "second"]);
         Ok(())
     }
 

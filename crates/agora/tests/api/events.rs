@@ -205,6 +205,7 @@ async fn replays_reach_the_named_consumer_and_repeat_nothing() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 
+    let before = app.get_as(&format!("/api/v1/orders/{id}"), As::Staff).await;
     let done = replay(
         &app,
         json!({ "consumer": "orders.payment_events", "kind": kind }),
@@ -216,6 +217,11 @@ async fn replays_reach_the_named_consumer_and_repeat_nothing() {
     assert_eq!(done.data()["failed_count"], 0);
     let shown = app.get_as(&format!("/api/v1/orders/{id}"), As::Staff).await;
     assert_eq!(shown.data()["refunded_minor"], 500, "refunded once");
+    assert_eq!(
+        shown.data()["updated_at"],
+        before.data()["updated_at"],
+        "the inbox skipped the repeat: the order was not written"
+    );
 
     // Every event to that consumer: the catalog's and orders' are not its kinds.
     let all = replay(

@@ -15,7 +15,10 @@ use sqlx::any::AnyRow;
 
 use super::Event;
 use crate::Database;
-use crate::db::{SqlBuilder, WriteTx};
+use crate::db::{Backend, SqlBuilder, WriteTx};
+
+/// The advisory lock the relays' appends take turns on (PostgreSQL): "agoralog".
+const LOG_LOCK: i64 = 0x6167_6f72_616c_6f67;
 
 /// An event as the log holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -84,15 +87,27 @@ impl EventLog {
         Self { db }
     }
 
-    /// Appends `events`, published at `now`, in `tx`; an event already logged
-    /// is left as it is.
+    /// Appends `events`, published at `now`, in `tx` (on a database of
+    /// `backend`); an event already logged is left as it is.
+    ///
+    /// On PostgreSQL the appends of all relays take turns (a transaction-scoped
+    /// advisory lock), so that offsets are given in commit order and a reader
+    /// paging by offset never sees a lower offset commit after a higher one
+    /// (SQLite's one writer does that by itself).
     pub async fn append(
+        backend: Backend,
         tx: &mut WriteTx,
         events: &[Event],
         now: Timestamp,
     ) -> Result<(), sqlx::Error> {
         if events.is_empty() {
             return Ok(());
+        }
+        if backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LOG_LOCK)
+                .execute(&mut **tx)
+                .await?;
         }
         let mut q = SqlBuilder::new(
             "INSERT INTO bus_event_log (id, kind, aggregate_id, payload, occurred_at, logged_at) VALUES ",
@@ -178,7 +193,6 @@ mod tests {
 
     use super::*;
     use crate::bus::{InProcessBus, Outbox, Relay};
-    use crate::db::Backend;
     use crate::testing::TestDatabase;
 
     const START: i64 = 1_800_000_000_000;
@@ -187,17 +201,7 @@ mod tests {
     async fn with_outbox() -> anyhow::Result<TestDatabase> {
         let test = TestDatabase::new().await?;
         test.db.migrate(&crate::bus::MIGRATIONS).await?;
-        let seq = match test.db.backend() {
-            Backend::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
-            Backend::Postgres => "BIGSERIAL PRIMARY KEY",
-        };
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE TABLE test_outbox (seq {seq}, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, \
-             aggregate_id TEXT NOT NULL, payload TEXT NOT NULL, occurred_at BIGINT NOT NULL, \
-             published_at BIGINT, attempts BIGINT NOT NULL DEFAULT 0, last_error TEXT)"
-        )))
-        .execute(test.db.writer())
-        .await?;
+        crate::bus::create_test_outbox(&test.db, "test_outbox").await?;
         Ok(test)
     }
 

@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind, consumer::pull, stream};
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
@@ -107,7 +108,12 @@ impl Handler for Direct {
             .map(|s| Arc::clone(&s.handler));
         match handler {
             Some(handler) => handler.handle(event).await,
-            None => anyhow::bail!("the consumer does not take {}", event.kind),
+            None => {
+                // Another process's subscription of this name takes the kind,
+                // this one's does not: nothing for this consumer to do here.
+                tracing::warn!(kind = %event.kind, "a direct delivery of a kind this process's consumer does not take; skipped");
+                Ok(())
+            }
         }
     }
 }
@@ -434,13 +440,16 @@ impl Bus for NatsBus {
             .get_stream(&self.inner.settings.stream)
             .await
             .map_err(|e| failed(&e))?;
-        // Some process subscribed it: its consumer for direct messages exists.
-        if stream
-            .consumer_info(durable_name(consumer, &kind))
-            .await
-            .is_err()
-        {
+        // Some process subscribed it: its consumer for direct messages exists,
+        // and one for the event's kind if it takes that kind.
+        if !consumer_exists(&stream, &durable_name(consumer, &kind)).await? {
             return Err(DeliverError::UnknownConsumer(consumer.to_string()));
+        }
+        if !consumer_exists(&stream, &durable_name(consumer, &event.kind)).await? {
+            return Err(DeliverError::KindNotSubscribed {
+                consumer: consumer.to_string(),
+                kind: event.kind.clone(),
+            });
         }
         let payload = serde_json::to_vec(event).map_err(|e| failed(&e))?;
         self.inner
@@ -470,8 +479,10 @@ impl Bus for NatsBus {
             .max(info.state.first_sequence);
         while out.len() < limit && seq <= info.state.last_sequence {
             // Re-driven ones are deleted: their sequences are gaps.
-            if let Ok(raw) = stream.get_raw_message(seq).await {
-                out.push(dead_letter(&raw));
+            match stream.get_raw_message(seq).await {
+                Ok(raw) => out.push(dead_letter(&raw)),
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(e.into()),
             }
             seq += 1;
         }
@@ -481,8 +492,12 @@ impl Bus for NatsBus {
     async fn redrive(&self, id: u64) -> anyhow::Result<Redrive> {
         self.inner.ready().await?;
         let stream = self.inner.js.get_stream(self.inner.dead_stream()).await?;
-        let Ok(raw) = stream.get_raw_message(id).await else {
-            return Ok(Redrive::NotFound);
+        let raw = match stream.get_raw_message(id).await {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
+                return Ok(Redrive::NotFound);
+            }
+            Err(e) => return Err(e.into()),
         };
         let letter = dead_letter(&raw);
         let Some(event) = &letter.event else {
@@ -490,13 +505,31 @@ impl Bus for NatsBus {
         };
         match self.deliver_to(&letter.consumer, event).await {
             Ok(()) => {
-                // Queued for the consumer; a failure to delete leaves a copy
-                // that its inbox skips if re-driven again.
-                stream.delete_message(id).await?;
+                // Queued for the consumer. A failure to delete leaves a copy
+                // (that its inbox skips if re-driven again): say so.
+                if let Err(e) = stream.delete_message(id).await {
+                    return Ok(Redrive::Failed(format!(
+                        "delivered again, but not removed from the list: {e}"
+                    )));
+                }
                 Ok(Redrive::Redriven)
             }
             Err(e) => Ok(Redrive::Failed(e.to_string())),
         }
+    }
+}
+
+/// Whether the stream has the consumer `name`; an error other than "not
+/// found" (the server not answering) is a failed delivery.
+async fn consumer_exists(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+) -> Result<bool, DeliverError> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    match stream.consumer_info(name).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(false),
+        Err(e) => Err(DeliverError::Failed(e.to_string())),
     }
 }
 
@@ -849,6 +882,11 @@ mod tests {
             bus.deliver_to("nobody", &refunded).await,
             Err(DeliverError::UnknownConsumer(_))
         ));
+        assert!(matches!(
+            bus.deliver_to("redrive-test", &event("orders.order_placed", "x"))
+                .await,
+            Err(DeliverError::KindNotSubscribed { .. })
+        ));
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             other.seen(),
@@ -856,5 +894,136 @@ mod tests {
             "the other consumer got the publication only"
         );
         remove(bus).await
+    }
+
+    /// A NATS server of the test's own (the binary `AGORA_TEST_NATS_SERVER`
+    /// names), on `port`, storing in `dir`: killed when dropped.
+    struct PrivateServer(std::process::Child);
+
+    impl PrivateServer {
+        async fn start(port: u16, dir: &std::path::Path) -> anyhow::Result<PrivateServer> {
+            let binary = std::env::var("AGORA_TEST_NATS_SERVER")
+                .expect("AGORA_TEST_NATS_SERVER names the nats-server binary");
+            let child = std::process::Command::new(binary)
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(dir)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?;
+            let server = PrivateServer(child);
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+                {
+                    return Ok(server);
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            anyhow::bail!("the private NATS server did not start on port {port}")
+        }
+    }
+
+    impl Drop for PrivateServer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// NATS down and back: while it is down the relay's publications fail and
+    /// the events wait in the outbox; once it is back the relay publishes them
+    /// and the subscriber, set up again by itself, handles every one: nothing
+    /// is lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs the nats-server binary: set AGORA_TEST_NATS_SERVER and pass --ignored"]
+    async fn events_wait_in_the_outbox_while_nats_is_down() -> anyhow::Result<()> {
+        use agora_kernel::ManualClock;
+
+        use crate::bus::{Outbox, Relay};
+        use crate::testing::TestDatabase;
+
+        let store = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let server = PrivateServer::start(port, store.path()).await?;
+        let bus = Arc::new(
+            NatsBus::connect(NatsSettings {
+                url: format!("nats://127.0.0.1:{port}"),
+                stream: "DOWN_TEST".into(),
+                subject_prefix: "down".into(),
+                max_attempts: 3,
+                retry_pause: Duration::from_millis(20),
+                ack_wait: Duration::from_secs(5),
+            })
+            .await?,
+        );
+        let handler = Counting::new(0);
+        let kind = "orders.order_placed";
+        bus.subscribe("down-test", &[kind], handler.clone());
+
+        let test = TestDatabase::new().await?;
+        test.db.migrate(&crate::bus::MIGRATIONS).await?;
+        crate::bus::create_test_outbox(&test.db, "down_outbox").await?;
+        let outbox = Arc::new(Outbox::new("down_outbox"));
+        let clock = Arc::new(ManualClock::new(Timestamp::from_millis(1)));
+        let relay = Relay::new(test.db.clone(), outbox.clone(), bus.clone(), clock);
+        let append = async |aggregate: &str| -> anyhow::Result<()> {
+            let mut tx = test.db.begin().await?;
+            outbox.append(&mut tx, &event(kind, aggregate)).await?;
+            tx.commit().await?;
+            Ok(())
+        };
+
+        append("before").await?;
+        assert_eq!(relay.deliver().await?, 1);
+        eventually("the first event", || handler.seen() == ["before"]).await;
+
+        drop(server);
+        for n in 0..3 {
+            append(&format!("during-{n}")).await?;
+        }
+        assert!(
+            relay.deliver().await.is_err(),
+            "publishing fails while NATS is down"
+        );
+        let waiting: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM down_outbox WHERE published_at IS NULL")
+                .fetch_one(test.db.reader())
+                .await?;
+        assert_eq!(waiting, 3, "the events wait in the outbox");
+
+        let _server = PrivateServer::start(port, store.path()).await?;
+        let mut published = 0;
+        for _ in 0..60 {
+            if let Ok(n) = relay.deliver().await {
+                published += n;
+            }
+            if published == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(published, 3, "published once NATS is back");
+        // At least once: the server, killed, may not have stored the ack of
+        // the first event and deliver it again (the inboxes skip it).
+        let distinct = || {
+            let mut seen = handler.seen();
+            seen.dedup();
+            seen
+        };
+        for _ in 0..120 {
+            if distinct().len() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(
+            distinct(),
+            ["before", "during-0", "during-1", "during-2"],
+            "every event handled"
+        );
+        Ok(())
     }
 }
