@@ -688,6 +688,18 @@ pub(crate) async fn create_test_outbox(db: &Database, table: &str) -> anyhow::Re
     Ok(())
 }
 
+/// An event of `kind` about `aggregate` with an empty payload (for tests).
+#[cfg(test)]
+pub(crate) fn test_event(kind: &str, aggregate: &str) -> Event {
+    Event::new(
+        kind,
+        aggregate,
+        &serde_json::json!({}),
+        Timestamp::from_millis(1),
+    )
+    .expect("a JSON payload")
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -696,6 +708,7 @@ mod tests {
     use agora_kernel::ManualClock;
 
     use super::*;
+    use crate::bus::test_event as event;
     use crate::testing::TestDatabase;
 
     /// Fails (or panics) while told to; records what it handled.
@@ -737,16 +750,6 @@ mod tests {
                 .push(event.aggregate_id.clone());
             Ok(())
         }
-    }
-
-    fn event(kind: &str, aggregate: &str) -> Event {
-        Event::new(
-            kind,
-            aggregate,
-            &serde_json::json!({}),
-            Timestamp::from_millis(1),
-        )
-        .expect("a JSON payload")
     }
 
     async fn bus_with_dead_letters(

@@ -601,6 +601,7 @@ mod tests {
     use agora_kernel::Timestamp;
 
     use super::*;
+    use crate::bus::test_event as event;
 
     /// A bus on the server named by `AGORA_TEST_NATS_URL`, in streams of its
     /// own, with short pauses.
@@ -679,16 +680,6 @@ mod tests {
         js.delete_stream(&stream).await?;
         js.delete_stream(&dead).await?;
         Ok(())
-    }
-
-    fn event(kind: &str, aggregate: &str) -> Event {
-        Event::new(
-            kind,
-            aggregate,
-            &serde_json::json!({}),
-            Timestamp::from_millis(1),
-        )
-        .expect("a JSON payload")
     }
 
     /// The dead letters, once there are at least `count` (or after 4 s).
