@@ -4,7 +4,8 @@
 //!
 //! Usage: `bus_bench in-process COUNT IN_FLIGHT` or
 //! `bus_bench nats://127.0.0.1:4222 COUNT IN_FLIGHT` (a stream of its own,
-//! deleted afterwards).
+//! deleted afterwards). `IN_FLIGHT` = `relay` publishes as an outbox relay
+//! does: batches of 100 with `publish_batch`, one batch after another.
 //!
 //! Prints the publication rate (all publications acknowledged) and the end to
 //! end rate (all events handled). Bounded: COUNT events, loopback only.
@@ -37,7 +38,8 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("usage: bus_bench in-process|nats://HOST:PORT COUNT IN_FLIGHT");
     };
     let count: u64 = count.parse()?;
-    let in_flight: usize = in_flight.parse()?;
+    let relay = in_flight == "relay";
+    let in_flight: usize = if relay { 1 } else { in_flight.parse()? };
     anyhow::ensure!(
         (1..=10_000_000).contains(&count) && (1..=4096).contains(&in_flight),
         "COUNT must be 1..=10000000 and IN_FLIGHT 1..=4096"
@@ -65,20 +67,37 @@ async fn main() -> anyhow::Result<()> {
 
     let payload = serde_json::json!({ "order_id": "ord_0000", "total": { "amount": 1999, "currency": "USD" } });
     let started = Instant::now();
-    let published = futures_util::stream::iter(0..count)
-        .map(|n| {
-            let bus = Arc::clone(&bus);
-            let payload = payload.clone();
-            async move {
-                let event = Event::new("bench.event", n, &payload, Timestamp::from_millis(0))?;
-                bus.publish(&event).await.map_err(anyhow::Error::from)
+    let published = if relay {
+        let mut published = 0_u64;
+        let mut n = 0_u64;
+        while n < count {
+            let batch = (n..count.min(n + 100))
+                .map(|i| Event::new("bench.event", i, &payload, Timestamp::from_millis(0)))
+                .collect::<Result<Vec<_>, _>>()?;
+            n += batch.len() as u64;
+            let (sent, failed) = bus.publish_batch(&batch).await;
+            if let Some(e) = failed {
+                anyhow::bail!("{e}");
             }
-        })
-        .buffer_unordered(in_flight)
-        .fold(Ok(0_u64), |acc: anyhow::Result<u64>, r| async move {
-            Ok(acc? + u64::from(r.is_ok()))
-        })
-        .await?;
+            published += sent as u64;
+        }
+        published
+    } else {
+        futures_util::stream::iter(0..count)
+            .map(|n| {
+                let bus = Arc::clone(&bus);
+                let payload = payload.clone();
+                async move {
+                    let event = Event::new("bench.event", n, &payload, Timestamp::from_millis(0))?;
+                    bus.publish(&event).await.map_err(anyhow::Error::from)
+                }
+            })
+            .buffer_unordered(in_flight)
+            .fold(Ok(0_u64), |acc: anyhow::Result<u64>, r| async move {
+                Ok(acc? + u64::from(r.is_ok()))
+            })
+            .await?
+    };
     let publish_secs = started.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(60);
     while handled.0.load(Ordering::Relaxed) < published && Instant::now() < deadline {
@@ -87,12 +106,17 @@ async fn main() -> anyhow::Result<()> {
     let total_secs = started.elapsed().as_secs_f64();
     let handled = handled.0.load(Ordering::Relaxed);
     println!(
-        "bus={} events={count} in_flight={in_flight} published={published} handled={handled} \
+        "bus={} events={count} in_flight={} published={published} handled={handled} \
          publish_per_s={:.0} end_to_end_per_s={:.0}",
         if target == "in-process" {
             "in-process"
         } else {
             "nats"
+        },
+        if relay {
+            "relay".to_string()
+        } else {
+            in_flight.to_string()
         },
         published as f64 / publish_secs,
         handled as f64 / total_secs,

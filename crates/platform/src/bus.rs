@@ -155,6 +155,19 @@ pub trait Bus: Send + Sync {
     /// Delivers `event`. `Ok` means the bus took responsibility for it.
     async fn publish(&self, event: &Event) -> Result<(), PublishError>;
 
+    /// Delivers `events` in order: how many of them, from the first, the bus
+    /// took responsibility for, and why the next one failed. A bus may have
+    /// taken some after the failure too (NATS pipelines the batch); publishing
+    /// them again is harmless (the message id, the inboxes).
+    async fn publish_batch(&self, events: &[Event]) -> (usize, Option<PublishError>) {
+        for (n, event) in events.iter().enumerate() {
+            if let Err(e) = self.publish(event).await {
+                return (n, Some(e));
+            }
+        }
+        (events.len(), None)
+    }
+
     /// Has `handler`, known as `consumer`, receive every event whose kind is in
     /// `kinds`. Every process that subscribes under the same name shares the
     /// events: each is handled by one of them.
@@ -191,26 +204,29 @@ pub trait Bus: Send + Sync {
 /// failed (and for NATS, within the ack wait).
 const HANDLER_LIMIT: Duration = Duration::from_secs(30);
 
-/// Runs `handler` on `event` in a task of its own, so that a panic is a failed
-/// delivery rather than the end of the caller (a relay, a subscriber), and
-/// gives up on it after `limit`.
+/// Runs `handler` on `event` so that a panic is a failed delivery rather than
+/// the end of the caller (a relay, a subscriber), and gives up on it (drops
+/// it) after `limit`. On the caller's task: a task of its own would cost a
+/// thread hop per event.
 pub(crate) async fn run_handler(
     handler: &Arc<dyn Handler>,
     event: &Event,
     limit: Duration,
 ) -> Result<(), String> {
-    let handler = Arc::clone(handler);
-    let event = event.clone();
-    let task = tokio::spawn(async move { handler.handle(&event).await });
-    let abort = task.abort_handle();
-    match tokio::time::timeout(limit, task).await {
+    use futures_util::FutureExt as _;
+    let call = std::panic::AssertUnwindSafe(handler.handle(event)).catch_unwind();
+    match tokio::time::timeout(limit, call).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(format!("{e:#}")),
-        Ok(Err(e)) => Err(format!("the handler panicked: {e}")),
-        Err(_) => {
-            abort.abort();
-            Err(format!("the handler took longer than {limit:?}"))
+        Ok(Err(panic)) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            Err(format!("the handler panicked: {message}"))
         }
+        Err(_) => Err(format!("the handler took longer than {limit:?}")),
     }
 }
 
@@ -568,27 +584,27 @@ impl Relay {
             .bind(RELAY_BATCH)
             .fetch_all(self.db.reader())
             .await?;
-        let mut published: Vec<Event> = Vec::with_capacity(rows.len());
-        let mut failure = None;
+        let mut events: Vec<Event> = Vec::with_capacity(rows.len());
+        let mut unreadable = None;
         for row in &rows {
-            let id: String = row.try_get(0)?;
-            let event = match event_from_row(row) {
-                Ok(event) => event,
+            match event_from_row(row) {
+                Ok(event) => events.push(event),
                 Err(e) => {
                     // Counted against the row like a failed publication (and
-                    // after the ones already published are marked).
-                    failure = Some((id, format!("unreadable outbox row: {e:#}")));
-                    break;
-                }
-            };
-            match self.bus.publish(&event).await {
-                Ok(()) => published.push(event),
-                Err(e) => {
-                    failure = Some((id, e.to_string()));
+                    // after the ones before it are published and marked).
+                    let id: String = row.try_get(0)?;
+                    unreadable = Some((id, format!("unreadable outbox row: {e:#}")));
                     break;
                 }
             }
         }
+        let (sent, failed) = self.bus.publish_batch(&events).await;
+        let failure = match failed {
+            Some(e) => Some((e.id.to_db(), e.to_string())),
+            None => unreadable,
+        };
+        events.truncate(sent);
+        let published = events;
         let now = self.clock.now();
         if !published.is_empty() {
             // Marked published and logged together: the log holds each
