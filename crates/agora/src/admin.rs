@@ -232,6 +232,14 @@ async fn replay(
             },
         ))
     })?;
+    match bus.has_consumer(&consumer).await {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(ApiError::from_code(ErrorCode::EventsUnknownConsumer)
+                .with_details(serde_json::json!({ "consumer": consumer })));
+        }
+        Err(e) => return Err(bus_down(anyhow::Error::from(e))),
+    }
     let events = log
         .page(&filter, None, limit)
         .await

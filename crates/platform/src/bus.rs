@@ -187,6 +187,10 @@ pub trait Bus: Send + Sync {
     /// is queued for the consumer.
     async fn deliver_to(&self, consumer: &str, event: &Event) -> Result<(), DeliverError>;
 
+    /// Whether a consumer of this name subscribed with [`Bus::subscribe`]
+    /// (in this process for the in-process bus; on the server for NATS).
+    async fn has_consumer(&self, consumer: &str) -> Result<bool, DeliverError>;
+
     /// Up to `limit` messages consumers gave up on, oldest first, after the
     /// dead letter `after`.
     async fn dead_letters(
@@ -392,6 +396,15 @@ impl Bus for InProcessBus {
         // Published to all: who gave up on it need not be remembered.
         self.attempts().parked.retain(|(_, id)| *id != event.id);
         Ok(())
+    }
+
+    async fn has_consumer(&self, consumer: &str) -> Result<bool, DeliverError> {
+        Ok(self
+            .subscriptions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|s| s.consumer == consumer))
     }
 
     async fn deliver_to(&self, consumer: &str, event: &Event) -> Result<(), DeliverError> {
@@ -888,6 +901,8 @@ mod tests {
             bus.deliver_to("one", &event("c.d", "x")).await,
             Err(DeliverError::KindNotSubscribed { .. })
         ));
+        assert!(bus.has_consumer("one").await?);
+        assert!(!bus.has_consumer("three").await?);
         // Without a dead-letter store the list is empty.
         assert!(bus.dead_letters(None, 10).await?.is_empty());
         Ok(())

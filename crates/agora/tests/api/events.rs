@@ -254,6 +254,14 @@ async fn replays_reach_the_named_consumer_and_repeat_nothing() {
         (unknown.status, unknown.code()),
         (StatusCode::NOT_FOUND, "EVENTS_UNKNOWN_CONSUMER")
     );
+    // Also when no event matches.
+    let unknown_and_empty = replay(
+        &app,
+        json!({ "consumer": "nobody", "kind": "no.such_kind" }),
+        As::Token(&ops),
+    )
+    .await;
+    assert_eq!(unknown_and_empty.code(), "EVENTS_UNKNOWN_CONSUMER");
     let staff = replay(
         &app,
         json!({ "consumer": "orders.payment_events" }),

@@ -459,6 +459,24 @@ impl Bus for NatsBus {
         self.start(consumer, kinds, &handler, false);
     }
 
+    async fn has_consumer(&self, consumer: &str) -> Result<bool, DeliverError> {
+        self.inner
+            .ready()
+            .await
+            .map_err(|e| DeliverError::Failed(e.to_string()))?;
+        let stream = self
+            .inner
+            .js
+            .get_stream(&self.inner.settings.stream)
+            .await
+            .map_err(|e| DeliverError::Failed(e.to_string()))?;
+        consumer_exists(
+            &stream,
+            &durable_name(consumer, &Inner::direct_kind(consumer)),
+        )
+        .await
+    }
+
     async fn deliver_to(&self, consumer: &str, event: &Event) -> Result<(), DeliverError> {
         let failed = |e: &dyn std::fmt::Display| DeliverError::Failed(e.to_string());
         self.inner.ready().await.map_err(|e| failed(&e))?;
@@ -931,6 +949,8 @@ mod tests {
             bus.deliver_to("nobody", &refunded).await,
             Err(DeliverError::UnknownConsumer(_))
         ));
+        assert!(bus.has_consumer("redrive-test").await?);
+        assert!(!bus.has_consumer("nobody").await?);
         assert!(matches!(
             bus.deliver_to("redrive-test", &event("orders.order_placed", "x"))
                 .await,
