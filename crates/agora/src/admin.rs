@@ -94,26 +94,18 @@ async fn events(
 ) -> Result<ApiResponse<Vec<LoggedEvent>>, ApiError> {
     let after: Option<i64> = query.cursor.as_deref().map(Cursor::decode).transpose()?;
     let mut p = Problems::default();
-    let kind = p.check("kind", bounded(query.kind));
-    let aggregate_id = p.check("aggregate_id", bounded(query.aggregate_id));
-    if let (Some(from), Some(to)) = (query.from, query.to)
-        && from >= to
-    {
-        p.add("to", "must be later than `from`");
-    }
-    if query.from_offset.is_some_and(|o| o < 0) {
-        p.add("from_offset", "must not be negative");
-    }
-    let filter = p.finish(|| {
-        Some(LogFilter {
-            kind: kind?,
-            aggregate_id: aggregate_id?,
+    let filter = checked(
+        &mut p,
+        LogFilter {
+            kind: query.kind,
+            aggregate_id: query.aggregate_id,
             from: query.from,
             to: query.to,
             from_offset: query.from_offset,
             to_offset: None,
-        })
-    })?;
+        },
+    );
+    let filter = p.finish(|| filter)?;
     let limit = query.limit.unwrap_or_default().get();
     let page = log
         .page(&filter, after, limit)
@@ -194,44 +186,23 @@ async fn replay(
     AppJson(body): AppJson<ReplayRequest>,
 ) -> Result<ApiResponse<ReplayReport>, ApiError> {
     let mut p = Problems::default();
-    let consumer = p.check("consumer", bounded(Some(body.consumer)));
-    let kind = p.check("kind", bounded(body.kind));
-    let aggregate_id = p.check("aggregate_id", bounded(body.aggregate_id));
-    if let (Some(from), Some(to)) = (body.from, body.to)
-        && from >= to
-    {
-        p.add("to", "must be later than `from`");
-    }
-    for (field, offset) in [
-        ("from_offset", body.from_offset),
-        ("to_offset", body.to_offset),
-    ] {
-        if offset.is_some_and(|o| o < 0) {
-            p.add(field, "must not be negative");
-        }
-    }
-    if let (Some(from), Some(to)) = (body.from_offset, body.to_offset)
-        && from > to
-    {
-        p.add("to_offset", "must not be below `from_offset`");
-    }
+    let consumer = p.check("consumer", bounded(Some(body.consumer))).flatten();
+    let filter = checked(
+        &mut p,
+        LogFilter {
+            kind: body.kind,
+            aggregate_id: body.aggregate_id,
+            from: body.from,
+            to: body.to,
+            from_offset: body.from_offset,
+            to_offset: body.to_offset,
+        },
+    );
     let limit = body.limit.unwrap_or(100);
     if !(1..=MAX_REPLAY).contains(&limit) {
         p.add("limit", format!("must be between 1 and {MAX_REPLAY}"));
     }
-    let (consumer, filter) = p.finish(|| {
-        Some((
-            consumer??,
-            LogFilter {
-                kind: kind?,
-                aggregate_id: aggregate_id?,
-                from: body.from,
-                to: body.to,
-                from_offset: body.from_offset,
-                to_offset: body.to_offset,
-            },
-        ))
-    })?;
+    let (consumer, filter) = p.finish(|| Some((consumer?, filter?)))?;
     match bus.has_consumer(&consumer).await {
         Ok(true) => {}
         Ok(false) => {
@@ -392,6 +363,36 @@ async fn redrive(
 fn bus_down(e: anyhow::Error) -> ApiError {
     tracing::warn!(error = %format!("{e:#}"), "the bus's dead letters could not be read");
     ApiError::from_code(ErrorCode::ServiceNotReady)
+}
+
+/// `filter` as the client sent it, checked: every problem goes to `p`; the
+/// filter when its values are acceptable.
+fn checked(p: &mut Problems, filter: LogFilter) -> Option<LogFilter> {
+    let kind = p.check("kind", bounded(filter.kind));
+    let aggregate_id = p.check("aggregate_id", bounded(filter.aggregate_id));
+    if let (Some(from), Some(to)) = (filter.from, filter.to)
+        && from >= to
+    {
+        p.add("to", "must be later than `from`");
+    }
+    for (field, offset) in [
+        ("from_offset", filter.from_offset),
+        ("to_offset", filter.to_offset),
+    ] {
+        if offset.is_some_and(|o| o < 0) {
+            p.add(field, "must not be negative");
+        }
+    }
+    if let (Some(from), Some(to)) = (filter.from_offset, filter.to_offset)
+        && from > to
+    {
+        p.add("to_offset", "must not be below `from_offset`");
+    }
+    Some(LogFilter {
+        kind: kind?,
+        aggregate_id: aggregate_id?,
+        ..filter
+    })
 }
 
 /// A filter value: absent, or 1 to 200 characters.

@@ -301,18 +301,11 @@ async fn poison_events_end_in_the_dead_letters_over_http() {
         agora_kernel::Timestamp::from_millis(1),
     )
     .expect("an event");
-    sqlx::query(
-        "INSERT INTO payments_outbox (id, kind, aggregate_id, payload, occurred_at) \
-         VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(poison.id.to_db())
-    .bind(poison.kind.clone())
-    .bind(poison.aggregate_id.clone())
-    .bind(poison.payload.to_string())
-    .bind(1_i64)
-    .execute(app.db.db.writer())
-    .await
-    .expect("a poison row");
+    // Written as the payments module writes its events: in its outbox.
+    let outbox = agora_platform::bus::Outbox::new(agora_payments::OUTBOX_TABLE);
+    let mut tx = app.db.db.begin().await.expect("a transaction");
+    outbox.append(&mut tx, &poison).await.expect("a poison row");
+    tx.commit().await.expect("committed");
     let mut letters = Value::Null;
     for _ in 0..600 {
         let page = app.get_as("/api/v1/admin/dead-letters", As::Staff).await;

@@ -460,38 +460,19 @@ impl Bus for NatsBus {
     }
 
     async fn has_consumer(&self, consumer: &str) -> Result<bool, DeliverError> {
-        self.inner
-            .ready()
-            .await
-            .map_err(|e| DeliverError::Failed(e.to_string()))?;
-        let stream = self
-            .inner
-            .js
-            .get_stream(&self.inner.settings.stream)
-            .await
-            .map_err(|e| DeliverError::Failed(e.to_string()))?;
-        consumer_exists(
-            &stream,
-            &durable_name(consumer, &Inner::direct_kind(consumer)),
-        )
-        .await
+        // Some process subscribed it: its consumer for direct messages exists.
+        let direct = durable_name(consumer, &Inner::direct_kind(consumer));
+        consumer_exists(&self.events_stream().await?, &direct).await
     }
 
     async fn deliver_to(&self, consumer: &str, event: &Event) -> Result<(), DeliverError> {
         let failed = |e: &dyn std::fmt::Display| DeliverError::Failed(e.to_string());
-        self.inner.ready().await.map_err(|e| failed(&e))?;
-        let kind = Inner::direct_kind(consumer);
-        let stream = self
-            .inner
-            .js
-            .get_stream(&self.inner.settings.stream)
-            .await
-            .map_err(|e| failed(&e))?;
-        // Some process subscribed it: its consumer for direct messages exists,
-        // and one for the event's kind if it takes that kind.
-        if !consumer_exists(&stream, &durable_name(consumer, &kind)).await? {
+        if !self.has_consumer(consumer).await? {
             return Err(DeliverError::UnknownConsumer(consumer.to_string()));
         }
+        let kind = Inner::direct_kind(consumer);
+        // It takes the event's kind if it has a consumer for it.
+        let stream = self.events_stream().await?;
         if !consumer_exists(&stream, &durable_name(consumer, &event.kind)).await? {
             return Err(DeliverError::KindNotSubscribed {
                 consumer: consumer.to_string(),
@@ -538,7 +519,11 @@ impl Bus for NatsBus {
 
     async fn redrive(&self, id: u64) -> anyhow::Result<Redrive> {
         self.inner.ready().await?;
-        let stream = self.inner.js.get_stream(self.inner.dead_stream()).await?;
+        let stream = self
+            .inner
+            .js
+            .get_stream_no_info(self.inner.dead_stream())
+            .await?;
         let raw = match stream.get_raw_message(id).await {
             Ok(raw) => raw,
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {
@@ -577,7 +562,7 @@ fn publish_failed(event: &Event, reason: String) -> PublishError {
 /// Whether the stream has the consumer `name`; an error other than "not
 /// found" (the server not answering) is a failed delivery.
 async fn consumer_exists(
-    stream: &jetstream::stream::Stream,
+    stream: &jetstream::stream::Stream<()>,
     name: &str,
 ) -> Result<bool, DeliverError> {
     use async_nats::jetstream::context::ConsumerInfoErrorKind;
@@ -585,6 +570,19 @@ async fn consumer_exists(
         Ok(_) => Ok(true),
         Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => Ok(false),
         Err(e) => Err(DeliverError::Failed(e.to_string())),
+    }
+}
+
+impl NatsBus {
+    /// The stream of events, without asking the server about it.
+    async fn events_stream(&self) -> Result<jetstream::stream::Stream<()>, DeliverError> {
+        let failed = |e: &dyn std::fmt::Display| DeliverError::Failed(e.to_string());
+        self.inner.ready().await.map_err(|e| failed(&e))?;
+        self.inner
+            .js
+            .get_stream_no_info(&self.inner.settings.stream)
+            .await
+            .map_err(|e| failed(&e))
     }
 }
 
