@@ -120,5 +120,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     v1.merge(agora_orders::http::OrdersApi::openapi());
     v1.merge(agora_payments::http::PaymentsApi::openapi());
     v1.merge(crate::admin::AdminApi::openapi());
-    RootApi::openapi().nest("/api/v1", v1)
+    let mut doc = RootApi::openapi().nest("/api/v1", v1);
+    doc.merge(agora_catalog::http::MediaApi::openapi());
+    doc
 }

@@ -31,6 +31,7 @@ use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache};
 use agora_platform::config::{BusBackend, CacheBackend};
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
+use agora_platform::storage::ObjectStorage;
 use agora_platform::{Config, Database, Shutdown};
 use anyhow::Context;
 use axum::Router;
@@ -74,7 +75,8 @@ impl Application {
         let authenticator = Authenticator::new(&config.auth);
         let identity = identity(&config, &db, authenticator.clone()).await?;
         let cache = read_cache(&config)?;
-        let catalog = catalog(&config, &db, cache.clone());
+        let storage = ObjectStorage::from_config(&config)?;
+        let catalog = catalog(&config, &db, cache.clone(), storage.clone());
         if config.seed.demo {
             agora_catalog::seed::seed_demo(&catalog)
                 .await
@@ -86,6 +88,9 @@ impl Application {
         let orders = orders(&db, &catalog, &carts, &inventory, &payments);
         let (bus, relays) =
             messaging(&config, &db, &catalog, &inventory, &payments, &orders).await?;
+        if config.functions.in_process {
+            functions(&*bus, &db, &catalog, &storage);
+        }
         let modules = Modules {
             carts: carts.clone(),
             identity,
@@ -220,8 +225,14 @@ pub fn read_cache(config: &Config) -> anyhow::Result<Option<Arc<dyn Cache>>> {
 
 /// The catalog over `db`, on the system clock, its public reads cached in
 /// `cache` for `cache.ttl_secs`.
-pub fn catalog(config: &Config, db: &Database, cache: Option<Arc<dyn Cache>>) -> Catalog {
-    let catalog = Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock));
+pub fn catalog(
+    config: &Config,
+    db: &Database,
+    cache: Option<Arc<dyn Cache>>,
+    storage: ObjectStorage,
+) -> Catalog {
+    let catalog = Catalog::new(CatalogStore::new(db.clone()), Arc::new(SystemClock))
+        .with_storage(storage, config.storage.max_image_bytes);
     match cache {
         Some(cache) => catalog.with_cache(
             Arc::new(CacheAside::new(cache)),
@@ -298,25 +309,7 @@ async fn messaging(
     orders: &Orders,
 ) -> anyhow::Result<(Arc<dyn Bus>, Vec<Relay>)> {
     use agora_contracts::events::{EventPayload, PaymentRefunded};
-    let bus: Arc<dyn Bus> = match config.bus.backend {
-        BusBackend::InProcess => Arc::new(InProcessBus::with_dead_letters(
-            db.clone(),
-            config.bus.max_attempts,
-            Arc::new(SystemClock),
-        )),
-        BusBackend::Nats => Arc::new(
-            NatsBus::connect(NatsSettings {
-                url: config.bus.nats_url.clone(),
-                stream: config.bus.nats_stream.clone(),
-                subject_prefix: config.bus.nats_subject_prefix.clone(),
-                max_attempts: config.bus.max_attempts,
-                retry_pause: Duration::from_millis(config.bus.retry_pause_ms),
-                ack_wait: Duration::from_secs(30),
-            })
-            .await
-            .with_context(|| format!("Failed to set up the NATS bus at {}", config.bus.nats_url))?,
-        ),
-    };
+    let bus = bus(config, db).await?;
     bus.subscribe(
         agora_orders::service::PAYMENT_EVENTS_CONSUMER,
         &[PaymentRefunded::KIND],
@@ -344,6 +337,69 @@ async fn messaging(
     Ok((bus, relays))
 }
 
+/// Subscribes the functions (thumbnails) to `bus`, calling `catalog` in this
+/// process.
+pub fn functions(bus: &dyn Bus, db: &Database, catalog: &Catalog, storage: &ObjectStorage) {
+    bus.subscribe(
+        agora_functions::thumbnails::CONSUMER,
+        &agora_functions::thumbnails::KINDS,
+        Arc::new(agora_functions::Thumbnails::new(
+            storage.clone(),
+            Arc::new(catalog.clone()),
+            db.clone(),
+            Arc::new(SystemClock),
+        )),
+    );
+}
+
+/// The bus `config.bus` asks for.
+async fn bus(config: &Config, db: &Database) -> anyhow::Result<Arc<dyn Bus>> {
+    Ok(match config.bus.backend {
+        BusBackend::InProcess => Arc::new(InProcessBus::with_dead_letters(
+            db.clone(),
+            config.bus.max_attempts,
+            Arc::new(SystemClock),
+        )),
+        BusBackend::Nats => Arc::new(
+            NatsBus::connect(NatsSettings {
+                url: config.bus.nats_url.clone(),
+                stream: config.bus.nats_stream.clone(),
+                subject_prefix: config.bus.nats_subject_prefix.clone(),
+                max_attempts: config.bus.max_attempts,
+                retry_pause: Duration::from_millis(config.bus.retry_pause_ms),
+                ack_wait: Duration::from_secs(30),
+            })
+            .await
+            .with_context(|| format!("Failed to set up the NATS bus at {}", config.bus.nats_url))?,
+        ),
+    })
+}
+
+/// `agora functions`: runs the functions as a worker on the shared bus until
+/// a shutdown signal. Their durable consumers keep events while no worker
+/// runs, so workers may be scaled to none.
+pub async fn run_functions(config: &Config) -> anyhow::Result<()> {
+    if config.bus.backend == BusBackend::InProcess {
+        anyhow::bail!(
+            "`agora functions` needs a shared bus: set `bus.backend = \"nats\"` \
+             (with the in-process bus, `agora serve` runs the functions itself)"
+        );
+    }
+    let db = Database::connect(config).await?;
+    migrate(&db).await?;
+    let storage = ObjectStorage::from_config(config)?;
+    let catalog = catalog(config, &db, read_cache(config)?, storage.clone());
+    let bus = bus(config, &db).await?;
+    functions(&*bus, &db, &catalog, &storage);
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_os_signals();
+    tracing::info!(bus = ?config.bus.backend, "agora functions: running thumbnails");
+    shutdown.wait().await;
+    db.close().await;
+    tracing::info!("agora functions stopped");
+    Ok(())
+}
+
 /// Every module's migrations, in dependency order.
 async fn migrate(db: &Database) -> anyhow::Result<()> {
     db.migrate(&agora_platform::bus::MIGRATIONS).await?;
@@ -352,7 +408,8 @@ async fn migrate(db: &Database) -> anyhow::Result<()> {
     db.migrate(&agora_inventory::MIGRATIONS).await?;
     db.migrate(&agora_cart::MIGRATIONS).await?;
     db.migrate(&agora_payments::MIGRATIONS).await?;
-    db.migrate(&agora_orders::MIGRATIONS).await
+    db.migrate(&agora_orders::MIGRATIONS).await?;
+    db.migrate(&agora_functions::MIGRATIONS).await
 }
 
 /// The modules this process runs.
@@ -385,7 +442,7 @@ fn router(
     let api = Router::new()
         .merge(api::router())
         .merge(agora_identity::http::router(identity.clone()))
-        .merge(agora_catalog::http::router(catalog))
+        .merge(agora_catalog::http::router(catalog.clone()))
         .merge(agora_inventory::http::router(inventory))
         .merge(agora_cart::http::router(carts))
         .merge(agora_orders::http::router(orders))
@@ -395,6 +452,7 @@ fn router(
             bus,
         }));
     let root = health::routes(db.clone(), cache)
+        .merge(agora_catalog::http::media_router(catalog))
         .merge(agora_identity::http::well_known_router(identity))
         .merge(api::docs_router());
     let edge = Edge {
@@ -418,7 +476,9 @@ pub async fn migrate_only(config: &Config) -> anyhow::Result<()> {
 pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     migrate(&db).await?;
-    let report = agora_catalog::seed::seed_demo(&catalog(config, &db, read_cache(config)?)).await?;
+    let storage = ObjectStorage::from_config(config)?;
+    let report =
+        agora_catalog::seed::seed_demo(&catalog(config, &db, read_cache(config)?, storage)).await?;
     db.close().await;
     if report.products == 0 {
         println!("the catalog is not empty: nothing loaded");

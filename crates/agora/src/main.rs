@@ -44,6 +44,10 @@ enum Command {
     Seed(SeedArgs),
     /// Print the effective configuration (secrets masked).
     Config,
+    /// Run the event-triggered functions (thumbnails) as a worker on the
+    /// shared bus (`bus.backend = "nats"`); `agora serve` runs them itself
+    /// unless `functions.in_process = false`.
+    Functions,
     /// Administration: accounts and signing keys.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -172,6 +176,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         app.run_until_stopped().await
                     }
                     Command::Migrate => agora::app::migrate_only(&config).await,
+                    Command::Functions => agora::app::run_functions(&config).await,
                     Command::Seed(_) => agora::app::seed_demo(&config).await,
                     Command::Admin(AdminCommand::CreateUser(args)) => {
                         let password = read_password(args.password_stdin)?;

@@ -2,6 +2,9 @@
 
 use agora_kernel::{ApiError, ErrorCode};
 use agora_platform::db::database_failure;
+use agora_platform::storage::StorageError;
+
+use crate::images;
 
 /// Everything that can go wrong in the catalog.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,33 @@ pub enum CatalogError {
     /// The new parent would make a cycle.
     #[error("category cycle")]
     CategoryCycle,
+    /// The upload is not a multipart body with a `file` part.
+    #[error("no image in the upload: {0}")]
+    ImageMissing(String),
+    /// The image is over the byte or pixel limits.
+    #[error("image too large")]
+    ImageTooLarge {
+        /// The byte limit in effect.
+        max_bytes: usize,
+    },
+    /// The bytes are not a JPEG, PNG or WebP image.
+    #[error("unsupported image type")]
+    ImageUnsupported,
+    /// The bytes do not decode.
+    #[error("invalid image")]
+    ImageInvalid,
+    /// The product has as many images as it may.
+    #[error("too many images")]
+    ImageLimit,
+    /// No such image on this product.
+    #[error("image not found")]
+    ImageNotFound,
+    /// No such object to serve.
+    #[error("media not found")]
+    MediaNotFound,
+    /// The object storage failed.
+    #[error(transparent)]
+    Storage(#[from] agora_platform::storage::StorageError),
     /// The database failed.
     #[error("database error")]
     Database(#[from] sqlx::Error),
@@ -51,6 +81,37 @@ impl From<CatalogError> for ApiError {
             CatalogError::CategorySlugTaken => ErrorCode::CatalogCategorySlugTaken,
             CatalogError::CategoryInUse => ErrorCode::CatalogCategoryInUse,
             CatalogError::CategoryCycle => ErrorCode::CatalogCategoryCycle,
+            CatalogError::ImageMissing(why) => {
+                return ApiError::new(
+                    ErrorCode::CatalogImageMissing,
+                    format!("send the image as the multipart part `file`: {why}"),
+                );
+            }
+            CatalogError::ImageTooLarge { max_bytes } => {
+                return ApiError::from_code(ErrorCode::CatalogImageTooLarge).with_details(
+                    serde_json::json!({
+                        "max_bytes": max_bytes,
+                        "max_side": images::MAX_SIDE,
+                        "max_pixels": images::MAX_PIXELS,
+                    }),
+                );
+            }
+            CatalogError::ImageUnsupported => ErrorCode::CatalogImageUnsupported,
+            CatalogError::ImageInvalid => ErrorCode::CatalogImageInvalid,
+            CatalogError::ImageLimit => {
+                return ApiError::from_code(ErrorCode::CatalogImageLimit).with_details(
+                    serde_json::json!({ "max_images": images::MAX_IMAGES_PER_PRODUCT }),
+                );
+            }
+            CatalogError::ImageNotFound => ErrorCode::CatalogImageNotFound,
+            CatalogError::MediaNotFound | CatalogError::Storage(StorageError::NotFound(_)) => {
+                ErrorCode::MediaNotFound
+            }
+            CatalogError::Storage(StorageError::Unavailable(e)) => {
+                return ApiError::from_code(ErrorCode::ServiceNotReady)
+                    .with_details(serde_json::json!({ "checks": { "storage": "unavailable" } }))
+                    .with_cause(format!("catalog: {e:#}"));
+            }
         };
         ApiError::from_code(code)
     }

@@ -6,6 +6,9 @@
 //! | POST | /products | staff |
 //! | GET | /products/{id} | anyone (inactive: staff) |
 //! | PATCH, DELETE | /products/{id} | staff |
+//! | GET | /products/{id}/images, /products/{id}/images/{image_id} | anyone (inactive product: staff) |
+//! | POST | /products/{id}/images (multipart) | staff |
+//! | DELETE | /products/{id}/images/{image_id} | staff |
 //! | GET | /categories, /categories/{id} | anyone |
 //! | POST | /categories | staff |
 //! | PATCH, DELETE | /categories/{id} | staff |
@@ -13,18 +16,24 @@
 //! Public product reads are served through the catalog's read cache with an
 //! `ETag` (`304` on `If-None-Match`, `Cache-Control: public, no-cache`); staff
 //! views are `private, no-store`.
+//!
+//! [`media_router`] serves stored images and renditions at `/media/{key}`,
+//! outside the API: keys are content hashes, so an answer never changes and
+//! is cached for a year (`immutable`).
 
 use agora_kernel::Permission;
 use agora_kernel::access::require::CatalogWrite;
 use agora_kernel::pagination::Limit;
 use agora_kernel::validation::Problems;
 use agora_kernel::{
-    ApiError, ApiResponse, CategoryId, Currency, Cursor, ErrorCode, Money, ProductId,
+    ApiError, ApiResponse, CategoryId, Currency, Cursor, ErrorCode, ImageId, Money, ProductId,
 };
 use agora_platform::auth::{Authorized, Caller};
 use agora_platform::http::{AppJson, AppPath, AppQuery, cacheable};
 use axum::Router;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::multipart::{Multipart, MultipartError, MultipartRejection};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -34,11 +43,14 @@ use crate::domain::{
     self, Category, CategoryChanges, CategoryDraft, Product, ProductChanges, ProductDraft,
     parse_attributes, parse_description, parse_name, parse_price, parse_sku, parse_slug,
 };
+use crate::error::CatalogError;
+use crate::images::{self, ProductImage};
 use crate::service::Catalog;
 use crate::store::{ProductCursor, ProductFilter, ProductSort};
 
 /// The catalog's routes, relative to the API root.
 pub fn router(catalog: Catalog) -> Router {
+    let upload_limit = catalog.max_image_bytes().saturating_add(MULTIPART_OVERHEAD);
     Router::new()
         .route("/products", get(list_products).post(create_product))
         .route(
@@ -46,6 +58,17 @@ pub fn router(catalog: Catalog) -> Router {
             get(get_product)
                 .patch(update_product)
                 .delete(delete_product),
+        )
+        .route(
+            "/products/{id}/images",
+            get(list_images)
+                .post(upload_image)
+                // The image, its `alt` part and the multipart framing.
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            "/products/{id}/images/{image_id}",
+            get(get_image).delete(delete_image),
         )
         .route("/categories", get(list_categories).post(create_category))
         .route(
@@ -584,9 +607,259 @@ async fn delete_category(
 #[openapi(
     paths(
         list_products, create_product, get_product, update_product, delete_product,
-        list_categories, create_category, get_category, update_category, delete_category
+        list_categories, create_category, get_category, update_category, delete_category,
+        list_images, get_image, upload_image, delete_image
     ),
-    components(schemas(Product, Category, CreateProduct, UpdateProduct, CreateCategory, UpdateCategory, ProductSort)),
-    tags((name = "catalog", description = "Products and categories"))
+    components(schemas(Product, Category, CreateProduct, UpdateProduct, CreateCategory, UpdateCategory, ProductSort, ProductImage, images::RenditionView)),
+    tags((name = "catalog", description = "Products, categories and product images"))
 )]
 pub struct CatalogApi;
+
+/// The media route's part of the OpenAPI document (at the root).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(get_media))]
+pub struct MediaApi;
+
+/// What an upload may carry beside the image: the `alt` part and the framing.
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+/// The longest `alt` part, in bytes.
+const MAX_ALT_BYTES: usize = 4 * images::MAX_ALT_CHARS;
+
+/// The routes of `/media/{key}`, at the root (not under the API).
+pub fn media_router(catalog: Catalog) -> Router {
+    Router::new()
+        .route("/media/{*key}", get(get_media))
+        .with_state(catalog)
+}
+
+/// A product's images, oldest first.
+#[utoipa::path(
+    get, path = "/products/{id}/images", tag = "catalog",
+    params(("id" = ProductId, Path, description = "The product's id")),
+    responses(
+        (status = 200, description = "Its images, each with its `url` and, once made, its renditions.", body = inline(agora_kernel::envelope::Success<Vec<ProductImage>>)),
+        (status = 304, description = "Not modified: `If-None-Match` names the current `ETag` (public reads only)."),
+        (status = 404, description = "`CATALOG_PRODUCT_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn list_images(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    headers: HeaderMap,
+    AppPath(id): AppPath<ProductId>,
+) -> Result<Response, ApiError> {
+    if caller.can(Permission::CatalogWrite) {
+        return Ok(ApiResponse::ok(catalog.images(id, true).await?)
+            .with_header(header::CACHE_CONTROL, cacheable::PRIVATE)
+            .into_response());
+    }
+    Ok(cacheable::respond(
+        &headers,
+        &catalog.public_images(id).await?,
+    ))
+}
+
+/// One image of a product.
+#[utoipa::path(
+    get, path = "/products/{id}/images/{image_id}", tag = "catalog",
+    params(
+        ("id" = ProductId, Path, description = "The product's id"),
+        ("image_id" = ImageId, Path, description = "The image's id"),
+    ),
+    responses(
+        (status = 200, description = "The image.", body = inline(agora_kernel::envelope::Success<ProductImage>)),
+        (status = 404, description = "`CATALOG_PRODUCT_NOT_FOUND`, `CATALOG_IMAGE_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn get_image(
+    State(catalog): State<Catalog>,
+    caller: Caller,
+    AppPath((id, image_id)): AppPath<(ProductId, ImageId)>,
+) -> Result<ApiResponse<ProductImage>, ApiError> {
+    let staff = caller.can(Permission::CatalogWrite);
+    let image = catalog
+        .images(id, staff)
+        .await?
+        .into_iter()
+        .find(|i| i.id == image_id)
+        .ok_or(CatalogError::ImageNotFound)?;
+    Ok(ApiResponse::ok(image))
+}
+
+/// The body of an image upload (`multipart/form-data`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Documents the form; the handler reads the parts itself.
+struct ImageUpload {
+    /// The image: JPEG, PNG or WebP, read from its bytes; at most
+    /// `storage.max_image_bytes`, 8,000 px a side and 40 megapixels.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Alternative text, up to 300 characters.
+    alt: Option<String>,
+}
+
+/// Add an image to a product (staff).
+///
+/// The image is checked whole before anything is stored, then kept under the
+/// SHA-256 of its bytes; the thumbnails function adds 128 and 512 px
+/// renditions shortly after. Uploading bytes the product already shows
+/// answers 200 with that image.
+#[utoipa::path(
+    post, path = "/products/{id}/images", tag = "catalog",
+    params(("id" = ProductId, Path, description = "The product's id")),
+    request_body(content = inline(ImageUpload), content_type = "multipart/form-data"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Added; `Location` names it.", body = inline(agora_kernel::envelope::Success<ProductImage>)),
+        (status = 200, description = "The product already had these bytes: that image.", body = inline(agora_kernel::envelope::Success<ProductImage>)),
+        (status = 400, description = "`CATALOG_IMAGE_MISSING`", body = agora_kernel::envelope::Failure),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`CATALOG_PRODUCT_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+        (status = 409, description = "`CATALOG_IMAGE_LIMIT`", body = agora_kernel::envelope::Failure),
+        (status = 413, description = "`CATALOG_IMAGE_TOO_LARGE`", body = agora_kernel::envelope::Failure),
+        (status = 415, description = "`CATALOG_IMAGE_UNSUPPORTED`", body = agora_kernel::envelope::Failure),
+        (status = 422, description = "`CATALOG_IMAGE_INVALID`, `VALIDATION_FAILED` (`alt`)", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn upload_image(
+    State(catalog): State<Catalog>,
+    _staff: Authorized<CatalogWrite>,
+    AppPath(id): AppPath<ProductId>,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut multipart = multipart.map_err(|e| CatalogError::ImageMissing(e.body_text()))?;
+    let max = catalog.max_image_bytes();
+    let (mut file, mut alt) = (None, None);
+    while let Some(mut field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| part_error(e, max))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        let limit = match name.as_str() {
+            "file" if file.is_none() => max,
+            "alt" if alt.is_none() => MAX_ALT_BYTES,
+            _ => {
+                return Err(CatalogError::ImageMissing(format!(
+                    "unexpected part `{name}`: send one `file` and at most one `alt`"
+                ))
+                .into());
+            }
+        };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(|e| part_error(e, max))? {
+            if bytes.len() + chunk.len() > limit {
+                return Err(match name.as_str() {
+                    "file" => CatalogError::ImageTooLarge { max_bytes: max }.into(),
+                    _ => alt_invalid(format!(
+                        "must be at most {} characters",
+                        images::MAX_ALT_CHARS
+                    )),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if name == "file" {
+            file = Some(Bytes::from(bytes));
+        } else {
+            let text =
+                String::from_utf8(bytes).map_err(|_| alt_invalid("must be UTF-8 text".into()))?;
+            alt = Some(images::parse_alt(&text).map_err(alt_invalid)?);
+        }
+    }
+    let file = file.ok_or_else(|| CatalogError::ImageMissing("no part named `file`".into()))?;
+    let (image, created) = catalog.add_image(id, file, alt.unwrap_or_default()).await?;
+    if created {
+        let location = format!("/api/v1/products/{id}/images/{}", image.id);
+        Ok(ApiResponse::created(image, &location).into_response())
+    } else {
+        Ok(ApiResponse::ok(image).into_response())
+    }
+}
+
+fn part_error(e: MultipartError, max_bytes: usize) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        CatalogError::ImageTooLarge { max_bytes }.into()
+    } else {
+        CatalogError::ImageMissing(e.body_text()).into()
+    }
+}
+
+fn alt_invalid(why: String) -> ApiError {
+    let mut problems = Problems::default();
+    problems.add("alt", why);
+    match problems.into_result() {
+        Err(fields) => ApiError::new(ErrorCode::ValidationFailed, "the image's `alt` is invalid")
+            .with_details(serde_json::json!({ "fields": fields })),
+        Ok(()) => ApiError::from_code(ErrorCode::ValidationFailed),
+    }
+}
+
+/// Remove an image from a product (staff). The stored bytes stay (another
+/// product may show the same ones).
+#[utoipa::path(
+    delete, path = "/products/{id}/images/{image_id}", tag = "catalog",
+    params(
+        ("id" = ProductId, Path, description = "The product's id"),
+        ("image_id" = ImageId, Path, description = "The image's id"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Removed; `data` is null."),
+        (status = 401, description = "`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`", body = agora_kernel::envelope::Failure),
+        (status = 404, description = "`CATALOG_IMAGE_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn delete_image(
+    State(catalog): State<Catalog>,
+    _staff: Authorized<CatalogWrite>,
+    AppPath((id, image_id)): AppPath<(ProductId, ImageId)>,
+) -> Result<ApiResponse<()>, ApiError> {
+    catalog.delete_image(id, image_id).await?;
+    Ok(ApiResponse::ok(()))
+}
+
+/// How long a client may keep a media answer: its key is its content's hash.
+const MEDIA_CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+
+/// A stored image or rendition.
+#[utoipa::path(
+    get, path = "/media/{key}", tag = "catalog",
+    params(("key" = String, Path, description = "The object key, as in an image's `url`: `images/<sha256>.<ext>` or `renditions/<sha256>-<size>.jpg`")),
+    responses(
+        (status = 200, description = "The bytes, with their `Content-Type`, an `ETag` and `Cache-Control: public, max-age=31536000, immutable`.", content_type = "image/*"),
+        (status = 304, description = "Not modified: `If-None-Match` names the `ETag`."),
+        (status = 404, description = "`MEDIA_NOT_FOUND`", body = agora_kernel::envelope::Failure),
+        (status = 503, description = "`SERVICE_NOT_READY`: the storage is not answering", body = agora_kernel::envelope::Failure),
+    )
+)]
+async fn get_media(
+    State(catalog): State<Catalog>,
+    headers: HeaderMap,
+    axum::extract::Path(key): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let (key, object) = catalog.media_object(&key).await?;
+    let etag = format!("\"{}\"", media_etag(key.as_str()));
+    let mut builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, MEDIA_CACHE_CONTROL);
+    let response = if cacheable::matches(&headers, &etag) {
+        builder
+            .status(axum::http::StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+    } else {
+        builder = builder
+            .header(header::CONTENT_TYPE, key.content_type())
+            .header(header::CONTENT_LENGTH, object.size)
+            .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        builder.body(Body::from_stream(object.body))
+    };
+    response.map_err(|e| ApiError::internal(format!("media response: {e}")))
+}
+
+/// The entity tag of a media object: its key without directories and
+/// extension, which is its content hash (and the rendition size).
+fn media_etag(key: &str) -> &str {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    name.split('.').next().unwrap_or(name)
+}

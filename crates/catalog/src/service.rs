@@ -4,20 +4,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agora_contracts::PortError;
-use agora_contracts::catalog::{CatalogPort, ProductSnapshot};
+use agora_contracts::catalog::{CatalogPort, ProductSnapshot, Rendition};
 use agora_contracts::events::{CategoryChanged, EventPayload, ProductChanged};
-use agora_kernel::{CategoryId, Clock, Page, ProductId};
+use agora_kernel::{CategoryId, Clock, ImageId, Page, ProductId};
 use agora_platform::bus::{Event, Handler};
 use agora_platform::cache::CacheAside;
 use agora_platform::http::cacheable;
+use agora_platform::storage::{Object, ObjectKey, ObjectStorage, StorageError};
 use async_trait::async_trait;
 use axum::body::Bytes;
+use tokio::sync::Semaphore;
 
 use crate::domain::{
     Category, CategoryChanges, CategoryDraft, Product, ProductChanges, ProductDraft,
 };
 use crate::error::CatalogError;
-use crate::store::{CatalogStore, ProductFilter, new_category, new_product};
+use crate::images::{self, ProductImage};
+use crate::store::{Added, CatalogStore, ProductFilter, new_category, new_product};
 
 /// The most ids one [`CatalogPort::products_by_ids`] call may ask for.
 pub const MAX_IDS_PER_CALL: usize = 1_000;
@@ -34,6 +37,15 @@ struct ReadCache {
     ttl: Duration,
 }
 
+/// Where product images are stored, and how big they may be.
+#[derive(Clone)]
+struct Media {
+    storage: ObjectStorage,
+    max_image_bytes: usize,
+    /// Decoding an upload takes CPU and up to ~230 MB: two at a time.
+    decoding: Arc<Semaphore>,
+}
+
 /// The catalog. Cheap to clone.
 #[derive(Clone)]
 pub struct Catalog {
@@ -41,6 +53,8 @@ pub struct Catalog {
     clock: Arc<dyn Clock>,
     /// Public reads (active products, their lists), when caching is on.
     cache: Option<ReadCache>,
+    /// Product images, when storage is configured.
+    media: Option<Media>,
 }
 
 impl Catalog {
@@ -50,6 +64,133 @@ impl Catalog {
             store,
             clock,
             cache: None,
+            media: None,
+        }
+    }
+
+    /// The same catalog with product images kept in `storage`, uploads of at
+    /// most `max_image_bytes`.
+    pub fn with_storage(mut self, storage: ObjectStorage, max_image_bytes: usize) -> Self {
+        self.media = Some(Media {
+            storage,
+            max_image_bytes,
+            decoding: Arc::new(Semaphore::new(2)),
+        });
+        self
+    }
+
+    fn media(&self) -> Result<&Media, CatalogError> {
+        self.media.as_ref().ok_or_else(|| {
+            CatalogError::Unexpected(anyhow::anyhow!("no object storage configured"))
+        })
+    }
+
+    /// The largest image upload taken, in bytes (0 without storage).
+    pub fn max_image_bytes(&self) -> usize {
+        self.media.as_ref().map_or(0, |m| m.max_image_bytes)
+    }
+
+    /// Adds the image in `bytes` to a product (staff). The bytes are checked
+    /// (a whole JPEG, PNG or WebP within the limits) before anything is
+    /// stored; the original is stored under its content hash, then recorded
+    /// with ImageUploaded. `false` with the image when the product already had
+    /// these bytes.
+    pub async fn add_image(
+        &self,
+        product: ProductId,
+        bytes: Bytes,
+        alt: String,
+    ) -> Result<(ProductImage, bool), CatalogError> {
+        let media = self.media()?;
+        // No decoding for a product that is not there.
+        self.product(product, true).await?;
+        let inspected = {
+            let _turn = media
+                .decoding
+                .acquire()
+                .await
+                .map_err(|e| CatalogError::Unexpected(e.into()))?;
+            let (bytes, max) = (bytes.clone(), media.max_image_bytes);
+            tokio::task::spawn_blocking(move || images::inspect(&bytes, max))
+                .await
+                .map_err(|e| CatalogError::Unexpected(e.into()))??
+        };
+        let key = ObjectKey::parse(&inspected.key())
+            .map_err(|e| CatalogError::Unexpected(anyhow::anyhow!("image key: {e}")))?;
+        // Content-addressed: bytes already stored are these bytes. A crash
+        // after this put leaves an object no row names, never a row without
+        // its object.
+        if !media.storage.exists(&key).await? {
+            media.storage.put(&key, bytes).await?;
+        }
+        let image = ProductImage {
+            id: ImageId::new(),
+            product_id: product,
+            url: images::media_url(key.as_str()),
+            key: key.to_string(),
+            content_type: inspected.format.content_type().to_string(),
+            width: inspected.width,
+            height: inspected.height,
+            byte_size: inspected.byte_size as u64,
+            sha256: inspected.sha256,
+            alt,
+            renditions: Vec::new(),
+            created_at: self.clock.now(),
+        };
+        match self.write(self.store.add_image(&image)).await? {
+            Added::New(image) => {
+                tracing::info!(product_id = %product, image_id = %image.id, key = %image.key, "image added");
+                Ok((image, true))
+            }
+            Added::Existing(image) => Ok((image, false)),
+        }
+    }
+
+    /// A product's images; an inactive product's for staff only.
+    pub async fn images(
+        &self,
+        product: ProductId,
+        staff: bool,
+    ) -> Result<Vec<ProductImage>, CatalogError> {
+        self.product(product, staff).await?;
+        self.store.images(product).await
+    }
+
+    /// An active product's images, rendered for the public, from the cache
+    /// when it holds them.
+    pub async fn public_images(&self, product: ProductId) -> Result<Bytes, CatalogError> {
+        let load = async { render(&self.images(product, false).await?, None) };
+        self.cached(&format!("catalog:images:{product}"), load)
+            .await
+    }
+
+    /// Removes an image from a product (staff).
+    pub async fn delete_image(
+        &self,
+        product: ProductId,
+        image: ImageId,
+    ) -> Result<(), CatalogError> {
+        if !self
+            .write(self.store.delete_image(product, image, self.clock.now()))
+            .await?
+        {
+            return Err(CatalogError::ImageNotFound);
+        }
+        tracing::info!(product_id = %product, image_id = %image, "image removed");
+        Ok(())
+    }
+
+    /// A stored original or rendition, for `/media/{key}`; nothing else in
+    /// the storage is served.
+    pub async fn media_object(&self, key: &str) -> Result<(ObjectKey, Object), CatalogError> {
+        let key = ObjectKey::parse(key).map_err(|_| CatalogError::MediaNotFound)?;
+        if !images::is_public_key(key.as_str()) {
+            return Err(CatalogError::MediaNotFound);
+        }
+        match self.media()?.storage.get(&key).await {
+            Ok(object) => Ok((key, object)),
+            Err(StorageError::NotFound(_)) => Err(CatalogError::MediaNotFound),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -288,6 +429,22 @@ impl CatalogPort for Catalog {
                 active: p.active,
             })
             .collect())
+    }
+
+    async fn attach_renditions(
+        &self,
+        image: ImageId,
+        renditions: &[Rendition],
+    ) -> Result<bool, PortError> {
+        self.write(
+            self.store
+                .attach_renditions(image, renditions, self.clock.now()),
+        )
+        .await
+        .map_err(|e| PortError::Unavailable {
+            module: "catalog",
+            reason: e.to_string(),
+        })
     }
 }
 

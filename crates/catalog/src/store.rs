@@ -6,8 +6,11 @@
 
 use std::sync::Arc;
 
-use agora_contracts::events::{CatalogChange, CategoryChanged, EventPayload, ProductChanged};
-use agora_kernel::{CategoryId, Currency, Limit, Money, ProductId, Timestamp};
+use agora_contracts::catalog::Rendition;
+use agora_contracts::events::{
+    CatalogChange, CategoryChanged, EventPayload, ImageUploaded, ProductChanged,
+};
+use agora_kernel::{CategoryId, Currency, ImageId, Limit, Money, ProductId, Timestamp};
 use agora_platform::Database;
 use agora_platform::bus::{Event, Outbox};
 use agora_platform::db::{
@@ -22,6 +25,7 @@ use crate::domain::{
     Category, CategoryChanges, CategoryDraft, Product, ProductChanges, ProductDraft,
 };
 use crate::error::CatalogError;
+use crate::images::{MAX_IMAGES_PER_PRODUCT, ProductImage, RenditionView, media_url};
 
 /// The columns of a product row, in the order [`product_from_row`] reads them.
 macro_rules! product_columns {
@@ -34,6 +38,13 @@ macro_rules! product_columns {
 macro_rules! category_columns {
     () => {
         "id, name, slug, description, parent_id, created_at, updated_at"
+    };
+}
+
+/// The columns of an image row, in the order [`image_from_row`] reads them.
+macro_rules! image_columns {
+    () => {
+        "id, product_id, object_key, content_type, sha256, byte_size, width, height, alt, renditions, created_at"
     };
 }
 
@@ -453,6 +464,157 @@ impl CatalogStore {
             .await
     }
 
+    /// Adds `image` to its product, with ImageUploaded and ProductChanged, in
+    /// one transaction. The product's row is locked (its `updated_at` moves),
+    /// so two uploads cannot both pass the count. The same bytes already on
+    /// the product are that image: returned, nothing written.
+    pub async fn add_image(&self, image: &ProductImage) -> Result<Added, CatalogError> {
+        let now = image.created_at;
+        let mut tx = self.db.begin().await?;
+        let found = sqlx::query("UPDATE catalog_products SET updated_at = $1 WHERE id = $2")
+            .bind(now.as_millis())
+            .bind(image.product_id.to_db())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            > 0;
+        if !found {
+            tx.rollback().await?;
+            return Err(CatalogError::ProductNotFound);
+        }
+        let existing = sqlx::query(concat!(
+            "SELECT ",
+            image_columns!(),
+            " FROM catalog_product_images WHERE product_id = $1 AND sha256 = $2"
+        ))
+        .bind(image.product_id.to_db())
+        .bind(image.sha256.clone())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            tx.rollback().await?;
+            return Ok(Added::Existing(image_from_row(&row)?));
+        }
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM catalog_product_images WHERE product_id = $1")
+                .bind(image.product_id.to_db())
+                .fetch_one(&mut *tx)
+                .await?;
+        if count >= MAX_IMAGES_PER_PRODUCT as i64 {
+            tx.rollback().await?;
+            return Err(CatalogError::ImageLimit);
+        }
+        sqlx::query(concat!(
+            "INSERT INTO catalog_product_images (",
+            image_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, '[]', $10)"
+        ))
+        .bind(image.id.to_db())
+        .bind(image.product_id.to_db())
+        .bind(image.key.clone())
+        .bind(image.content_type.clone())
+        .bind(image.sha256.clone())
+        .bind(image.byte_size as i64)
+        .bind(i64::from(image.width))
+        .bind(i64::from(image.height))
+        .bind(image.alt.clone())
+        .bind(now.as_millis())
+        .execute(&mut *tx)
+        .await?;
+        let uploaded = Event::new(
+            ImageUploaded::KIND,
+            image.product_id,
+            &ImageUploaded {
+                product_id: image.product_id,
+                image_id: image.id,
+                key: image.key.clone(),
+                content_type: image.content_type.clone(),
+                width: image.width,
+                height: image.height,
+            },
+            now,
+        )
+        .map_err(|e| CatalogError::Unexpected(anyhow!("event payload: {e}")))?;
+        self.outbox.append(&mut tx, &uploaded).await?;
+        let changed = Changed::Product(image.product_id);
+        self.finish(tx, true, changed, CatalogChange::Updated, now)
+            .await?;
+        Ok(Added::New(image.clone()))
+    }
+
+    /// A product's images, oldest first.
+    pub async fn images(&self, product: ProductId) -> Result<Vec<ProductImage>, CatalogError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            image_columns!(),
+            " FROM catalog_product_images WHERE product_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(product.to_db())
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter().map(|row| image_from_row(row)).collect()
+    }
+
+    /// Removes an image from its product (with ProductChanged); whether it was
+    /// there. The stored bytes stay: another product may show the same ones.
+    pub async fn delete_image(
+        &self,
+        product: ProductId,
+        image: ImageId,
+        now: Timestamp,
+    ) -> Result<bool, CatalogError> {
+        let mut tx = self.db.begin().await?;
+        let done =
+            sqlx::query("DELETE FROM catalog_product_images WHERE id = $1 AND product_id = $2")
+                .bind(image.to_db())
+                .bind(product.to_db())
+                .execute(&mut *tx)
+                .await?;
+        let found = done.rows_affected() > 0;
+        self.finish(
+            tx,
+            found,
+            Changed::Product(product),
+            CatalogChange::Updated,
+            now,
+        )
+        .await
+    }
+
+    /// Sets an image's renditions (with ProductChanged); whether the image
+    /// exists.
+    pub async fn attach_renditions(
+        &self,
+        image: ImageId,
+        renditions: &[Rendition],
+        now: Timestamp,
+    ) -> Result<bool, CatalogError> {
+        let json = serde_json::to_string(renditions)
+            .map_err(|e| CatalogError::Unexpected(anyhow!("renditions: {e}")))?;
+        let mut tx = self.db.begin().await?;
+        let product: Option<String> = sqlx::query_scalar(
+            "UPDATE catalog_product_images SET renditions = $1 WHERE id = $2 RETURNING product_id",
+        )
+        .bind(json)
+        .bind(image.to_db())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(product) = product else {
+            tx.rollback().await?;
+            return Ok(false);
+        };
+        let product = ProductId::from_db(&product)
+            .map_err(|_| corrupt("catalog_product_images.product_id"))?;
+        self.finish(
+            tx,
+            true,
+            Changed::Product(product),
+            CatalogChange::Updated,
+            now,
+        )
+        .await
+    }
+
     /// One category.
     pub async fn category(&self, id: CategoryId) -> Result<Option<Category>, CatalogError> {
         let row = sqlx::query(concat!(
@@ -640,6 +802,15 @@ impl CatalogStore {
     }
 }
 
+/// What [`CatalogStore::add_image`] did.
+#[derive(Debug, Clone)]
+pub enum Added {
+    /// The image is new.
+    New(ProductImage),
+    /// The product already had these bytes: this image.
+    Existing(ProductImage),
+}
+
 /// Builds a product to store from a draft.
 pub fn new_product(draft: ProductDraft, now: Timestamp) -> Product {
     Product {
@@ -717,6 +888,33 @@ fn product_from_row(row: &dyn Columns) -> Result<Product, CatalogError> {
         active: active != 0,
         created_at: Timestamp::from_millis(row.integer(10)?),
         updated_at: Timestamp::from_millis(row.integer(11)?),
+    })
+}
+
+fn image_from_row(row: &dyn Columns) -> Result<ProductImage, CatalogError> {
+    let id = row.text(0)?;
+    let product_id = row.text(1)?;
+    let key = row.text(2)?;
+    let renditions: Vec<Rendition> = serde_json::from_str(&row.text(9)?)
+        .map_err(|_| corrupt("catalog_product_images.renditions"))?;
+    let size = |column: usize, name: &str| -> Result<u32, CatalogError> {
+        u32::try_from(row.integer(column)?).map_err(|_| corrupt(name))
+    };
+    Ok(ProductImage {
+        id: ImageId::from_db(&id).map_err(|_| corrupt("catalog_product_images.id"))?,
+        product_id: ProductId::from_db(&product_id)
+            .map_err(|_| corrupt("catalog_product_images.product_id"))?,
+        url: media_url(&key),
+        key,
+        content_type: row.text(3)?,
+        sha256: row.text(4)?,
+        byte_size: u64::try_from(row.integer(5)?)
+            .map_err(|_| corrupt("catalog_product_images.byte_size"))?,
+        width: size(6, "catalog_product_images.width")?,
+        height: size(7, "catalog_product_images.height")?,
+        alt: row.text(8)?,
+        renditions: renditions.into_iter().map(RenditionView::from).collect(),
+        created_at: Timestamp::from_millis(row.integer(10)?),
     })
 }
 

@@ -1,6 +1,6 @@
 //! The catalog's port.
 
-use agora_kernel::{Money, ProductId};
+use agora_kernel::{ImageId, Money, ProductId};
 use async_trait::async_trait;
 
 use crate::PortError;
@@ -22,10 +22,33 @@ pub struct ProductSnapshot {
     pub active: bool,
 }
 
+/// A smaller copy of a product image, made by the thumbnails function.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Rendition {
+    /// The square box, in pixels, it was fitted into (128, 512).
+    pub size: u32,
+    /// Its object key (served at `/media/<key>`).
+    pub key: String,
+    /// Its content type.
+    pub content_type: String,
+    /// Its width in pixels.
+    pub width: u32,
+    /// Its height in pixels.
+    pub height: u32,
+}
+
 /// What the catalog offers other modules.
 #[async_trait]
 pub trait CatalogPort: Send + Sync {
     /// The products among `ids` that exist, in no particular order; ids that match
     /// no product are simply absent from the answer. At most 1,000 ids a call.
     async fn products_by_ids(&self, ids: &[ProductId]) -> Result<Vec<ProductSnapshot>, PortError>;
+
+    /// Attaches `renditions` to the image `image`, replacing any it had (so a
+    /// repeat is harmless); `false` when the image no longer exists.
+    async fn attach_renditions(
+        &self,
+        image: ImageId,
+        renditions: &[Rendition],
+    ) -> Result<bool, PortError>;
 }

@@ -3,7 +3,7 @@
 //! fields are only ever added, never renamed or removed (consumers in other
 //! processes read them).
 
-use agora_kernel::{CategoryId, Money, OrderId, PaymentId, ProductId, UserId};
+use agora_kernel::{CategoryId, ImageId, Money, OrderId, PaymentId, ProductId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// An event payload and the kind it is published as.
@@ -151,4 +151,25 @@ pub struct CategoryChanged {
 }
 impl EventPayload for CategoryChanged {
     const KIND: &'static str = "catalog.category_changed";
+}
+
+/// An image was added to a product: the thumbnails function makes its
+/// renditions from the original stored under `key`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUploaded {
+    /// The product.
+    pub product_id: ProductId,
+    /// The image.
+    pub image_id: ImageId,
+    /// The original's object key (content-addressed: `images/<sha256>.<ext>`).
+    pub key: String,
+    /// Its content type, read from its bytes.
+    pub content_type: String,
+    /// Its width in pixels.
+    pub width: u32,
+    /// Its height in pixels.
+    pub height: u32,
+}
+impl EventPayload for ImageUploaded {
+    const KIND: &'static str = "catalog.image_uploaded";
 }

@@ -136,6 +136,13 @@ error_codes! {
     CatalogCategorySlugTaken = ("CATALOG_CATEGORY_SLUG_TAKEN", 409, "Another category already has this slug.");
     CatalogCategoryInUse = ("CATALOG_CATEGORY_IN_USE", 409, "The category still has products or subcategories; move or delete them first.");
     CatalogCategoryCycle = ("CATALOG_CATEGORY_CYCLE", 422, "The new `parent_id` would make the category its own ancestor.");
+    CatalogImageMissing = ("CATALOG_IMAGE_MISSING", 400, "The upload is not a `multipart/form-data` body with the image in a part named `file` (and at most an `alt` text part beside it). Nothing was stored.");
+    CatalogImageTooLarge = ("CATALOG_IMAGE_TOO_LARGE", 413, "The image is larger than the server accepts: more bytes than `details.max_bytes` (`storage.max_image_bytes`), or more than `details.max_side` pixels a side or `details.max_pixels` pixels. Nothing was stored.");
+    CatalogImageUnsupported = ("CATALOG_IMAGE_UNSUPPORTED", 415, "The file is not a JPEG, PNG or WebP image. The type is read from the bytes themselves, never from the file name or the declared content type. Nothing was stored.");
+    CatalogImageInvalid = ("CATALOG_IMAGE_INVALID", 422, "The file starts like a JPEG, PNG or WebP image but does not decode: it is truncated or corrupt. Nothing was stored.");
+    CatalogImageLimit = ("CATALOG_IMAGE_LIMIT", 409, "The product already has the most images it may have (`details.max_images`). Delete one first. Nothing was stored.");
+    CatalogImageNotFound = ("CATALOG_IMAGE_NOT_FOUND", 404, "The product has no image with this id.");
+    MediaNotFound = ("MEDIA_NOT_FOUND", 404, "No stored image or rendition has this key.");
     // Events (operations).
     EventsUnknownConsumer = ("EVENTS_UNKNOWN_CONSUMER", 404, "No consumer of this name is subscribed (in this process for the in-process bus; on the server for NATS). Nothing was replayed.");
 }

@@ -128,6 +128,11 @@ typed_id!(
     "prod"
 );
 typed_id!(
+    /// Identifies an image of a product.
+    ImageId,
+    "img"
+);
+typed_id!(
     /// Identifies a category in the catalog.
     CategoryId,
     "cat"

@@ -27,7 +27,8 @@ pub use access::{Permission, Permissions, Principal, Role, Subject};
 pub use envelope::{ApiResponse, RequestContext};
 pub use error::{ApiError, ErrorCode};
 pub use id::{
-    ApiKeyId, CategoryId, EventId, IdParseError, OrderId, PaymentId, ProductId, SessionId, UserId,
+    ApiKeyId, CategoryId, EventId, IdParseError, ImageId, OrderId, PaymentId, ProductId, SessionId,
+    UserId,
 };
 pub use money::{Currency, Money, MoneyError};
 pub use pagination::{Cursor, Limit, Page};

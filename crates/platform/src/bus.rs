@@ -675,6 +675,41 @@ impl Inbox {
         Self { table }
     }
 
+    /// Whether `consumer` has handled `event`: for handlers whose work is not
+    /// a database transaction (files, mail), which look first, do work that is
+    /// harmless to repeat, then record it with [`Inbox::record`].
+    pub async fn handled(
+        &self,
+        db: &Database,
+        consumer: &str,
+        event: &Event,
+    ) -> Result<bool, sqlx::Error> {
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE consumer = $1 AND event_id = $2",
+            self.table
+        );
+        let found: Option<i32> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(consumer.to_string())
+            .bind(event.id.to_db())
+            .fetch_optional(db.reader())
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Records that `consumer` has handled `event`, in a transaction of its
+    /// own (a record already there is kept).
+    pub async fn record(
+        &self,
+        db: &Database,
+        consumer: &str,
+        event: &Event,
+        now: Timestamp,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = db.begin().await?;
+        self.first_time(&mut tx, consumer, event, now).await?;
+        tx.commit().await
+    }
+
     /// Records in `tx` that `consumer` handles `event`; `false` when it already
     /// had (then skip it, and roll back or commit `tx` unchanged).
     pub async fn first_time(

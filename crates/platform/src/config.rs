@@ -36,6 +36,10 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The message bus between modules.
     pub bus: BusConfig,
+    /// Object storage: product images, their renditions, exports.
+    pub storage: StorageConfig,
+    /// The event-triggered functions.
+    pub functions: FunctionsConfig,
 }
 
 impl Default for Config {
@@ -50,6 +54,8 @@ impl Default for Config {
             payments: PaymentsConfig::default(),
             cache: CacheConfig::default(),
             bus: BusConfig::default(),
+            storage: StorageConfig::default(),
+            functions: FunctionsConfig::default(),
         }
     }
 }
@@ -359,6 +365,73 @@ impl Default for BusConfig {
             max_attempts: 10,
             retry_pause_ms: 1000,
         }
+    }
+}
+
+/// Where objects are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageBackend {
+    /// Files under `storage.path` (default `<data_dir>/objects`).
+    Local,
+    /// A bucket of an S3-compatible service.
+    S3,
+}
+
+/// Object storage. See `docs/configuration.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// `local` or `s3`.
+    pub backend: StorageBackend,
+    /// The directory of the `local` backend; `<data_dir>/objects` when absent.
+    pub path: Option<PathBuf>,
+    /// The bucket of the `s3` backend (it must exist).
+    pub s3_bucket: String,
+    /// Its region.
+    pub s3_region: String,
+    /// The service's URL, for S3-compatible services other than AWS
+    /// (MinIO, Garage, moto); AWS's when absent.
+    pub s3_endpoint: Option<String>,
+    /// The access key; with the secret key absent too, the usual `AWS_*`
+    /// environment variables and instance credentials are used.
+    pub s3_access_key_id: Option<String>,
+    /// The secret key.
+    pub s3_secret_access_key: Option<Secret>,
+    /// Allow a plain `http://` endpoint (a local service).
+    pub s3_allow_http: bool,
+    /// The largest product image accepted, in bytes.
+    pub max_image_bytes: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            backend: StorageBackend::Local,
+            path: None,
+            s3_bucket: String::new(),
+            s3_region: "us-east-1".to_string(),
+            s3_endpoint: None,
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
+            s3_allow_http: false,
+            max_image_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// The event-triggered functions (thumbnails). See `docs/configuration.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FunctionsConfig {
+    /// Run them inside `agora serve`. Turn off where `agora functions`
+    /// workers run them on a shared bus.
+    pub in_process: bool,
+}
+
+impl Default for FunctionsConfig {
+    fn default() -> Self {
+        Self { in_process: true }
     }
 }
 
@@ -755,10 +828,50 @@ impl Config {
                 "must be between 1 and 3600",
             );
         }
+        let storage = &self.storage;
+        if storage.backend == StorageBackend::S3 {
+            if storage.s3_bucket.is_empty() {
+                return fail("storage.s3_bucket", "must be set for the s3 backend");
+            }
+            if storage.s3_region.is_empty() {
+                return fail("storage.s3_region", "must not be empty");
+            }
+            if let Some(url) = &storage.s3_endpoint {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return fail("storage.s3_endpoint", "must be an http:// or https:// URL");
+                }
+                if url.starts_with("http://") && !storage.s3_allow_http {
+                    return fail(
+                        "storage.s3_endpoint",
+                        "is plain http://: set storage.s3_allow_http = true to allow it",
+                    );
+                }
+            }
+            if storage.s3_access_key_id.is_some() != storage.s3_secret_access_key.is_some() {
+                return fail(
+                    "storage.s3_secret_access_key",
+                    "must be set together with storage.s3_access_key_id",
+                );
+            }
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&storage.max_image_bytes) {
+            return fail(
+                "storage.max_image_bytes",
+                "must be between 1024 and 268435456 (256 MiB)",
+            );
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             return fail("log.filter", "is not a valid tracing filter");
         }
         Ok(())
+    }
+
+    /// The directory of the local object storage in effect.
+    pub fn storage_path(&self) -> PathBuf {
+        self.storage
+            .path
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("objects"))
     }
 
     /// The database URL in effect: the configured one, or the SQLite file in the
@@ -1031,6 +1144,58 @@ mod tests {
             jail.set_env("AGORA_BUS__BACKEND", "nats");
             let config = load(&Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(config.bus.backend, BusBackend::Nats);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_storage_settings_name_their_key() {
+        Jail::expect_with(|jail| {
+            refused_naming_their_key(
+                jail,
+                &[
+                    ("AGORA_STORAGE__BACKEND", "ftp", "storage.backend"),
+                    ("AGORA_STORAGE__BACKEND", "s3", "storage.s3_bucket"),
+                    (
+                        "AGORA_STORAGE__MAX_IMAGE_BYTES",
+                        "10",
+                        "storage.max_image_bytes",
+                    ),
+                ],
+            );
+            let s3 = |jail: &mut Jail, extra: &[(&str, &str)]| {
+                jail.clear_env();
+                jail.set_env("AGORA_STORAGE__BACKEND", "s3");
+                jail.set_env("AGORA_STORAGE__S3_BUCKET", "media");
+                for (var, value) in extra {
+                    jail.set_env(var, value);
+                }
+                load(&Overrides::default()).map_err(|e| e.to_string())
+            };
+            let plain = [("AGORA_STORAGE__S3_ENDPOINT", "http://127.0.0.1:9000")];
+            let err = s3(jail, &plain).err().unwrap_or_default();
+            assert!(err.contains("storage.s3_allow_http"), "{err}");
+            let half = [("AGORA_STORAGE__S3_ACCESS_KEY_ID", "key")];
+            let err = s3(jail, &half).err().unwrap_or_default();
+            assert!(err.contains("storage.s3_secret_access_key"), "{err}");
+            let config = s3(
+                jail,
+                &[
+                    plain[0],
+                    ("AGORA_STORAGE__S3_ALLOW_HTTP", "true"),
+                    half[0],
+                    ("AGORA_STORAGE__S3_SECRET_ACCESS_KEY", "secret"),
+                ],
+            )?;
+            assert_eq!(config.storage.backend, StorageBackend::S3);
+            assert!(
+                config
+                    .to_masked_toml()
+                    .contains("s3_secret_access_key = \"********\"")
+            );
+            jail.clear_env();
+            let config = load(&Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.storage_path(), config.data_dir.join("objects"));
             Ok(())
         });
     }

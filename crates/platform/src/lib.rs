@@ -17,6 +17,7 @@
 //! - [`auth`]: who is calling (until the identity module lands: the bootstrap
 //!   staff token).
 //! - [`shutdown`]: the shutdown signal shared by every long-running task.
+//! - [`storage`]: object storage (local files or an S3-compatible bucket).
 //! - `testing` (feature `test-support`): a fresh database per test.
 
 pub mod auth;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

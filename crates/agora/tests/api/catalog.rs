@@ -698,10 +698,13 @@ async fn the_demo_catalog_loads_once_into_an_empty_database() {
     let products = app.all_products("").await;
     assert_eq!(products.len(), 200);
     assert!(products.iter().any(|p| p["active"] == false));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let storage = agora_platform::storage::ObjectStorage::local(dir.path()).expect("storage");
     let report = agora_catalog::seed::seed_demo(&agora::app::catalog(
         &agora_platform::Config::default(),
         &app.db.db,
         None,
+        storage,
     ))
     .await
     .expect("seeding runs");

@@ -176,6 +176,24 @@ impl TestApp {
         }
     }
 
+    /// Uploads `bytes` as a staff member to the product's images, as the
+    /// multipart part `file`.
+    pub(crate) async fn upload_image(&self, product: &str, bytes: Vec<u8>) -> Answer {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name("upload.png"),
+        );
+        let response = self
+            .client
+            .post(format!("{}/api/v1/products/{product}/images", self.base))
+            .bearer_auth(&self.staff_token)
+            .multipart(form)
+            .send()
+            .await
+            .expect("the request is answered");
+        Self::answer(response).await
+    }
+
     pub(crate) async fn get(&self, path: &str) -> Answer {
         self.call(Method::GET, path, None, As::Anonymous).await
     }

@@ -11,6 +11,7 @@ mod edge;
 mod events;
 mod helpers;
 mod identity;
+mod images;
 mod inventory;
 mod matrix;
 mod meta;

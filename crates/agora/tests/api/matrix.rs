@@ -90,6 +90,8 @@ enum Fixture {
     Order,
     /// The payment of a confirmed order of the customer's.
     Payment,
+    /// An image of a product: `{id}` is the product, `{image_id}` the image.
+    Image,
 }
 
 struct Route {
@@ -162,6 +164,13 @@ const ROUTES: &[Route] = &[
     Route { method: "PATCH", path: "/api/v1/products/{id}", policy: Policy::Needs("catalog:write"), fixture: Fixture::Product,
         body: || Some(json!({ "name": "Renamed product" })), ok: 200 },
     Route { method: "DELETE", path: "/api/v1/products/{id}", policy: Policy::Needs("catalog:write"), fixture: Fixture::Product, body: no_body, ok: 200 },
+    // The literal `{key}` is no stored object's key: anyone gets MEDIA_NOT_FOUND.
+    Route { method: "GET", path: "/media/{key}", policy: Policy::Public, fixture: Fixture::None, body: no_body, ok: 404 },
+    Route { method: "GET", path: "/api/v1/products/{id}/images", policy: Policy::Public, fixture: Fixture::Product, body: no_body, ok: 200 },
+    // Without a multipart body an allowed caller gets CATALOG_IMAGE_MISSING.
+    Route { method: "POST", path: "/api/v1/products/{id}/images", policy: Policy::Needs("catalog:write"), fixture: Fixture::Product, body: no_body, ok: 400 },
+    Route { method: "GET", path: "/api/v1/products/{id}/images/{image_id}", policy: Policy::Public, fixture: Fixture::Image, body: no_body, ok: 200 },
+    Route { method: "DELETE", path: "/api/v1/products/{id}/images/{image_id}", policy: Policy::Needs("catalog:write"), fixture: Fixture::Image, body: no_body, ok: 200 },
     // Inventory.
     Route { method: "GET", path: "/api/v1/inventory/{product_id}", policy: Policy::Needs("inventory:manage"), fixture: Fixture::Product, body: no_body, ok: 200 },
     Route { method: "PUT", path: "/api/v1/inventory/{product_id}", policy: Policy::Needs("inventory:manage"), fixture: Fixture::Product,
@@ -326,6 +335,16 @@ async fn fixture(app: &TestApp, callers: &Callers, fixture: Fixture) -> Option<S
                 .expect("an id")
                 .to_string(),
         ),
+        Fixture::Image => {
+            let product = app.create_product(json!({})).await["id"]
+                .as_str()
+                .expect("an id")
+                .to_string();
+            let uploaded = app.upload_image(&product, crate::images::png(8, 8)).await;
+            assert_eq!(uploaded.status, StatusCode::CREATED, "{:?}", uploaded.body);
+            let image = uploaded.data()["id"].as_str().expect("an id").to_string();
+            Some(format!("{product} {image}"))
+        }
         Fixture::Category => Some(app.create_category(&format!("Fixture {}", unique())).await),
         Fixture::User => {
             let a = app
@@ -370,12 +389,16 @@ async fn every_caller_gets_exactly_the_status_the_policy_says() {
         for who in EVERYONE {
             let id = fixture(&app, &callers, route.fixture).await;
             let path = match &id {
-                Some(id) => route
-                    .path
-                    .replace("{id}", id)
-                    .replace("{product_id}", id)
-                    .replace("{order_id}", id)
-                    .replace("{payment_id}", id),
+                Some(id) => {
+                    let (id, image) = id.split_once(' ').unwrap_or((id, id));
+                    route
+                        .path
+                        .replace("{image_id}", image)
+                        .replace("{id}", id)
+                        .replace("{product_id}", id)
+                        .replace("{order_id}", id)
+                        .replace("{payment_id}", id)
+                }
                 None => route.path.replace("{provider}", "unconfigured"),
             };
             // A body may name the fixture too, as "{id}".

@@ -89,7 +89,9 @@ pub fn respond(headers: &HeaderMap, stored: &[u8]) -> Response {
 
 /// Whether `If-None-Match` in `headers` names `etag` (weak tags compare by
 /// their opaque part, as RFC 9110 asks for `If-None-Match`; `*` names any).
-fn matches(headers: &HeaderMap, etag: &str) -> bool {
+/// Whether `If-None-Match` in `headers` names `etag` (quoted) or `*`: the
+/// client holds the current representation (answer 304).
+pub fn matches(headers: &HeaderMap, etag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()
