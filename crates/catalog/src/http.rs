@@ -23,6 +23,7 @@
 
 use agora_kernel::Permission;
 use agora_kernel::access::require::CatalogWrite;
+use agora_kernel::error::FieldError;
 use agora_kernel::pagination::Limit;
 use agora_kernel::validation::Problems;
 use agora_kernel::{
@@ -786,13 +787,7 @@ fn part_error(e: MultipartError, max_bytes: usize) -> ApiError {
 }
 
 fn alt_invalid(why: String) -> ApiError {
-    let mut problems = Problems::default();
-    problems.add("alt", why);
-    match problems.into_result() {
-        Err(fields) => ApiError::new(ErrorCode::ValidationFailed, "the image's `alt` is invalid")
-            .with_details(serde_json::json!({ "fields": fields })),
-        Ok(()) => ApiError::from_code(ErrorCode::ValidationFailed),
-    }
+    ApiError::validation(vec![FieldError::new("alt", why)])
 }
 
 /// Remove an image from a product (staff). The stored bytes stay (another
@@ -839,7 +834,7 @@ async fn get_media(
     axum::extract::Path(key): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
     let (key, object) = catalog.media_object(&key).await?;
-    let etag = format!("\"{}\"", media_etag(key.as_str()));
+    let etag = format!("\"{}\"", key.stem());
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
         .header(header::CACHE_CONTROL, MEDIA_CACHE_CONTROL);
@@ -855,11 +850,4 @@ async fn get_media(
         builder.body(Body::from_stream(object.body))
     };
     response.map_err(|e| ApiError::internal(format!("media response: {e}")))
-}
-
-/// The entity tag of a media object: its key without directories and
-/// extension, which is its content hash (and the rendition size).
-fn media_etag(key: &str) -> &str {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    name.split('.').next().unwrap_or(name)
 }

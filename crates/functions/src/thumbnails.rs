@@ -67,7 +67,7 @@ impl Thumbnails {
             .read(&original_key)
             .await
             .with_context(|| format!("reading {original_key}"))?;
-        let stem = content_stem(original_key.as_str());
+        let stem = original_key.stem().to_string();
         let made = tokio::task::spawn_blocking(move || render(&original))
             .await
             .context("the rendering task")??;
@@ -120,12 +120,6 @@ impl Handler for Thumbnails {
         );
         Ok(())
     }
-}
-
-/// The content hash in a key `images/<sha256>.<ext>`.
-fn content_stem(key: &str) -> String {
-    let name = key.rsplit('/').next().unwrap_or(key);
-    name.split('.').next().unwrap_or(name).to_string()
 }
 
 /// `(size, JPEG bytes, width, height)` for each of [`SIZES`].

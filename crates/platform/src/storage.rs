@@ -70,6 +70,13 @@ impl ObjectKey {
         }
     }
 
+    /// The last segment without its extension: for content-addressed keys
+    /// (`images/<sha256>.png`), the content hash, fit for an entity tag.
+    pub fn stem(&self) -> &str {
+        let name = self.0.rsplit('/').next().unwrap_or(&self.0);
+        name.split('.').next().unwrap_or(name)
+    }
+
     fn path(&self) -> StorePath {
         // Checked above: every segment is a valid object_store path part.
         StorePath::from(self.0.as_str())
@@ -270,6 +277,8 @@ mod tests {
         assert_eq!(key("images/ab/0f.png").as_str(), "images/ab/0f.png");
         assert_eq!(key("a.b-c_d").content_type(), "application/octet-stream");
         assert_eq!(key("x/y.jpg").content_type(), "image/jpeg");
+        assert_eq!(key("renditions/ab12-128.jpg").stem(), "ab12-128");
+        assert_eq!(key("noext").stem(), "noext");
     }
 
     /// The contract both backends keep; each backend's test runs it.

@@ -217,6 +217,10 @@ async fn bad_uploads_are_refused_by_code_and_store_nothing() {
     assert_eq!(stored_files(&app), 0, "nothing reached the storage");
     let listed = app.get(&format!("/api/v1/products/{id}/images")).await;
     assert_eq!(listed.data(), &json!([]));
+    // The count sees the storage: a good upload is one file there.
+    let taken = app.upload_image(&id, png(16, 16)).await;
+    assert_eq!(taken.status, StatusCode::CREATED, "{:?}", taken.body);
+    assert_eq!(stored_files(&app), 1);
     for key in [
         "images/../../etc/passwd",
         "exports/2026-12-01.csv",
