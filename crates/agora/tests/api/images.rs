@@ -28,8 +28,8 @@ async fn product(app: &TestApp) -> String {
         .to_string()
 }
 
-/// Files under the app's object storage.
-fn stored_files(app: &TestApp) -> usize {
+/// Files under `dir` of the app's object storage (`""`: all of it).
+fn stored_files(app: &TestApp, dir: &str) -> usize {
     fn count(dir: &std::path::Path) -> usize {
         std::fs::read_dir(dir).map_or(0, |entries| {
             entries
@@ -41,7 +41,7 @@ fn stored_files(app: &TestApp) -> usize {
                 .sum()
         })
     }
-    count(&app.config.storage_path())
+    count(&app.config.storage_path().join(dir))
 }
 
 /// Waits for the thumbnails function to attach the image's renditions.
@@ -214,13 +214,14 @@ async fn bad_uploads_are_refused_by_code_and_store_nothing() {
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.code(), "CATALOG_PRODUCT_NOT_FOUND");
 
-    assert_eq!(stored_files(&app), 0, "nothing reached the storage");
+    assert_eq!(stored_files(&app, ""), 0, "nothing reached the storage");
     let listed = app.get(&format!("/api/v1/products/{id}/images")).await;
     assert_eq!(listed.data(), &json!([]));
-    // The count sees the storage: a good upload is one file there.
+    // The count sees the storage: a good upload is one original there (its
+    // renditions come when the thumbnails function has run).
     let taken = app.upload_image(&id, png(16, 16)).await;
     assert_eq!(taken.status, StatusCode::CREATED, "{:?}", taken.body);
-    assert_eq!(stored_files(&app), 1);
+    assert_eq!(stored_files(&app, "images"), 1);
     for key in [
         "images/../../etc/passwd",
         "exports/2026-12-01.csv",
