@@ -12,6 +12,10 @@ use agora_cart::Carts;
 use agora_cart::store::CartStore;
 use agora_catalog::Catalog;
 use agora_catalog::store::CatalogStore;
+use agora_contracts::catalog::CatalogPort;
+use agora_contracts::identity::AccountsPort;
+use agora_contracts::orders::OrdersPort;
+use agora_functions::{Export, Receipts, Thumbnails};
 use agora_identity::Identity;
 use agora_identity::keys::KeyRing;
 use agora_identity::store::IdentityStore;
@@ -31,6 +35,7 @@ use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache};
 use agora_platform::config::{BusBackend, CacheBackend};
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
+use agora_platform::mail::Mailer;
 use agora_platform::storage::ObjectStorage;
 use agora_platform::{Config, Database, Shutdown};
 use anyhow::Context;
@@ -50,6 +55,7 @@ pub struct Application {
     orders: Orders,
     payments: Payments,
     relays: Vec<Relay>,
+    export: Option<Export>,
     shutdown: Shutdown,
     grace: Duration,
 }
@@ -88,9 +94,18 @@ impl Application {
         let orders = orders(&db, &catalog, &carts, &inventory, &payments);
         let (bus, relays) =
             messaging(&config, &db, &catalog, &inventory, &payments, &orders).await?;
-        if config.functions.in_process {
-            functions(&*bus, &db, &catalog, &storage);
-        }
+        let export = if config.functions.in_process {
+            let ports = FunctionPorts {
+                catalog: Arc::new(catalog.clone()),
+                orders: Arc::new(orders.clone()),
+                accounts: Arc::new(identity.clone()),
+                storage: storage.clone(),
+                mailer: Mailer::from_config(&config)?,
+            };
+            Some(functions(&*bus, &db, ports))
+        } else {
+            None
+        };
         let modules = Modules {
             carts: carts.clone(),
             identity,
@@ -122,6 +137,7 @@ impl Application {
             orders,
             payments,
             relays,
+            export,
             shutdown: Shutdown::new(),
             grace: Duration::from_millis(config.server.shutdown_timeout_ms),
         })
@@ -163,6 +179,13 @@ impl Application {
         );
         for relay in self.relays {
             sweepers.spawn(relay.run(self.shutdown.clone()));
+        }
+        if let Some(export) = self.export {
+            sweepers.spawn(export.run_nightly(
+                Arc::new(SystemClock),
+                agora_functions::export::NIGHTLY_CHECK,
+                self.shutdown.clone(),
+            ));
         }
         let outcome = agora_platform::http::serve(
             self.listener,
@@ -337,19 +360,47 @@ async fn messaging(
     Ok((bus, relays))
 }
 
-/// Subscribes the functions (thumbnails) to `bus`, calling `catalog` in this
-/// process.
-pub fn functions(bus: &dyn Bus, db: &Database, catalog: &Catalog, storage: &ObjectStorage) {
+/// What the functions read and write: the modules through their ports (in
+/// this process), the object storage and the mailer.
+pub struct FunctionPorts {
+    /// Products and their images.
+    pub catalog: Arc<dyn CatalogPort>,
+    /// Orders.
+    pub orders: Arc<dyn OrdersPort>,
+    /// Customers' addresses.
+    pub accounts: Arc<dyn AccountsPort>,
+    /// Originals, renditions, exports.
+    pub storage: ObjectStorage,
+    /// Receipts.
+    pub mailer: Mailer,
+}
+
+/// Subscribes the event functions (thumbnails, receipts) to `bus`, and hands
+/// back the nightly export for the caller to run.
+pub fn functions(bus: &dyn Bus, db: &Database, ports: FunctionPorts) -> Export {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     bus.subscribe(
         agora_functions::thumbnails::CONSUMER,
         &agora_functions::thumbnails::KINDS,
-        Arc::new(agora_functions::Thumbnails::new(
-            storage.clone(),
-            Arc::new(catalog.clone()),
+        Arc::new(Thumbnails::new(
+            ports.storage.clone(),
+            ports.catalog,
             db.clone(),
-            Arc::new(SystemClock),
+            clock.clone(),
         )),
     );
+    bus.subscribe(
+        agora_functions::receipts::CONSUMER,
+        &agora_functions::receipts::KINDS,
+        Arc::new(Receipts::new(
+            ports.orders.clone(),
+            ports.accounts,
+            ports.mailer,
+            db.clone(),
+            clock,
+        )),
+    );
+    Export::new(ports.orders, ports.storage)
 }
 
 /// The bus `config.bus` asks for.
@@ -385,19 +436,63 @@ pub async fn run_functions(config: &Config) -> anyhow::Result<()> {
              (with the in-process bus, `agora serve` runs the functions itself)"
         );
     }
+    let (db, ports) = worker(config).await?;
+    let bus = bus(config, &db).await?;
+    let export = functions(&*bus, &db, ports);
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_os_signals();
+    tracing::info!(bus = ?config.bus.backend, "agora functions: running thumbnails, receipts and the nightly export");
+    export
+        .run_nightly(
+            Arc::new(SystemClock),
+            agora_functions::export::NIGHTLY_CHECK,
+            shutdown,
+        )
+        .await;
+    db.close().await;
+    tracing::info!("agora functions stopped");
+    Ok(())
+}
+
+/// `agora functions run export --date DAY`: exports the orders of one
+/// finished UTC day (`YYYY-MM-DD`) now, replacing an earlier export of it.
+pub async fn export_day(
+    config: &Config,
+    day: &str,
+) -> anyhow::Result<agora_functions::export::Exported> {
+    let day =
+        agora_functions::export::Day::parse(day).map_err(|e| anyhow::anyhow!("--date {e}"))?;
+    let (db, ports) = worker(config).await?;
+    let exported = Export::new(ports.orders, ports.storage)
+        .run(day, SystemClock.now())
+        .await;
+    db.close().await;
+    exported
+}
+
+/// The database and the ports a functions worker uses: the modules it reads
+/// run in its process, over the shared database.
+async fn worker(config: &Config) -> anyhow::Result<(Database, FunctionPorts)> {
     let db = Database::connect(config).await?;
     migrate(&db).await?;
     let storage = ObjectStorage::from_config(config)?;
     let catalog = catalog(config, &db, read_cache(config)?, storage.clone());
-    let bus = bus(config, &db).await?;
-    functions(&*bus, &db, &catalog, &storage);
-    let shutdown = Shutdown::new();
-    shutdown.trigger_on_os_signals();
-    tracing::info!(bus = ?config.bus.backend, "agora functions: running thumbnails");
-    shutdown.wait().await;
-    db.close().await;
-    tracing::info!("agora functions stopped");
-    Ok(())
+    let identity = identity(config, &db, Authenticator::new(&config.auth)).await?;
+    let orders = orders(
+        &db,
+        &catalog,
+        &carts(&db, &catalog),
+        &inventory(&db, &catalog),
+        &payments(config, &db),
+    );
+    let ports = FunctionPorts {
+        catalog: Arc::new(catalog),
+        orders: Arc::new(orders),
+        accounts: Arc::new(identity),
+        storage,
+        mailer: Mailer::from_config(config)?,
+    };
+    Ok((db, ports))
 }
 
 /// Every module's migrations, in dependency order.

@@ -44,10 +44,10 @@ enum Command {
     Seed(SeedArgs),
     /// Print the effective configuration (secrets masked).
     Config,
-    /// Run the event-triggered functions (thumbnails) as a worker on the
-    /// shared bus (`bus.backend = "nats"`); `agora serve` runs them itself
-    /// unless `functions.in_process = false`.
-    Functions,
+    /// Run the functions (thumbnails, receipts, the nightly export) as a
+    /// worker on the shared bus (`bus.backend = "nats"`); `agora serve` runs
+    /// them itself unless `functions.in_process = false`.
+    Functions(FunctionsArgs),
     /// Administration: accounts and signing keys.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -56,6 +56,30 @@ enum Command {
         /// As the Markdown page docs/errors.md.
         #[arg(long)]
         markdown: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct FunctionsArgs {
+    #[command(subcommand)]
+    command: Option<FunctionsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum FunctionsCommand {
+    /// Run one function now, then exit.
+    #[command(subcommand)]
+    Run(RunFunction),
+}
+
+#[derive(Debug, Subcommand)]
+enum RunFunction {
+    /// Export the orders of one finished UTC day as CSV to the object storage
+    /// (`exports/orders/DAY.csv`), replacing an earlier export of that day.
+    Export {
+        /// The day, `YYYY-MM-DD` (UTC).
+        #[arg(long, value_name = "DAY")]
+        date: String,
     },
 }
 
@@ -176,7 +200,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         app.run_until_stopped().await
                     }
                     Command::Migrate => agora::app::migrate_only(&config).await,
-                    Command::Functions => agora::app::run_functions(&config).await,
+                    Command::Functions(FunctionsArgs { command: None }) => {
+                        agora::app::run_functions(&config).await
+                    }
+                    Command::Functions(FunctionsArgs {
+                        command: Some(FunctionsCommand::Run(RunFunction::Export { date })),
+                    }) => {
+                        let exported = agora::app::export_day(&config, &date).await?;
+                        println!(
+                            "exported {} orders ({} lines, {} bytes) to {}",
+                            exported.orders, exported.rows, exported.bytes, exported.key
+                        );
+                        Ok(())
+                    }
                     Command::Seed(_) => agora::app::seed_demo(&config).await,
                     Command::Admin(AdminCommand::CreateUser(args)) => {
                         let password = read_password(args.password_stdin)?;

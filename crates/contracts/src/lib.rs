@@ -12,12 +12,17 @@
 //!   by the caller's key.
 //! - [`payments`]: [`payments::PaymentsPort`] — payments authorized, captured,
 //!   cancelled and refunded, idempotent by the caller's key.
+//! - [`orders`]: [`orders::OrdersPort`] — orders as the functions read them
+//!   (receipts, exports).
+//! - [`identity`]: [`identity::AccountsPort`] — how to reach a customer.
 //! - [`events`]: the events modules publish, and their payloads.
 
 pub mod cart;
 pub mod catalog;
 pub mod events;
+pub mod identity;
 pub mod inventory;
+pub mod orders;
 pub mod payments;
 
 /// Why a port call failed, as the caller needs to know it.

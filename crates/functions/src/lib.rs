@@ -12,13 +12,21 @@
 //! # Layout
 //! - [`thumbnails`]: on ImageUploaded, 128 and 512 px renditions of a product
 //!   image, attached to it through the catalog's port.
+//! - [`receipts`]: on OrderConfirmed, a receipt email (text and HTML) to the
+//!   customer, over SMTP or into the mail directory.
+//! - [`export`]: nightly, the previous day's orders as CSV in the object
+//!   storage (and any finished day on demand).
 
+pub mod export;
+pub mod receipts;
 pub mod thumbnails;
 
 use agora_platform::bus::Inbox;
 use agora_platform::db::ModuleMigrations;
 use sqlx::migrate::Migrator;
 
+pub use export::Export;
+pub use receipts::Receipts;
 pub use thumbnails::Thumbnails;
 
 static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");

@@ -165,6 +165,7 @@ async fn list(
     let filter = OrderFilter {
         status,
         user_id: scope(&caller, user_id)?,
+        ..OrderFilter::default()
     };
     let after: Option<OrderCursor> = query.cursor.as_deref().map(Cursor::decode).transpose()?;
     let limit = query.limit.unwrap_or_default();

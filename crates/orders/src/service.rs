@@ -6,10 +6,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agora_contracts::PortError;
 use agora_contracts::cart::CartPort;
 use agora_contracts::catalog::CatalogPort;
 use agora_contracts::events::{self, EventPayload};
 use agora_contracts::inventory::InventoryPort;
+use agora_contracts::orders::{OrderRecord, OrderRecordLine, OrdersPort};
 use agora_contracts::payments::{PaymentError, PaymentStatus, PaymentsPort};
 use agora_kernel::{Clock, Money, OrderId, Timestamp, UserId};
 use agora_platform::Shutdown;
@@ -523,5 +525,85 @@ impl Handler for Orders {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// The most orders one [`OrdersPort::placed_between`] call returns.
+pub const MAX_ORDERS_PER_CALL: u32 = 500;
+
+#[async_trait]
+impl OrdersPort for Orders {
+    async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, PortError> {
+        let order = self.inner.store.order(id).await.map_err(unavailable)?;
+        Ok(order.map(record))
+    }
+
+    async fn placed_between(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+        after: Option<OrderId>,
+        limit: u32,
+    ) -> Result<Vec<OrderRecord>, PortError> {
+        let filter = OrderFilter {
+            placed_from: Some(from),
+            placed_before: Some(to),
+            oldest_first: true,
+            ..OrderFilter::default()
+        };
+        // The cursor is the last order's (created_at, id): read the one named.
+        let after = match after {
+            Some(id) => match self.inner.store.order(id).await.map_err(unavailable)? {
+                Some(last) => Some(OrderCursor {
+                    created_at: last.created_at.as_millis(),
+                    id: last.id.to_db(),
+                }),
+                None => {
+                    return Err(PortError::Internal {
+                        module: "orders",
+                        reason: format!("no order {id} to page after"),
+                    });
+                }
+            },
+            None => None,
+        };
+        let limit = i64::from(limit.clamp(1, MAX_ORDERS_PER_CALL));
+        let page = self
+            .inner
+            .store
+            .orders(&filter, after.as_ref(), limit)
+            .await
+            .map_err(unavailable)?;
+        Ok(page.into_iter().map(|(o, _)| record(o)).collect())
+    }
+}
+
+fn unavailable(e: OrderError) -> PortError {
+    PortError::Unavailable {
+        module: "orders",
+        reason: e.to_string(),
+    }
+}
+
+fn record(o: Order) -> OrderRecord {
+    OrderRecord {
+        id: o.id,
+        user_id: o.user_id,
+        status: o.status.as_str().to_string(),
+        lines: o
+            .lines
+            .into_iter()
+            .map(|l| OrderRecordLine {
+                product_id: l.product_id,
+                sku: l.sku,
+                name: l.name,
+                unit_price: l.unit_price,
+                quantity: l.quantity,
+                line_total: l.line_total,
+            })
+            .collect(),
+        total: o.total,
+        refunded_minor: o.refunded_minor,
+        created_at: o.created_at,
     }
 }

@@ -133,6 +133,13 @@ pub struct OrderFilter {
     pub user_id: Option<UserId>,
     /// Only in this status.
     pub status: Option<OrderStatus>,
+    /// Only placed at this time or later.
+    pub placed_from: Option<Timestamp>,
+    /// Only placed before this time.
+    pub placed_before: Option<Timestamp>,
+    /// Oldest first (and the cursor pages forward in time); newest first
+    /// otherwise.
+    pub oldest_first: bool,
 }
 
 /// Where a page of orders ends.
@@ -283,8 +290,8 @@ impl OrdersStore {
         Ok(orders.pop())
     }
 
-    /// Up to `limit` orders matching `filter` after `after`, newest first, each
-    /// with its cursor.
+    /// Up to `limit` orders matching `filter` after `after`, newest first (or
+    /// oldest first, as the filter says), each with its cursor.
     pub async fn orders(
         &self,
         filter: &OrderFilter,
@@ -299,15 +306,27 @@ impl OrdersStore {
         if let Some(status) = filter.status {
             q.push(" AND status = ").bind(status.as_str())?;
         }
+        if let Some(from) = filter.placed_from {
+            q.push(" AND created_at >= ").bind(from.as_millis())?;
+        }
+        if let Some(before) = filter.placed_before {
+            q.push(" AND created_at < ").bind(before.as_millis())?;
+        }
+        let (beyond, order) = if filter.oldest_first {
+            (" > ", " ORDER BY created_at, id LIMIT ")
+        } else {
+            (" < ", " ORDER BY created_at DESC, id DESC LIMIT ")
+        };
         if let Some(after) = after {
-            q.push(" AND (created_at, id) < (")
+            q.push(" AND (created_at, id)")
+                .push(beyond)
+                .push("(")
                 .bind(after.created_at)?
                 .push(", ")
                 .bind(after.id.clone())?
                 .push(")");
         }
-        q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
-            .bind(limit)?;
+        q.push(order).bind(limit)?;
         let rows = q.build().fetch_all(self.db.scan_reader()).await?;
         let orders = self.with_lines(rows).await?;
         Ok(orders

@@ -40,6 +40,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// The event-triggered functions.
     pub functions: FunctionsConfig,
+    /// Outgoing mail (receipts).
+    pub mail: MailConfig,
 }
 
 impl Default for Config {
@@ -56,6 +58,7 @@ impl Default for Config {
             bus: BusConfig::default(),
             storage: StorageConfig::default(),
             functions: FunctionsConfig::default(),
+            mail: MailConfig::default(),
         }
     }
 }
@@ -432,6 +435,41 @@ pub struct FunctionsConfig {
 impl Default for FunctionsConfig {
     fn default() -> Self {
         Self { in_process: true }
+    }
+}
+
+/// Outgoing mail. See `docs/configuration.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// The sender of every message, `Name <address>` or an address.
+    pub from: String,
+    /// The SMTP server: `smtps://host:465` (TLS from the start),
+    /// `smtp://host:587?tls=required` (STARTTLS, refused without it),
+    /// `smtp://host:25?tls=opportunistic`, or plain `smtp://host:25` (a relay
+    /// on the same host). Absent: messages are written to `mail.dir` instead.
+    pub smtp_url: Option<String>,
+    /// The SMTP user name.
+    pub smtp_username: Option<String>,
+    /// Its password.
+    pub smtp_password: Option<Secret>,
+    /// The most an SMTP exchange may take, in milliseconds.
+    pub smtp_timeout_ms: u64,
+    /// Where messages go as `.eml` files when no SMTP server is set;
+    /// `<data_dir>/mail` when absent.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self {
+            from: "Agora <receipts@agora.localhost>".to_string(),
+            smtp_url: None,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_timeout_ms: 10_000,
+            dir: None,
+        }
     }
 }
 
@@ -860,6 +898,24 @@ impl Config {
                 "must be between 1024 and 268435456 (256 MiB)",
             );
         }
+        let mail = &self.mail;
+        if mail.from.parse::<lettre::message::Mailbox>().is_err() {
+            return fail("mail.from", "must be an address, or `Name <address>`");
+        }
+        if let Some(url) = &mail.smtp_url
+            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
+        {
+            return fail("mail.smtp_url", "must be an smtp:// or smtps:// URL");
+        }
+        if mail.smtp_username.is_some() != mail.smtp_password.is_some() {
+            return fail(
+                "mail.smtp_password",
+                "must be set together with mail.smtp_username",
+            );
+        }
+        if !(1..=300_000).contains(&mail.smtp_timeout_ms) {
+            return fail("mail.smtp_timeout_ms", "must be between 1 and 300000");
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
             return fail("log.filter", "is not a valid tracing filter");
         }
@@ -872,6 +928,14 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.data_dir.join("objects"))
+    }
+
+    /// The directory mail is written to when no SMTP server is set.
+    pub fn mail_dir(&self) -> PathBuf {
+        self.mail
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("mail"))
     }
 
     /// The database URL in effect: the configured one, or the SQLite file in the
@@ -1196,6 +1260,33 @@ mod tests {
             jail.clear_env();
             let config = load(&Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(config.storage_path(), config.data_dir.join("objects"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_mail_settings_name_their_key() {
+        Jail::expect_with(|jail| {
+            refused_naming_their_key(
+                jail,
+                &[
+                    ("AGORA_MAIL__FROM", "not an address", "mail.from"),
+                    ("AGORA_MAIL__SMTP_URL", "http://mail:25", "mail.smtp_url"),
+                    ("AGORA_MAIL__SMTP_USERNAME", "me", "mail.smtp_password"),
+                    ("AGORA_MAIL__SMTP_TIMEOUT_MS", "0", "mail.smtp_timeout_ms"),
+                ],
+            );
+            jail.clear_env();
+            jail.set_env("AGORA_MAIL__SMTP_URL", "smtps://mail.example.com:465");
+            jail.set_env("AGORA_MAIL__SMTP_USERNAME", "me");
+            jail.set_env("AGORA_MAIL__SMTP_PASSWORD", "hunter2");
+            let config = load(&Overrides::default()).map_err(|e| e.to_string())?;
+            let shown = config.to_masked_toml();
+            assert!(shown.contains("smtp_password = \"********\""), "{shown}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            jail.clear_env();
+            let config = load(&Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.mail_dir(), config.data_dir.join("mail"));
             Ok(())
         });
     }

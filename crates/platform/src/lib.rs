@@ -16,6 +16,7 @@
 //!   server with graceful shutdown, health routes.
 //! - [`auth`]: who is calling (until the identity module lands: the bootstrap
 //!   staff token).
+//! - [`mail`]: outgoing mail (SMTP, or `.eml` files in the mail directory).
 //! - [`shutdown`]: the shutdown signal shared by every long-running task.
 //! - [`storage`]: object storage (local files or an S3-compatible bucket).
 //! - `testing` (feature `test-support`): a fresh database per test.
@@ -26,6 +27,7 @@ pub mod cache;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod mail;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

@@ -9,6 +9,7 @@ mod catalog;
 mod cli;
 mod edge;
 mod events;
+mod functions;
 mod helpers;
 mod identity;
 mod images;
