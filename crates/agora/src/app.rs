@@ -30,6 +30,7 @@ use agora_payments::provider::{SimulatedBehaviour, SimulatedProvider};
 use agora_payments::store::PaymentStore;
 use agora_platform::auth::Authenticator;
 use agora_platform::bus::nats::{NatsBus, NatsSettings};
+use agora_platform::bus::rabbit::{RabbitBus, RabbitSettings};
 use agora_platform::bus::{Bus, EventLog, InProcessBus, Outbox, Relay};
 use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache};
 use agora_platform::config::{BusBackend, CacheBackend};
@@ -98,7 +99,7 @@ impl Application {
             let ports = FunctionPorts {
                 catalog: Arc::new(catalog.clone()),
                 orders: Arc::new(orders.clone()),
-                accounts: Arc::new(identity.clone()),
+                accounts: Arc::new(IdentityStore::new(db.clone())),
                 storage: storage.clone(),
                 mailer: Mailer::from_config(&config)?,
             };
@@ -341,7 +342,7 @@ async fn messaging(
     // Every node forgets its cached catalog reads when another node changes the
     // catalog. (With the in-process bus there is no other node, and this one
     // forgot them as it wrote.)
-    if config.bus.backend == BusBackend::Nats {
+    if config.bus.backend.is_shared() {
         bus.subscribe_each_node(
             agora_catalog::service::CACHE_CONSUMER,
             &agora_catalog::service::CHANGE_EVENTS,
@@ -423,6 +424,16 @@ async fn bus(config: &Config, db: &Database) -> anyhow::Result<Arc<dyn Bus>> {
             .await
             .with_context(|| format!("Failed to set up the NATS bus at {}", config.bus.nats_url))?,
         ),
+        BusBackend::Rabbitmq => Arc::new(RabbitBus::new(
+            RabbitSettings {
+                url: config.bus.rabbitmq_url.clone(),
+                exchange: config.bus.rabbitmq_exchange.clone(),
+                max_attempts: config.bus.max_attempts,
+                retry_pause: Duration::from_millis(config.bus.retry_pause_ms),
+            },
+            db.clone(),
+            Arc::new(SystemClock),
+        )),
     })
 }
 
@@ -430,13 +441,23 @@ async fn bus(config: &Config, db: &Database) -> anyhow::Result<Arc<dyn Bus>> {
 /// a shutdown signal. Their durable consumers keep events while no worker
 /// runs, so workers may be scaled to none.
 pub async fn run_functions(config: &Config) -> anyhow::Result<()> {
-    if config.bus.backend == BusBackend::InProcess {
+    if !config.bus.backend.is_shared() {
         anyhow::bail!(
-            "`agora functions` needs a shared bus: set `bus.backend = \"nats\"` \
+            "`agora functions` needs a shared bus: set `bus.backend` to `nats` or `rabbitmq` \
              (with the in-process bus, `agora serve` runs the functions itself)"
         );
     }
-    let (db, ports) = worker(config).await?;
+    let db = Database::connect(config).await?;
+    migrate(&db).await?;
+    let storage = ObjectStorage::from_config(config)?;
+    let catalog = catalog(config, &db, read_cache(config)?, storage.clone());
+    let ports = FunctionPorts {
+        catalog: Arc::new(catalog.clone()),
+        orders: Arc::new(orders_reader(config, &db, &catalog)),
+        accounts: Arc::new(IdentityStore::new(db.clone())),
+        storage,
+        mailer: Mailer::from_config(config)?,
+    };
     let bus = bus(config, &db).await?;
     let export = functions(&*bus, &db, ports);
     let shutdown = Shutdown::new();
@@ -462,37 +483,28 @@ pub async fn export_day(
 ) -> anyhow::Result<agora_functions::export::Exported> {
     let day =
         agora_functions::export::Day::parse(day).map_err(|e| anyhow::anyhow!("--date {e}"))?;
-    let (db, ports) = worker(config).await?;
-    let exported = Export::new(ports.orders, ports.storage)
+    let db = Database::connect(config).await?;
+    migrate(&db).await?;
+    let storage = ObjectStorage::from_config(config)?;
+    let catalog = catalog(config, &db, None, storage.clone());
+    let exported = Export::new(Arc::new(orders_reader(config, &db, &catalog)), storage)
         .run(day, SystemClock.now())
         .await;
     db.close().await;
     exported
 }
 
-/// The database and the ports a functions worker uses: the modules it reads
-/// run in its process, over the shared database.
-async fn worker(config: &Config) -> anyhow::Result<(Database, FunctionPorts)> {
-    let db = Database::connect(config).await?;
-    migrate(&db).await?;
-    let storage = ObjectStorage::from_config(config)?;
-    let catalog = catalog(config, &db, read_cache(config)?, storage.clone());
-    let identity = identity(config, &db, Authenticator::new(&config.auth)).await?;
-    let orders = orders(
-        &db,
-        &catalog,
-        &carts(&db, &catalog),
-        &inventory(&db, &catalog),
-        &payments(config, &db),
-    );
-    let ports = FunctionPorts {
-        catalog: Arc::new(catalog),
-        orders: Arc::new(orders),
-        accounts: Arc::new(identity),
-        storage,
-        mailer: Mailer::from_config(config)?,
-    };
-    Ok((db, ports))
+/// The orders module over `db`, for a process that only reads orders through
+/// its port (a functions worker): its participants are built but never
+/// called, and none of its loops runs.
+fn orders_reader(config: &Config, db: &Database, catalog: &Catalog) -> Orders {
+    orders(
+        db,
+        catalog,
+        &carts(db, catalog),
+        &inventory(db, catalog),
+        &payments(config, db),
+    )
 }
 
 /// Every module's migrations, in dependency order.

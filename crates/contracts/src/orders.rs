@@ -49,13 +49,13 @@ pub trait OrdersPort: Send + Sync {
     async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, PortError>;
 
     /// Up to `limit` (at most 500) orders placed at `from` or later and before
-    /// `to`, oldest first, starting after the order `after` when given (the
-    /// last one of the previous page).
+    /// `to`, oldest first (by creation, then id), starting after `after` when
+    /// given: the `created_at` and id of the last order of the previous page.
     async fn placed_between(
         &self,
         from: Timestamp,
         to: Timestamp,
-        after: Option<OrderId>,
+        after: Option<(Timestamp, OrderId)>,
         limit: u32,
     ) -> Result<Vec<OrderRecord>, PortError>;
 }

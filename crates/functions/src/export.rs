@@ -2,9 +2,10 @@
 //! order line, stored at `exports/orders/<day>.csv` in the object storage.
 //!
 //! Time triggers it, not an event: [`Export::run_nightly`] makes the previous
-//! day's file once that day is over and the file is missing (so a worker that
-//! was down catches up when it starts, and several workers write the same
-//! file). `agora functions run export --date <day>` makes (or remakes) any
+//! day's file an hour after that day is over ([`NIGHTLY_SETTLE`]), if the file
+//! is missing (so a worker that was down makes it when it starts, and several
+//! workers write the same file). Only the previous day: older missing days
+//! are made by hand. `agora functions run export --date <day>` makes (or remakes) any
 //! finished day's file by hand.
 
 use std::sync::Arc;
@@ -21,6 +22,9 @@ use axum::body::Bytes;
 const PAGE: u32 = 200;
 /// How often the nightly schedule looks for a missing export.
 pub const NIGHTLY_CHECK: Duration = Duration::from_secs(15 * 60);
+/// How long after a day's end the nightly export waits, so that checkouts
+/// begun late that day have finished (their orders' status is final).
+pub const NIGHTLY_SETTLE: Duration = Duration::from_secs(3600);
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
 /// The CSV's columns, in order. Amounts are in minor units of `currency`.
@@ -55,18 +59,11 @@ impl Day {
                 4 | 7 => b == b'-',
                 _ => b.is_ascii_digit(),
             });
-        let at = shaped
-            .then(|| humantime::parse_rfc3339(&format!("{s}T00:00:00Z")).ok())
+        let start = shaped
+            .then(|| Timestamp::parse_rfc3339(&format!("{s}T00:00:00Z")).ok())
             .flatten()
             .ok_or_else(|| format!("{s:?} is not a date: write YYYY-MM-DD, e.g. 2026-12-01"))?;
-        let ms = at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_err(|_| format!("{s} is before 1970"))?
-            .as_millis();
-        let ms = i64::try_from(ms).map_err(|_| format!("{s} is out of range"))?;
-        Ok(Day {
-            start: Timestamp::from_millis(ms),
-        })
+        Ok(Day { start })
     }
 
     /// The day `at` falls on.
@@ -154,9 +151,10 @@ impl Export {
                 rows += write_order(&mut csv, order)?;
             }
             orders += page.len();
+            // Until an empty page: the port may return fewer than asked.
             match page.last() {
-                Some(last) if page.len() == PAGE as usize => after = Some(last.id),
-                _ => break,
+                Some(last) => after = Some((last.created_at, last.id)),
+                None => break,
             }
         }
         let body = csv.into_inner().context("finishing the CSV")?;
@@ -175,13 +173,15 @@ impl Export {
         })
     }
 
-    /// Exports the previous day once it is over and its file is missing,
-    /// looking every `every`, until the signal fires. A failure is logged and
+    /// Exports the previous day once it has been over for
+    /// [`NIGHTLY_SETTLE`] and its file is missing, looking every `every`,
+    /// until the signal fires. A failure is logged and
     /// tried again at the next look.
     pub async fn run_nightly(self, clock: Arc<dyn Clock>, every: Duration, shutdown: Shutdown) {
         loop {
             let now = clock.now();
-            let day = Day::of(now).previous();
+            let settle_ms = i64::try_from(NIGHTLY_SETTLE.as_millis()).unwrap_or(i64::MAX);
+            let day = Day::of(Timestamp::from_millis(now.as_millis() - settle_ms)).previous();
             match self.storage.exists(&day.key()).await {
                 Ok(true) => {}
                 Ok(false) => {

@@ -177,3 +177,20 @@ impl From<IdentityError> for ApiError {
         ApiError::from_code(code)
     }
 }
+
+impl From<IdentityError> for agora_contracts::PortError {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Database(sqlx::Error::PoolTimedOut) => {
+                agora_contracts::PortError::Unavailable {
+                    module: "identity",
+                    reason: "database pool timed out".into(),
+                }
+            }
+            other => agora_contracts::PortError::Internal {
+                module: "identity",
+                reason: format!("{other:#}"),
+            },
+        }
+    }
+}

@@ -3,8 +3,6 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use agora_contracts::PortError;
-use agora_contracts::identity::{AccountsPort, Contact};
 use agora_kernel::{
     ApiKeyId, Clock, Limit, Page, Permission, Permissions, Principal, Role, SessionId, Timestamp,
     UserId,
@@ -844,22 +842,4 @@ fn recovery_codes() -> Result<(Vec<String>, Vec<String>), IdentityError> {
     let codes = new_recovery_codes()?;
     let hashes = codes.iter().map(|c| recovery_code_hash(c)).collect();
     Ok((codes, hashes))
-}
-
-#[async_trait::async_trait]
-impl AccountsPort for Identity {
-    async fn contact(&self, user: UserId) -> Result<Option<Contact>, PortError> {
-        let found = self
-            .store
-            .user(user)
-            .await
-            .map_err(|e| PortError::Unavailable {
-                module: "identity",
-                reason: e.to_string(),
-            })?;
-        Ok(found.map(|u| Contact {
-            email: u.email,
-            name: u.name,
-        }))
-    }
 }

@@ -497,3 +497,23 @@ fn user_from_row(row: &dyn Columns) -> Result<User, IdentityError> {
         updated_at: Timestamp::from_millis(row.integer(6)?),
     })
 }
+
+/// How other modules reach a customer: read straight from the accounts
+/// table, so a process that only needs addresses (a functions worker) needs
+/// no signing keys.
+#[async_trait::async_trait]
+impl agora_contracts::identity::AccountsPort for IdentityStore {
+    async fn contact(
+        &self,
+        user: UserId,
+    ) -> Result<Option<agora_contracts::identity::Contact>, agora_contracts::PortError> {
+        let found = self
+            .user(user)
+            .await
+            .map_err(agora_contracts::PortError::from)?;
+        Ok(found.map(|u| agora_contracts::identity::Contact {
+            email: u.email,
+            name: u.name,
+        }))
+    }
+}

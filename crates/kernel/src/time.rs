@@ -32,6 +32,19 @@ impl Timestamp {
         humantime::format_rfc3339_millis(self.clamped()).to_string()
     }
 
+    /// The moment written in RFC 3339 (`2026-11-23T09:15:00.123Z`); times
+    /// before 1970 are refused.
+    pub fn parse_rfc3339(text: &str) -> Result<Timestamp, String> {
+        let at = humantime::parse_rfc3339(text).map_err(|e| e.to_string())?;
+        let ms = at
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| "times before 1970 are not supported".to_string())?
+            .as_millis();
+        i64::try_from(ms)
+            .map(Timestamp)
+            .map_err(|_| "time out of range".to_string())
+    }
+
     fn clamped(self) -> SystemTime {
         const MAX_MS: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
         UNIX_EPOCH + Duration::from_millis(self.0.clamp(0, MAX_MS).unsigned_abs())
@@ -48,14 +61,7 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
     /// Reads the RFC 3339 form written by `Serialize` (UTC, `Z`).
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        let at = humantime::parse_rfc3339(&text).map_err(serde::de::Error::custom)?;
-        let ms = at
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| serde::de::Error::custom("times before 1970 are not supported"))?
-            .as_millis();
-        i64::try_from(ms)
-            .map(Timestamp)
-            .map_err(|_| serde::de::Error::custom("time out of range"))
+        Timestamp::parse_rfc3339(&text).map_err(serde::de::Error::custom)
     }
 }
 

@@ -112,3 +112,19 @@ impl From<OrderError> for ApiError {
         ApiError::from_code(code)
     }
 }
+
+impl From<OrderError> for PortError {
+    fn from(e: OrderError) -> Self {
+        match e {
+            OrderError::Port(e) => e,
+            OrderError::Database(sqlx::Error::PoolTimedOut) => PortError::Unavailable {
+                module: "orders",
+                reason: "database pool timed out".into(),
+            },
+            other => PortError::Internal {
+                module: "orders",
+                reason: format!("{other:#}"),
+            },
+        }
+    }
+}

@@ -534,7 +534,7 @@ pub const MAX_ORDERS_PER_CALL: u32 = 500;
 #[async_trait]
 impl OrdersPort for Orders {
     async fn order(&self, id: OrderId) -> Result<Option<OrderRecord>, PortError> {
-        let order = self.inner.store.order(id).await.map_err(unavailable)?;
+        let order = self.inner.store.order(id).await.map_err(PortError::from)?;
         Ok(order.map(record))
     }
 
@@ -542,7 +542,7 @@ impl OrdersPort for Orders {
         &self,
         from: Timestamp,
         to: Timestamp,
-        after: Option<OrderId>,
+        after: Option<(Timestamp, OrderId)>,
         limit: u32,
     ) -> Result<Vec<OrderRecord>, PortError> {
         let filter = OrderFilter {
@@ -551,37 +551,18 @@ impl OrdersPort for Orders {
             oldest_first: true,
             ..OrderFilter::default()
         };
-        // The cursor is the last order's (created_at, id): read the one named.
-        let after = match after {
-            Some(id) => match self.inner.store.order(id).await.map_err(unavailable)? {
-                Some(last) => Some(OrderCursor {
-                    created_at: last.created_at.as_millis(),
-                    id: last.id.to_db(),
-                }),
-                None => {
-                    return Err(PortError::Internal {
-                        module: "orders",
-                        reason: format!("no order {id} to page after"),
-                    });
-                }
-            },
-            None => None,
-        };
+        let after = after.map(|(created_at, id)| OrderCursor {
+            created_at: created_at.as_millis(),
+            id: id.to_db(),
+        });
         let limit = i64::from(limit.clamp(1, MAX_ORDERS_PER_CALL));
         let page = self
             .inner
             .store
             .orders(&filter, after.as_ref(), limit)
             .await
-            .map_err(unavailable)?;
+            .map_err(PortError::from)?;
         Ok(page.into_iter().map(|(o, _)| record(o)).collect())
-    }
-}
-
-fn unavailable(e: OrderError) -> PortError {
-    PortError::Unavailable {
-        module: "orders",
-        reason: e.to_string(),
     }
 }
 

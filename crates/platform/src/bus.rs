@@ -16,7 +16,7 @@
 //! The [`Bus`] trait has the in-process implementation here ([`InProcessBus`]),
 //! which hands each event to every subscribed handler and reports failure if one
 //! fails, so the relay keeps the row and tries again later. The NATS JetStream
-//! backend implements the same trait.
+//! ([`nats`]) and RabbitMQ ([`rabbit`]) backends implement the same trait.
 //!
 //! Each module owns its tables, named after it:
 //! ```sql
@@ -52,6 +52,7 @@ use crate::{Database, Shutdown};
 pub mod dead;
 pub mod log;
 pub mod nats;
+pub mod rabbit;
 
 pub use dead::{DeadLetter, Redrive};
 pub use log::{EventLog, LogFilter, LoggedEvent};
@@ -239,6 +240,47 @@ pub(crate) struct Subscription {
     pub(crate) consumer: String,
     pub(crate) kinds: Vec<String>,
     pub(crate) handler: Arc<dyn Handler>,
+}
+
+/// The handlers of one consumer in this process, by kind: for what reaches
+/// the consumer as a whole (on NATS, what is sent to it alone; on RabbitMQ,
+/// its queue), whatever the kind.
+#[derive(Default)]
+pub(crate) struct Routes {
+    pub(crate) routes: RwLock<Vec<Subscription>>,
+}
+
+impl Routes {
+    /// Whether some handler here takes `kind`.
+    pub(crate) fn takes(&self, kind: &str) -> bool {
+        self.routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|s| s.kinds.iter().any(|k| k == kind))
+    }
+}
+
+#[async_trait]
+impl Handler for Routes {
+    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        let handler = self
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|s| s.kinds.contains(&event.kind))
+            .map(|s| Arc::clone(&s.handler));
+        match handler {
+            Some(handler) => handler.handle(event).await,
+            None => {
+                // Another process's subscription of this name takes the kind,
+                // this one's does not: nothing for this consumer to do here.
+                tracing::warn!(kind = %event.kind, "a delivery of a kind this process's consumer does not take; skipped");
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The bus of the monolith: events go to the handlers in this process. Publishing
@@ -429,26 +471,12 @@ impl Bus for InProcessBus {
         let Some(parking) = &self.parking else {
             return Ok(Redrive::NotFound);
         };
-        let Some(letter) = parking.store.get(id).await? else {
-            return Ok(Redrive::NotFound);
-        };
-        let Some(event) = &letter.event else {
-            return Ok(Redrive::Failed("the message is not an event".into()));
-        };
-        match self.deliver_to(&letter.consumer, event).await {
-            Ok(()) => match parking.store.remove(id).await {
-                Ok(()) => Ok(Redrive::Redriven),
-                // Handled; the copy left is skipped by the inbox if re-driven.
-                Err(e) => Ok(Redrive::Failed(format!(
-                    "handled again, but not removed from the list: {e:#}"
-                ))),
-            },
-            Err(e) => {
-                let error = e.to_string();
-                parking.store.failed_again(id, &error).await?;
-                Ok(Redrive::Failed(error))
-            }
-        }
+        parking
+            .store
+            .redrive(id, |consumer, event| async move {
+                self.deliver_to(&consumer, &event).await
+            })
+            .await
     }
 
     fn subscribe_each_node(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>) {
@@ -762,6 +790,87 @@ pub(crate) fn test_event(kind: &str, aggregate: &str) -> Event {
         Timestamp::from_millis(1),
     )
     .expect("a JSON payload")
+}
+
+/// Handlers for the tests of the buses that run against real servers.
+#[cfg(test)]
+pub(crate) mod test_handlers {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, PoisonError};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::{Event, Handler};
+
+    /// Records the events it handled; fails the first `failures` deliveries,
+    /// and every delivery of an event about `poison`.
+    pub(crate) struct Counting {
+        seen: Mutex<Vec<String>>,
+        calls: AtomicUsize,
+        failures: usize,
+        poison: Option<&'static str>,
+    }
+
+    impl Counting {
+        pub(crate) fn new(failures: usize) -> Arc<Counting> {
+            Arc::new(Counting {
+                seen: Mutex::new(Vec::new()),
+                calls: AtomicUsize::new(0),
+                failures,
+                poison: None,
+            })
+        }
+
+        pub(crate) fn failing_for(poison: &'static str) -> Arc<Counting> {
+            Arc::new(Counting {
+                seen: Mutex::new(Vec::new()),
+                calls: AtomicUsize::new(0),
+                failures: 0,
+                poison: Some(poison),
+            })
+        }
+
+        pub(crate) fn seen(&self) -> Vec<String> {
+            self.seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+
+        /// Deliveries so far, failed or not.
+        pub(crate) fn calls(&self) -> usize {
+            self.calls.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Handler for Counting {
+        async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if call < self.failures || self.poison == Some(event.aggregate_id.as_str()) {
+                anyhow::bail!("failing on purpose");
+            }
+            assert_ne!(event.aggregate_id, "boom", "panicking on purpose");
+            self.seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(event.aggregate_id.clone());
+            Ok(())
+        }
+    }
+
+    /// Waits up to 10 s for `done` (a broker making its first quorum queues
+    /// on a busy machine takes seconds).
+    pub(crate) async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..1000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
 }
 
 #[cfg(test)]

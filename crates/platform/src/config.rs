@@ -335,13 +335,22 @@ pub enum BusBackend {
     InProcess,
     /// NATS JetStream at `bus.nats_url`, shared by every process.
     Nats,
+    /// RabbitMQ at `bus.rabbitmq_url`, shared by every process.
+    Rabbitmq,
+}
+
+impl BusBackend {
+    /// Whether every process on the bus shares its events (not in-process).
+    pub fn is_shared(self) -> bool {
+        self != BusBackend::InProcess
+    }
 }
 
 /// The message bus. See `docs/configuration.md`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
-    /// `in_process` or `nats`.
+    /// `in_process`, `nats` or `rabbitmq`.
     pub backend: BusBackend,
     /// The NATS server of the `nats` backend.
     pub nats_url: String,
@@ -350,6 +359,12 @@ pub struct BusConfig {
     pub nats_stream: String,
     /// The first token of every subject: `<prefix>.<module>.<event>`.
     pub nats_subject_prefix: String,
+    /// The RabbitMQ server of the `rabbitmq` backend,
+    /// `amqp://user:password@host:5672/vhost` (or `amqps://`).
+    pub rabbitmq_url: String,
+    /// The topic exchange every event is published to (queues are named
+    /// `<exchange>.<consumer>`).
+    pub rabbitmq_exchange: String,
     /// Failed deliveries of a message to a consumer before it is parked as a
     /// dead letter.
     pub max_attempts: i64,
@@ -365,6 +380,8 @@ impl Default for BusConfig {
             nats_url: "nats://127.0.0.1:4222".to_string(),
             nats_stream: "AGORA".to_string(),
             nats_subject_prefix: "agora".to_string(),
+            rabbitmq_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_string(),
+            rabbitmq_exchange: "agora".to_string(),
             max_attempts: 10,
             retry_pause_ms: 1000,
         }
@@ -735,6 +752,13 @@ impl Config {
         if !name_like(&self.bus.nats_subject_prefix) {
             return fail("bus.nats_subject_prefix", "must be 1-64 of A-Z a-z 0-9 - _");
         }
+        let amqp = &self.bus.rabbitmq_url;
+        if !amqp.starts_with("amqp://") && !amqp.starts_with("amqps://") {
+            return fail("bus.rabbitmq_url", "must start with amqp:// or amqps://");
+        }
+        if !name_like(&self.bus.rabbitmq_exchange) {
+            return fail("bus.rabbitmq_exchange", "must be 1-64 of A-Z a-z 0-9 - _");
+        }
         if !(1..=100).contains(&self.bus.max_attempts) {
             return fail("bus.max_attempts", "must be between 1 and 100");
         }
@@ -902,10 +926,29 @@ impl Config {
         if mail.from.parse::<lettre::message::Mailbox>().is_err() {
             return fail("mail.from", "must be an address, or `Name <address>`");
         }
-        if let Some(url) = &mail.smtp_url
-            && !(url.starts_with("smtp://") || url.starts_with("smtps://"))
-        {
-            return fail("mail.smtp_url", "must be an smtp:// or smtps:// URL");
+        if let Some(url) = &mail.smtp_url {
+            if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                return fail("mail.smtp_url", "must be an smtp:// or smtps:// URL");
+            }
+            if url.split_once("://").is_some_and(|(_, rest)| {
+                rest.split(['/', '?'])
+                    .next()
+                    .is_some_and(|a| a.contains('@'))
+            }) {
+                return fail(
+                    "mail.smtp_url",
+                    "must not hold credentials: set mail.smtp_username and mail.smtp_password",
+                );
+            }
+            if mail.smtp_username.is_some()
+                && url.starts_with("smtp://")
+                && !url.contains("tls=required")
+            {
+                return fail(
+                    "mail.smtp_url",
+                    "sends the password in the clear: use smtps:// or smtp://…?tls=required",
+                );
+            }
         }
         if mail.smtp_username.is_some() != mail.smtp_password.is_some() {
             return fail(
@@ -951,16 +994,20 @@ impl Config {
     }
 
     /// The effective configuration as TOML, with secrets masked (including a
-    /// password inside the database URL). For `agora config`.
+    /// password inside the database, Redis, NATS and RabbitMQ URLs). For
+    /// `agora config`.
     pub fn to_masked_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = Some(mask_url_password(&self.database_url()));
+        shown.cache.redis_url = mask_url_password(&self.cache.redis_url);
+        shown.bus.nats_url = mask_url_password(&self.bus.nats_url);
+        shown.bus.rabbitmq_url = mask_url_password(&self.bus.rabbitmq_url);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
 
 /// `postgres://user:pw@host/db` → `postgres://user:********@host/db`.
-fn mask_url_password(url: &str) -> String {
+pub(crate) fn mask_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -1272,6 +1319,11 @@ mod tests {
                 &[
                     ("AGORA_MAIL__FROM", "not an address", "mail.from"),
                     ("AGORA_MAIL__SMTP_URL", "http://mail:25", "mail.smtp_url"),
+                    (
+                        "AGORA_MAIL__SMTP_URL",
+                        "smtps://me:hunter2@mail:465",
+                        "mail.smtp_url",
+                    ),
                     ("AGORA_MAIL__SMTP_USERNAME", "me", "mail.smtp_password"),
                     ("AGORA_MAIL__SMTP_TIMEOUT_MS", "0", "mail.smtp_timeout_ms"),
                 ],

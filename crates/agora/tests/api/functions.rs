@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agora_contracts::orders::OrdersPort;
 use agora_functions::export::{COLUMNS, Day, Export};
-use agora_kernel::{Clock, SystemClock};
+use agora_kernel::{Clock, SystemClock, Timestamp};
 use agora_platform::Database;
 use agora_platform::storage::ObjectStorage;
 use reqwest::{Method, StatusCode};
@@ -56,7 +57,22 @@ async fn a_confirmed_order_mails_its_receipt_once() {
     );
     assert!(text.contains("15.00 USD"), "{text}");
 
-    // The function's inbox holds the event: a replay to it does nothing.
+    // The function's inbox holds the event (it records it after sending):
+    // a replay to it does nothing.
+    let db = Database::connect(&app.config).await.expect("the database");
+    for _ in 0..500 {
+        let recorded: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM functions_inbox WHERE consumer = 'functions-receipts'",
+        )
+        .fetch_one(db.reader())
+        .await
+        .expect("the inbox");
+        if recorded == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    db.close().await;
     let path = app.config.mail_dir().join(format!("receipt-{id}.eml"));
     std::fs::remove_file(&path).expect("removed");
     let ops = app
@@ -110,6 +126,65 @@ async fn a_receipt_goes_to_the_smtp_server() {
             .exists(),
         "not written to the mail directory"
     );
+}
+
+/// The whole monolith on a shared broker: the checkout's events travel
+/// through the broker to the receipts function.
+async fn a_receipt_travels_through(configure: impl FnOnce(&mut agora_platform::Config)) {
+    let app = spawn_app_with(configure).await;
+    let ada = app.register_and_login("ada@example.com").await;
+    let order = app.place_order(As::Token(&ada)).await;
+    let text = receipt(&app, order["id"].as_str().expect("an id")).await;
+    assert!(text.contains("15.00 USD"), "{text}");
+}
+
+#[tokio::test]
+#[ignore = "needs RabbitMQ: set AGORA_TEST_RABBITMQ_URL (see docs/operations.md)"]
+async fn on_rabbitmq_a_confirmed_order_mails_its_receipt() {
+    let url = std::env::var("AGORA_TEST_RABBITMQ_URL").expect("AGORA_TEST_RABBITMQ_URL");
+    let exchange = format!("test-{}", uuid::Uuid::now_v7().simple());
+    a_receipt_travels_through(|c| {
+        c.bus.backend = agora_platform::config::BusBackend::Rabbitmq;
+        c.bus.rabbitmq_url = url;
+        c.bus.rabbitmq_exchange = exchange.clone();
+    })
+    .await;
+    // The test's queues go (with the broker's own tool, where the broker runs
+    // on this machine); its two exchanges are mere names and stay.
+    if let Ok(out) = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name"])
+        .output()
+    {
+        for queue in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|q| q.starts_with(&exchange))
+        {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "delete_queue", queue])
+                .output();
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs NATS: set AGORA_TEST_NATS_URL (see docs/operations.md)"]
+async fn on_nats_a_confirmed_order_mails_its_receipt() {
+    let url = std::env::var("AGORA_TEST_NATS_URL").expect("AGORA_TEST_NATS_URL");
+    let unique = uuid::Uuid::now_v7().simple().to_string();
+    let stream = format!("TEST_{unique}");
+    a_receipt_travels_through(|c| {
+        c.bus.backend = agora_platform::config::BusBackend::Nats;
+        c.bus.nats_url = url.clone();
+        c.bus.nats_stream = stream.clone();
+        c.bus.nats_subject_prefix = format!("t{unique}");
+    })
+    .await;
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.expect("NATS"));
+    for name in [stream.clone(), format!("{stream}_DEAD")] {
+        js.delete_stream(&name)
+            .await
+            .expect("the test's stream deleted");
+    }
 }
 
 /// A declined checkout confirms nothing, so it mails nothing.
@@ -173,11 +248,18 @@ async fn the_export_of_a_day_lists_its_order_lines() {
 
     let db = Database::connect(&app.config).await.expect("the database");
     let storage = ObjectStorage::from_config(&app.config).expect("storage");
-    let export = Export::new(Arc::new(orders_of(&app, &db, &storage)), storage.clone());
-    let now = SystemClock.now();
-    let today = Day::of(now);
-    let refused = export.run(today, now).await.expect_err("today is not over");
+    let orders = Arc::new(orders_of(&app, &db, &storage));
+    let export = Export::new(orders.clone(), storage.clone());
+    // The day the orders were placed on (not "today": midnight may have
+    // passed since).
+    let placed = first.data()["created_at"].as_str().expect("a time");
+    let today = Day::of(Timestamp::parse_rfc3339(placed).expect("RFC 3339"));
+    let refused = export
+        .run(today, today.start())
+        .await
+        .expect_err("the day is not over");
     assert!(refused.to_string().contains("is not over yet"), "{refused}");
+    let now = SystemClock.now();
 
     let done = export.run(today, today.end()).await.expect("exported");
     assert_eq!((done.orders, done.rows), (2, 3));
@@ -210,6 +292,25 @@ async fn the_export_of_a_day_lists_its_order_lines() {
     );
     // Oldest first.
     assert_eq!(&rows[0][0], first_id);
+
+    // The port pages oldest first, one at a time, each order once.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = orders
+            .placed_between(today.start(), today.end(), after, 1)
+            .await
+            .expect("a page");
+        let Some(last) = page.last() else { break };
+        assert_eq!(page.len(), 1);
+        after = Some((last.created_at, last.id));
+        paged.push(last.id.to_string());
+    }
+    assert_eq!(
+        paged,
+        [first_id, second["id"].as_str().expect("an id")],
+        "oldest first, each once"
+    );
 
     // The day before holds nothing, and its file says so.
     let empty = export.run(today.previous(), now).await.expect("exported");
@@ -262,11 +363,10 @@ fn the_export_command_writes_a_finished_day_and_refuses_others() {
     let header = std::fs::read_to_string(&file).expect("the export");
     assert_eq!(header, format!("{}\n", COLUMNS.join(",")));
 
-    let today = Day::of(SystemClock.now()).to_string();
     for (date, says) in [
         ("2026-02-30", "is not a date"),
         ("yesterday", "is not a date"),
-        (today.as_str(), "is not over yet"),
+        ("9999-12-30", "is not over yet"),
     ] {
         let out = agora()
             .args([

@@ -1,8 +1,9 @@
 //! Dead letters: messages a consumer gave up on, kept for staff to inspect and
 //! re-drive ([`super::Bus::dead_letters`], [`super::Bus::redrive`]).
 //!
-//! The in-process bus keeps them in the table `bus_dead_letters` (the
-//! platform's migrations); NATS keeps them in its dead-letter stream.
+//! The in-process and RabbitMQ buses keep them in the table
+//! `bus_dead_letters` (the platform's migrations); NATS keeps them in its
+//! dead-letter stream.
 
 use agora_kernel::Timestamp;
 use serde::Serialize;
@@ -106,7 +107,7 @@ impl DeadLetterStore {
     }
 
     /// The dead letter `id`.
-    pub(crate) async fn get(&self, id: u64) -> anyhow::Result<Option<DeadLetter>> {
+    async fn get(&self, id: u64) -> anyhow::Result<Option<DeadLetter>> {
         let Ok(seq) = i64::try_from(id) else {
             return Ok(None);
         };
@@ -118,7 +119,7 @@ impl DeadLetterStore {
     }
 
     /// Removes `id` after its re-drive succeeded.
-    pub(crate) async fn remove(&self, id: u64) -> anyhow::Result<()> {
+    async fn remove(&self, id: u64) -> anyhow::Result<()> {
         sqlx::query("DELETE FROM bus_dead_letters WHERE seq = $1")
             .bind(i64::try_from(id)?)
             .execute(self.db.writer())
@@ -126,8 +127,38 @@ impl DeadLetterStore {
         Ok(())
     }
 
+    /// Re-drives the dead letter `id` through `deliver` (to its consumer); it
+    /// leaves the list when that succeeds, and counts one more failed attempt
+    /// when it does not. For the buses that keep dead letters here.
+    pub(crate) async fn redrive<F, Fut>(&self, id: u64, deliver: F) -> anyhow::Result<Redrive>
+    where
+        F: FnOnce(String, Event) -> Fut,
+        Fut: std::future::Future<Output = Result<(), super::DeliverError>>,
+    {
+        let Some(letter) = self.get(id).await? else {
+            return Ok(Redrive::NotFound);
+        };
+        let Some(event) = letter.event else {
+            return Ok(Redrive::Failed("the message is not an event".into()));
+        };
+        match deliver(letter.consumer, event).await {
+            Ok(()) => match self.remove(id).await {
+                Ok(()) => Ok(Redrive::Redriven),
+                // Delivered; the copy left is skipped by the inbox if re-driven.
+                Err(e) => Ok(Redrive::Failed(format!(
+                    "delivered again, but not removed from the list: {e:#}"
+                ))),
+            },
+            Err(e) => {
+                let error = e.to_string();
+                self.failed_again(id, &error).await?;
+                Ok(Redrive::Failed(error))
+            }
+        }
+    }
+
     /// Records that re-driving `id` failed again.
-    pub(crate) async fn failed_again(&self, id: u64, error: &str) -> anyhow::Result<()> {
+    async fn failed_again(&self, id: u64, error: &str) -> anyhow::Result<()> {
         sqlx::query(
             "UPDATE bus_dead_letters SET error = $1, attempts = attempts + 1 WHERE seq = $2",
         )

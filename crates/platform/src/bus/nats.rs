@@ -31,7 +31,7 @@
 //! delivery.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -44,7 +44,8 @@ use tokio::task::AbortHandle;
 
 use super::dead::raw_text;
 use super::{
-    Bus, DeadLetter, DeliverError, Event, Handler, PublishError, Redrive, Subscription, run_handler,
+    Bus, DeadLetter, DeliverError, Event, Handler, PublishError, Redrive, Routes, Subscription,
+    run_handler,
 };
 
 /// Messages a subscriber asks the server for at a time.
@@ -87,36 +88,7 @@ pub struct NatsBus {
     subscribers: Mutex<Vec<AbortHandle>>,
     /// Per shared consumer, the handlers of what is delivered to it alone
     /// (replays, re-drives), by kind.
-    direct: Mutex<HashMap<String, Arc<Direct>>>,
-}
-
-/// The handlers of one consumer, by kind: for the messages sent to that
-/// consumer alone (`<prefix>._direct.<consumer>`), whatever their kind.
-#[derive(Default)]
-struct Direct {
-    routes: RwLock<Vec<Subscription>>,
-}
-
-#[async_trait]
-impl Handler for Direct {
-    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        let handler = self
-            .routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|s| s.kinds.contains(&event.kind))
-            .map(|s| Arc::clone(&s.handler));
-        match handler {
-            Some(handler) => handler.handle(event).await,
-            None => {
-                // Another process's subscription of this name takes the kind,
-                // this one's does not: nothing for this consumer to do here.
-                tracing::warn!(kind = %event.kind, "a direct delivery of a kind this process's consumer does not take; skipped");
-                Ok(())
-            }
-        }
-    }
+    direct: Mutex<HashMap<String, Arc<Routes>>>,
 }
 
 struct Inner {
@@ -630,7 +602,7 @@ impl NatsBus {
             // own, for whichever of its kinds they are.
             let mut direct = self.direct.lock().unwrap_or_else(PoisonError::into_inner);
             let routes = direct.entry(consumer.to_string()).or_insert_with(|| {
-                let routes = Arc::new(Direct::default());
+                let routes = Arc::new(Routes::default());
                 spawn(Inner::direct_kind(consumer), routes.clone());
                 routes
             });
@@ -649,12 +621,11 @@ impl NatsBus {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use agora_kernel::Timestamp;
 
     use super::*;
     use crate::bus::test_event as event;
+    use crate::bus::test_handlers::{Counting, eventually};
 
     /// A bus on the server named by `AGORA_TEST_NATS_URL`, in streams of its
     /// own, with short pauses.
@@ -671,58 +642,6 @@ mod tests {
             ack_wait: Duration::from_secs(5),
         })
         .await
-    }
-
-    /// Records the events it handled; fails the first `failures` deliveries,
-    /// and every delivery of an event about `poison`.
-    struct Counting {
-        seen: Mutex<Vec<String>>,
-        calls: AtomicUsize,
-        failures: usize,
-        poison: Option<&'static str>,
-    }
-
-    impl Counting {
-        fn new(failures: usize) -> Arc<Counting> {
-            Arc::new(Counting {
-                seen: Mutex::new(Vec::new()),
-                calls: AtomicUsize::new(0),
-                failures,
-                poison: None,
-            })
-        }
-
-        fn failing_for(poison: &'static str) -> Arc<Counting> {
-            Arc::new(Counting {
-                seen: Mutex::new(Vec::new()),
-                calls: AtomicUsize::new(0),
-                failures: 0,
-                poison: Some(poison),
-            })
-        }
-
-        fn seen(&self) -> Vec<String> {
-            self.seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
-        }
-    }
-
-    #[async_trait]
-    impl Handler for Counting {
-        async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-            let call = self.calls.fetch_add(1, Ordering::SeqCst);
-            if call < self.failures || self.poison == Some(event.aggregate_id.as_str()) {
-                anyhow::bail!("failing on purpose");
-            }
-            assert_ne!(event.aggregate_id, "boom", "panicking on purpose");
-            self.seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(event.aggregate_id.clone());
-            Ok(())
-        }
     }
 
     /// Deletes the test's streams from the shared server.
@@ -745,16 +664,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         bus.dead_letters(None, 10).await
-    }
-
-    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-        for _ in 0..500 {
-            if done() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("timed out waiting for {what}");
     }
 
     /// Events reach their subscriber in order; a repeated publication of the
@@ -869,7 +778,7 @@ mod tests {
         bus.publish(&event("payments.payment_refunded", "p"))
             .await?;
         eventually("the third attempt", || handler.seen() == ["p"]).await;
-        assert_eq!(handler.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(handler.calls(), 3);
         assert!(bus.dead_letters(None, 10).await?.is_empty());
         remove(bus).await
     }
@@ -912,7 +821,7 @@ mod tests {
         assert_eq!(poison.aggregate_id, "poison");
         tokio::time::sleep(Duration::from_millis(200)).await;
         // Three failed calls for the poison, one for the fine event; no more.
-        assert_eq!(handler.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(handler.calls(), 4);
         remove(bus).await
     }
 
