@@ -2,9 +2,11 @@
 //! use it: `publish` awaited (the relay marks a row published only after), with
 //! `IN_FLIGHT` publications at once, to a subscriber that counts.
 //!
-//! Usage: `bus_bench in-process COUNT IN_FLIGHT` or
+//! Usage: `bus_bench in-process COUNT IN_FLIGHT`,
 //! `bus_bench nats://127.0.0.1:4222 COUNT IN_FLIGHT` (a stream of its own,
-//! deleted afterwards). `IN_FLIGHT` = `relay` publishes as an outbox relay
+//! deleted afterwards) or `bus_bench amqp://guest:guest@127.0.0.1:5672/%2f
+//! COUNT IN_FLIGHT` (RabbitMQ: an exchange and queues of its own, deleted
+//! afterwards). `IN_FLIGHT` = `relay` publishes as an outbox relay
 //! does: batches of 100 with `publish_batch`, one batch after another.
 //!
 //! Prints the publication rate (all publications acknowledged) and the end to
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use agora_kernel::Timestamp;
 use agora_platform::bus::nats::{NatsBus, NatsSettings};
+use agora_platform::bus::rabbit::{RabbitBus, RabbitSettings};
 use agora_platform::bus::{Bus, Event, Handler, InProcessBus};
 use async_trait::async_trait;
 use futures_util::StreamExt as _;
@@ -35,7 +38,9 @@ async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (Some(target), Some(count), Some(in_flight)) = (args.next(), args.next(), args.next())
     else {
-        anyhow::bail!("usage: bus_bench in-process|nats://HOST:PORT COUNT IN_FLIGHT");
+        anyhow::bail!(
+            "usage: bus_bench in-process|nats://HOST:PORT|amqp://USER:PASS@HOST:PORT/%2f COUNT IN_FLIGHT"
+        );
     };
     let count: u64 = count.parse()?;
     let relay = in_flight == "relay";
@@ -45,8 +50,29 @@ async fn main() -> anyhow::Result<()> {
         "COUNT must be 1..=10000000 and IN_FLIGHT 1..=4096"
     );
     let unique = uuid::Uuid::now_v7().simple().to_string();
+    let rabbit = target.starts_with("amqp://");
+    // The RabbitMQ bus parks dead letters in a database: a scratch one.
+    let scratch = if rabbit {
+        let test = agora_platform::testing::TestDatabase::new().await?;
+        test.db.migrate(&agora_platform::bus::MIGRATIONS).await?;
+        Some(test)
+    } else {
+        None
+    };
+    let exchange = format!("bench-{unique}");
     let bus: Arc<dyn Bus> = if target == "in-process" {
         Arc::new(InProcessBus::new())
+    } else if let Some(test) = &scratch {
+        Arc::new(RabbitBus::new(
+            RabbitSettings {
+                url: target.clone(),
+                exchange: exchange.clone(),
+                max_attempts: 5,
+                retry_pause: Duration::from_millis(100),
+            },
+            test.db.clone(),
+            Arc::new(agora_kernel::SystemClock),
+        ))
     } else {
         Arc::new(
             NatsBus::connect(NatsSettings {
@@ -110,6 +136,8 @@ async fn main() -> anyhow::Result<()> {
          publish_per_s={:.0} end_to_end_per_s={:.0}",
         if target == "in-process" {
             "in-process"
+        } else if rabbit {
+            "rabbitmq"
         } else {
             "nats"
         },
@@ -121,7 +149,22 @@ async fn main() -> anyhow::Result<()> {
         published as f64 / publish_secs,
         handled as f64 / total_secs,
     );
-    if target != "in-process" {
+    if rabbit {
+        drop(bus);
+        let connection =
+            lapin::Connection::connect(&target, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        for queue in [format!("{exchange}.bench"), format!("{exchange}.dead")] {
+            channel
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await?;
+        }
+        for name in [exchange.clone(), format!("{exchange}.dead")] {
+            channel
+                .exchange_delete(name.as_str().into(), Default::default())
+                .await?;
+        }
+    } else if target != "in-process" {
         let js = async_nats::jetstream::new(async_nats::connect(target.as_str()).await?);
         js.delete_stream(format!("BENCH_{unique}")).await?;
         js.delete_stream(format!("BENCH_{unique}_DEAD")).await?;

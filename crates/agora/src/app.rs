@@ -32,7 +32,7 @@ use agora_platform::auth::Authenticator;
 use agora_platform::bus::nats::{NatsBus, NatsSettings};
 use agora_platform::bus::rabbit::{RabbitBus, RabbitSettings};
 use agora_platform::bus::{Bus, EventLog, InProcessBus, Outbox, Relay};
-use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache};
+use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache, TwoTierCache};
 use agora_platform::config::{BusBackend, CacheBackend};
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
@@ -105,6 +105,16 @@ impl Application {
             };
             Some(functions(&*bus, &db, ports))
         } else {
+            // `agora functions` workers run them: their events wait for them
+            // even while none runs.
+            bus.retain_for(
+                agora_functions::thumbnails::CONSUMER,
+                &agora_functions::thumbnails::KINDS,
+            );
+            bus.retain_for(
+                agora_functions::receipts::CONSUMER,
+                &agora_functions::receipts::KINDS,
+            );
             None
         };
         let modules = Modules {
@@ -233,16 +243,22 @@ fn access_ttl_ms(config: &Config) -> i64 {
 
 /// The cache of public reads that `config.cache` asks for, if any.
 pub fn read_cache(config: &Config) -> anyhow::Result<Option<Arc<dyn Cache>>> {
+    let redis = || {
+        RedisCache::new(
+            &config.cache.redis_url,
+            &config.cache.redis_prefix,
+            Duration::from_millis(config.cache.redis_timeout_ms),
+        )
+        .context("`cache.redis_url` is not a usable Redis URL")
+    };
     Ok(match config.cache.backend {
         CacheBackend::Memory => Some(Arc::new(MemoryCache::new(config.cache.max_bytes))),
-        CacheBackend::Redis => Some(Arc::new(
-            RedisCache::new(
-                &config.cache.redis_url,
-                &config.cache.redis_prefix,
-                Duration::from_millis(config.cache.redis_timeout_ms),
-            )
-            .context("`cache.redis_url` is not a usable Redis URL")?,
-        )),
+        CacheBackend::Redis => Some(Arc::new(redis()?)),
+        CacheBackend::TwoTier => Some(Arc::new(TwoTierCache::new(
+            MemoryCache::new(config.cache.max_bytes),
+            redis()?,
+            Duration::from_secs(config.cache.ttl_secs),
+        ))),
         CacheBackend::None => None,
     })
 }

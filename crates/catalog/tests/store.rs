@@ -50,7 +50,7 @@ async fn migrations_are_recorded_per_module_and_run_once() {
         .fetch_one(catalog.store().db().reader())
         .await
         .expect("the catalog has its own history table");
-    assert_eq!(applied, 3, "one row per migration file");
+    assert_eq!(applied, 4, "one row per migration file");
 }
 
 #[tokio::test]

@@ -29,7 +29,8 @@
 //!     occurred_at  BIGINT NOT NULL,        -- epoch ms
 //!     published_at BIGINT,                 -- NULL until the relay published it
 //!     attempts     BIGINT NOT NULL DEFAULT 0,
-//!     last_error   TEXT
+//!     last_error   TEXT,
+//!     request_id   TEXT                    -- the request that produced it
 //! );
 //! CREATE TABLE <module>_inbox (
 //!     consumer TEXT NOT NULL, event_id TEXT NOT NULL, handled_at BIGINT NOT NULL,
@@ -80,10 +81,16 @@ pub struct Event {
     pub occurred_at: Timestamp,
     /// Its payload, as JSON.
     pub payload: serde_json::Value,
+    /// The id of the request whose handling produced it (`X-Request-Id`), so
+    /// that a consumer's log lines can be tied to that request; carried in
+    /// the message (and the `Agora-Request-Id` header on NATS and RabbitMQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl Event {
-    /// A new event of `kind` about `aggregate_id`.
+    /// A new event of `kind` about `aggregate_id`, carrying the current
+    /// request's id when made while handling one.
     pub fn new<P: Serialize>(
         kind: &str,
         aggregate_id: impl std::fmt::Display,
@@ -96,6 +103,7 @@ impl Event {
             aggregate_id: aggregate_id.to_string(),
             occurred_at: now,
             payload: serde_json::to_value(payload)?,
+            request_id: agora_kernel::RequestContext::current_request_id().map(|id| id.to_string()),
         })
     }
 
@@ -104,6 +112,10 @@ impl Event {
         P::deserialize(&self.payload)
     }
 }
+
+/// The message header (NATS, RabbitMQ) that carries an event's request id,
+/// for tools that read messages without decoding them.
+pub const REQUEST_ID_HEADER: &str = "Agora-Request-Id";
 
 /// Handles the events a consumer subscribed to. Must be idempotent: the same
 /// event can arrive more than once (record it in an [`Inbox`]).
@@ -192,6 +204,14 @@ pub trait Bus: Send + Sync {
     /// (in this process for the in-process bus; on the server for NATS).
     async fn has_consumer(&self, consumer: &str) -> Result<bool, DeliverError>;
 
+    /// Keeps the events of `kinds` for `consumer`, which runs in other
+    /// processes (functions workers), from now on even while none of them
+    /// runs. A bus whose streams keep every event anyway (NATS) or that has
+    /// no other processes (in-process) need do nothing.
+    fn retain_for(&self, consumer: &str, kinds: &[&str]) {
+        let _ = (consumer, kinds);
+    }
+
     /// Up to `limit` messages consumers gave up on, oldest first, after the
     /// dead letter `after`.
     async fn dead_letters(
@@ -219,7 +239,28 @@ pub(crate) async fn run_handler(
     limit: Duration,
 ) -> Result<(), String> {
     use futures_util::FutureExt as _;
-    let call = std::panic::AssertUnwindSafe(handler.handle(event)).catch_unwind();
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "event",
+        kind = %event.kind,
+        event_id = %event.id,
+        request_id = event.request_id.as_deref().unwrap_or("")
+    );
+    let handled = handler.handle(event).instrument(span);
+    // Events the handler makes carry the same request id.
+    let call = std::panic::AssertUnwindSafe(async {
+        match &event.request_id {
+            Some(id) => {
+                agora_kernel::RequestContext {
+                    request_id: Arc::from(id.as_str()),
+                }
+                .scope(handled)
+                .await
+            }
+            None => handled.await,
+        }
+    })
+    .catch_unwind();
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(format!("{e:#}")),
@@ -251,6 +292,16 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
+    /// Every kind some handler here takes.
+    pub(crate) fn kinds(&self) -> Vec<String> {
+        self.routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .flat_map(|s| s.kinds.iter().cloned())
+            .collect()
+    }
+
     /// Whether some handler here takes `kind`.
     pub(crate) fn takes(&self, kind: &str) -> bool {
         self.routes
@@ -273,12 +324,14 @@ impl Handler for Routes {
             .map(|s| Arc::clone(&s.handler));
         match handler {
             Some(handler) => handler.handle(event).await,
-            None => {
-                // Another process's subscription of this name takes the kind,
-                // this one's does not: nothing for this consumer to do here.
-                tracing::warn!(kind = %event.kind, "a delivery of a kind this process's consumer does not take; skipped");
-                Ok(())
-            }
+            // Another process's subscription of this name takes the kind (a
+            // newer version, during a rolling deploy): a failed delivery, so
+            // that the message goes to another process, or is parked, rather
+            // than being acknowledged unhandled.
+            None => anyhow::bail!(
+                "this process's consumer does not take {}; another process's may",
+                event.kind
+            ),
         }
     }
 }
@@ -513,11 +566,11 @@ impl Outbox {
         Self {
             table,
             insert: format!(
-                "INSERT INTO {table} (id, kind, aggregate_id, payload, occurred_at) \
-                 VALUES ($1, $2, $3, $4, $5)"
+                "INSERT INTO {table} (id, kind, aggregate_id, payload, occurred_at, request_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6)"
             ),
             waiting: format!(
-                "SELECT id, kind, aggregate_id, payload, occurred_at FROM {table} \
+                "SELECT id, kind, aggregate_id, payload, occurred_at, request_id FROM {table} \
                  WHERE published_at IS NULL ORDER BY seq LIMIT $1"
             ),
             failed: format!(
@@ -540,6 +593,7 @@ impl Outbox {
             .bind(event.aggregate_id.clone())
             .bind(event.payload.to_string())
             .bind(event.occurred_at.as_millis())
+            .bind(event.request_id.clone())
             .execute(&mut **tx)
             .await
             .map(drop)
@@ -688,6 +742,7 @@ fn event_from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Event> {
         aggregate_id: row.try_get(2)?,
         payload: serde_json::from_str(&payload)?,
         occurred_at: Timestamp::from_millis(row.try_get(4)?),
+        request_id: row.try_get(5)?,
     })
 }
 
@@ -773,7 +828,8 @@ pub(crate) async fn create_test_outbox(db: &Database, table: &str) -> anyhow::Re
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE TABLE {table} (seq {seq}, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, \
          aggregate_id TEXT NOT NULL, payload TEXT NOT NULL, occurred_at BIGINT NOT NULL, \
-         published_at BIGINT, attempts BIGINT NOT NULL DEFAULT 0, last_error TEXT)"
+         published_at BIGINT, attempts BIGINT NOT NULL DEFAULT 0, last_error TEXT, \
+         request_id TEXT)"
     )))
     .execute(db.writer())
     .await?;

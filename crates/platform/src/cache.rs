@@ -14,6 +14,8 @@
 //!
 //! - [`RedisCache`] keeps entries in Redis, shared by every node, and degrades
 //!   to misses while Redis is unreachable.
+//! - [`TwoTierCache`] puts this process's memory in front of Redis; each
+//!   node's memory tier forgets what changed when the bus tells it.
 //!
 //! Values are bytes (rendered JSON, typically), so that a shared backend such as
 //! Redis can hold them too.
@@ -28,8 +30,10 @@ use axum::body::Bytes;
 use tokio::sync::OnceCell;
 
 mod redis;
+mod two_tier;
 
 pub use self::redis::RedisCache;
+pub use self::two_tier::{TierStats, TwoTierCache};
 
 /// A cache of byte values by key.
 #[async_trait]

@@ -288,6 +288,9 @@ pub enum CacheBackend {
     Memory,
     /// In Redis at `cache.redis_url`, shared by every node.
     Redis,
+    /// This process's memory in front of Redis.
+    #[serde(rename = "two_tier")]
+    TwoTier,
     /// No cache: every read goes to the database.
     None,
 }

@@ -1020,7 +1020,17 @@ async fn with_the_cache_off_public_reads_answer_the_same() {
 #[tokio::test]
 #[ignore = "needs a Redis server: set AGORA_TEST_REDIS_URL and pass --ignored"]
 async fn public_reads_go_through_redis_and_see_writes_at_once() {
-    let app = crate::helpers::spawn_app_with_redis().await;
+    reads_see_writes_at_once(crate::helpers::spawn_app_with_redis().await).await;
+}
+
+/// The same through memory in front of Redis.
+#[tokio::test]
+#[ignore = "needs a Redis server: set AGORA_TEST_REDIS_URL and pass --ignored"]
+async fn public_reads_go_through_both_tiers_and_see_writes_at_once() {
+    reads_see_writes_at_once(crate::helpers::spawn_app_with_two_tier_cache().await).await;
+}
+
+async fn reads_see_writes_at_once(app: crate::helpers::TestApp) {
     let p = app.create_product(json!({})).await;
     let path = format!("/api/v1/products/{}", p["id"].as_str().expect("id"));
     let first = app.get(&path).await;

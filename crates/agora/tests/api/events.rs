@@ -320,12 +320,20 @@ async fn poison_events_end_in_the_dead_letters_over_http() {
     assert_eq!(letter["consumer"], "orders.payment_events", "{letters:?}");
     assert_eq!(letter["attempts"], 2);
     assert_eq!(letter["event"]["id"], poison.id.to_string());
-    let published: Option<i64> =
-        sqlx::query_scalar("SELECT published_at FROM payments_outbox WHERE id = $1")
+    // Parked, the publication succeeds and the relay marks the row (in its
+    // own transaction, a moment after the parking).
+    let mut published: Option<i64> = None;
+    for _ in 0..500 {
+        published = sqlx::query_scalar("SELECT published_at FROM payments_outbox WHERE id = $1")
             .bind(poison.id.to_db())
             .fetch_one(app.db.db.reader())
             .await
             .expect("the row");
+        if published.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert!(published.is_some(), "the outbox moved on");
 
     let id = letter["id"].as_u64().expect("an id");
@@ -351,4 +359,71 @@ async fn poison_events_end_in_the_dead_letters_over_http() {
             answer.body
         );
     }
+}
+
+/// The request id of the request that made a change travels with its
+/// events: the log shows it, and a consumer's own events (here the saga's,
+/// run by the checkout request) carry it on.
+#[tokio::test]
+async fn events_carry_the_request_id_of_the_request_that_made_them() {
+    let app = spawn_app().await;
+    let created = app
+        .call_with(
+            Method::POST,
+            "/api/v1/products",
+            Some(crate::helpers::product_body(json!({}))),
+            As::Staff,
+            &[("x-request-id", "trace-create-1")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+    let id = created.data()["id"].as_str().expect("an id").to_string();
+    let ada = app.register_and_login("ada@example.com").await;
+    let stocked = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/inventory/{id}"),
+            Some(json!({ "on_hand": 3, "reason": "test stock" })),
+            As::Staff,
+        )
+        .await;
+    assert_eq!(stocked.status, StatusCode::OK, "{:?}", stocked.body);
+    app.add_to_cart(As::Token(&ada), &id, 1).await;
+    let order = app
+        .call_with(
+            Method::POST,
+            "/api/v1/checkout",
+            Some(json!({ "payment_token": "tok_visa" })),
+            As::Token(&ada),
+            &[
+                ("idempotency-key", "k1"),
+                ("x-request-id", "trace-checkout-1"),
+            ],
+        )
+        .await;
+    assert_eq!(order.status, StatusCode::CREATED, "{:?}", order.body);
+    let order_id = order.data()["id"].as_str().expect("an id").to_string();
+
+    let mut found = Value::Null;
+    for _ in 0..300 {
+        let page = events(&app, "?kind=orders.order_confirmed").await;
+        if let Some(first) = page.data().as_array().and_then(|a| a.first()) {
+            found = first.clone();
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(found["aggregate_id"], order_id.as_str(), "{found}");
+    assert_eq!(found["request_id"], "trace-checkout-1", "{found}");
+    let product_events = events(&app, &format!("?aggregate_id={id}")).await;
+    let changed = product_events
+        .data()
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["kind"] == "catalog.product_changed"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(
+        changed["request_id"], "trace-create-1",
+        "{product_events:?}"
+    );
 }

@@ -101,9 +101,23 @@ pub(crate) async fn spawn_app_with_redis() -> TestApp {
         .await
 }
 
+/// Starts the application with its cache in this process's memory in front
+/// of the Redis `AGORA_TEST_REDIS_URL` names, under keys of its own.
+pub(crate) async fn spawn_app_with_two_tier_cache() -> TestApp {
+    let url = std::env::var("AGORA_TEST_REDIS_URL").expect("AGORA_TEST_REDIS_URL");
+    spawn_app_with_cache_at(agora_platform::config::CacheBackend::TwoTier, url).await
+}
+
 async fn spawn_app_with_redis_at(url: String) -> TestApp {
+    spawn_app_with_cache_at(agora_platform::config::CacheBackend::Redis, url).await
+}
+
+async fn spawn_app_with_cache_at(
+    backend: agora_platform::config::CacheBackend,
+    url: String,
+) -> TestApp {
     spawn_app_with(|c| {
-        c.cache.backend = agora_platform::config::CacheBackend::Redis;
+        c.cache.backend = backend;
         c.cache.redis_url = url;
         c.cache.redis_prefix = format!("agora-test-{}", uuid::Uuid::now_v7().simple());
     })

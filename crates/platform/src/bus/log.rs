@@ -40,6 +40,8 @@ pub struct LoggedEvent {
     /// Its payload.
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
+    /// The id of the request that produced it, if one did.
+    pub request_id: Option<String>,
 }
 
 impl LoggedEvent {
@@ -51,6 +53,7 @@ impl LoggedEvent {
             aggregate_id: self.aggregate_id.clone(),
             occurred_at: self.occurred_at,
             payload: self.payload.clone(),
+            request_id: self.request_id.clone(),
         }
     }
 }
@@ -78,8 +81,7 @@ pub struct EventLog {
     db: Database,
 }
 
-const COLUMNS: &str =
-    "SELECT seq, id, kind, aggregate_id, payload, occurred_at, logged_at FROM bus_event_log";
+const COLUMNS: &str = "SELECT seq, id, kind, aggregate_id, payload, occurred_at, logged_at, request_id FROM bus_event_log";
 
 impl EventLog {
     /// The log in `db` (which ran [`super::MIGRATIONS`]).
@@ -110,7 +112,7 @@ impl EventLog {
                 .await?;
         }
         let mut q = SqlBuilder::new(
-            "INSERT INTO bus_event_log (id, kind, aggregate_id, payload, occurred_at, logged_at) VALUES ",
+            "INSERT INTO bus_event_log (id, kind, aggregate_id, payload, occurred_at, logged_at, request_id) VALUES ",
         );
         for (i, event) in events.iter().enumerate() {
             q.push(if i == 0 { "(" } else { ", (" })
@@ -125,6 +127,8 @@ impl EventLog {
                 .bind(event.occurred_at.as_millis())?
                 .push(", ")
                 .bind(now.as_millis())?
+                .push(", ")
+                .bind(event.request_id.clone())?
                 .push(")");
         }
         q.push(" ON CONFLICT (id) DO NOTHING");
@@ -182,6 +186,7 @@ fn logged_from_row(row: &AnyRow) -> Result<LoggedEvent, sqlx::Error> {
         payload: serde_json::from_str(&payload).map_err(|e| corrupt("payload", &e))?,
         occurred_at: Timestamp::from_millis(row.try_get(5)?),
         logged_at: Timestamp::from_millis(row.try_get(6)?),
+        request_id: row.try_get(7)?,
     })
 }
 

@@ -169,6 +169,9 @@ impl Inner {
             serde_json::to_vec(event).map_err(|e| publish_failed(event, e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
+        if let Some(request_id) = &event.request_id {
+            headers.insert(super::REQUEST_ID_HEADER, request_id.as_str());
+        }
         self.js
             .publish_with_headers(self.subject(&event.kind), headers, payload.into())
             .await
