@@ -54,26 +54,26 @@ struct Line {
     line_total: String,
 }
 
-#[derive(Template)]
-#[template(path = "receipt.txt")]
-struct TextReceipt<'a> {
+/// What both parts of a receipt show.
+struct View<'a> {
     name: &'a str,
     order_id: String,
     placed_at: String,
-    lines: &'a [Line],
+    lines: Vec<Line>,
     total: String,
     shop: &'a str,
 }
 
 #[derive(Template)]
+#[template(path = "receipt.txt")]
+struct TextReceipt<'a> {
+    r: &'a View<'a>,
+}
+
+#[derive(Template)]
 #[template(path = "receipt.html")]
 struct HtmlReceipt<'a> {
-    name: &'a str,
-    order_id: String,
-    placed_at: String,
-    lines: &'a [Line],
-    total: String,
-    shop: &'a str,
+    r: &'a View<'a>,
 }
 
 impl Receipts {
@@ -138,42 +138,32 @@ impl Receipts {
 
 /// The receipt of `order` for `contact`, signed by `shop`.
 pub fn render(order: &OrderRecord, contact: &Contact, shop: &str) -> anyhow::Result<Receipt> {
-    let lines: Vec<Line> = order
-        .lines
-        .iter()
-        .map(|l| Line {
-            name: l.name.clone(),
-            sku: l.sku.clone(),
-            quantity: l.quantity,
-            unit_price: l.unit_price.to_string(),
-            line_total: l.line_total.to_string(),
-        })
-        .collect();
-    let order_id = order.id.to_string();
-    let placed_at = order.created_at.to_rfc3339();
-    let total = order.total.to_string();
-    let text = TextReceipt {
+    let view = View {
         name: &contact.name,
-        order_id: order_id.clone(),
-        placed_at: placed_at.clone(),
-        lines: &lines,
-        total: total.clone(),
+        order_id: order.id.to_string(),
+        placed_at: order.created_at.to_rfc3339(),
+        lines: order
+            .lines
+            .iter()
+            .map(|l| Line {
+                name: l.name.clone(),
+                sku: l.sku.clone(),
+                quantity: l.quantity,
+                unit_price: l.unit_price.to_string(),
+                line_total: l.line_total.to_string(),
+            })
+            .collect(),
+        total: order.total.to_string(),
         shop,
-    }
-    .render()
-    .context("rendering the text receipt")?;
-    let html = HtmlReceipt {
-        name: &contact.name,
-        order_id: order_id.clone(),
-        placed_at,
-        lines: &lines,
-        total,
-        shop,
-    }
-    .render()
-    .context("rendering the HTML receipt")?;
+    };
+    let text = TextReceipt { r: &view }
+        .render()
+        .context("rendering the text receipt")?;
+    let html = HtmlReceipt { r: &view }
+        .render()
+        .context("rendering the HTML receipt")?;
     Ok(Receipt {
-        subject: format!("Your receipt for order {order_id}"),
+        subject: format!("Your receipt for order {}", view.order_id),
         text,
         html,
     })

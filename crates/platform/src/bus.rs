@@ -142,6 +142,38 @@ pub struct PublishError {
     pub reason: String,
 }
 
+impl PublishError {
+    /// Publishing `event` failed for `reason`.
+    pub(crate) fn of(event: &Event, reason: impl std::fmt::Display) -> PublishError {
+        PublishError {
+            kind: event.kind.clone(),
+            id: event.id,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The pause before redelivering a message that failed `attempts` times:
+/// `first`, doubling per attempt, at most a minute (the shared brokers).
+pub(crate) fn retry_pause(first: Duration, attempts: i64) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    (first * (1 << doublings)).min(Duration::from_secs(60))
+}
+
+/// `s` as one word of a subject, routing key or name on a broker: only
+/// `A-Z a-z 0-9 - _`, anything else made `_`.
+pub(crate) fn token(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Why [`Bus::deliver_to`] did not deliver an event.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliverError {
@@ -914,6 +946,22 @@ pub(crate) mod test_handlers {
                 .push(event.aggregate_id.clone());
             Ok(())
         }
+    }
+
+    /// The dead letters of `bus`, once there are at least `count` (or after
+    /// 5 s).
+    pub(crate) async fn parked(
+        bus: &dyn super::Bus,
+        count: usize,
+    ) -> anyhow::Result<Vec<super::DeadLetter>> {
+        for _ in 0..250 {
+            let parked = bus.dead_letters(None, 10).await?;
+            if parked.len() >= count {
+                return Ok(parked);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bus.dead_letters(None, 10).await
     }
 
     /// Waits up to 10 s for `done` (a broker making its first quorum queues

@@ -45,7 +45,7 @@ use tokio::task::AbortHandle;
 use super::dead::raw_text;
 use super::{
     Bus, DeadLetter, DeliverError, Event, Handler, PublishError, Redrive, Routes, Subscription,
-    run_handler,
+    run_handler, token,
 };
 
 /// Messages a subscriber asks the server for at a time.
@@ -164,9 +164,9 @@ impl Inner {
     ) -> Result<async_nats::jetstream::context::PublishAckFuture, PublishError> {
         self.ready()
             .await
-            .map_err(|e| publish_failed(event, format!("NATS is not ready: {e:#}")))?;
+            .map_err(|e| PublishError::of(event, format!("NATS is not ready: {e:#}")))?;
         let payload =
-            serde_json::to_vec(event).map_err(|e| publish_failed(event, e.to_string()))?;
+            serde_json::to_vec(event).map_err(|e| PublishError::of(event, e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
         if let Some(request_id) = &event.request_id {
@@ -175,7 +175,7 @@ impl Inner {
         self.js
             .publish_with_headers(self.subject(&event.kind), headers, payload.into())
             .await
-            .map_err(|e| publish_failed(event, e.to_string()))
+            .map_err(|e| PublishError::of(event, e.to_string()))
     }
 
     /// The "kind" under which messages for `consumer` alone travel:
@@ -323,7 +323,10 @@ impl Inner {
                     Ok(()) => message.ack().await,
                     // Not parked: let it come back.
                     Err(e) => message
-                        .ack_with(AckKind::Nak(Some(self.pause(attempts))))
+                        .ack_with(AckKind::Nak(Some(super::retry_pause(
+                            self.settings.retry_pause,
+                            attempts,
+                        ))))
                         .await
                         .map_err(|_| e),
                 }
@@ -331,18 +334,16 @@ impl Inner {
             Err((error, _)) => {
                 tracing::warn!(consumer, subject = %message.subject, attempts, error, "consumer failed; the message comes back later");
                 message
-                    .ack_with(AckKind::Nak(Some(self.pause(attempts))))
+                    .ack_with(AckKind::Nak(Some(super::retry_pause(
+                        self.settings.retry_pause,
+                        attempts,
+                    ))))
                     .await
             }
         };
         if let Err(e) = answered {
             tracing::warn!(consumer, error = %e, "answering the bus failed; the message comes back");
         }
-    }
-
-    fn pause(&self, attempts: i64) -> Duration {
-        let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-        (self.settings.retry_pause * (1 << doublings)).min(Duration::from_secs(60))
     }
 
     /// Copies `message` into the dead-letter stream.
@@ -379,25 +380,12 @@ fn durable_name(consumer: &str, kind: &str) -> String {
     token(&format!("{consumer}_{kind}"))
 }
 
-/// `s` as one subject token or name: only `A-Z a-z 0-9 - _`.
-fn token(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish(&self, event: &Event) -> Result<(), PublishError> {
         let ack = self.inner.send(event).await?;
         ack.await
-            .map_err(|e| publish_failed(event, e.to_string()))?;
+            .map_err(|e| PublishError::of(event, e.to_string()))?;
         Ok(())
     }
 
@@ -419,7 +407,7 @@ impl Bus for NatsBus {
         let mut published = 0;
         for (event, ack) in acks {
             if let Err(e) = ack.await {
-                return (published, Some(publish_failed(event, e.to_string())));
+                return (published, Some(PublishError::of(event, e.to_string())));
             }
             published += 1;
         }
@@ -526,14 +514,6 @@ impl Bus for NatsBus {
     }
 }
 
-fn publish_failed(event: &Event, reason: String) -> PublishError {
-    PublishError {
-        kind: event.kind.clone(),
-        id: event.id,
-        reason,
-    }
-}
-
 /// Whether the stream has the consumer `name`; an error other than "not
 /// found" (the server not answering) is a failed delivery.
 async fn consumer_exists(
@@ -628,7 +608,7 @@ mod tests {
 
     use super::*;
     use crate::bus::test_event as event;
-    use crate::bus::test_handlers::{Counting, eventually};
+    use crate::bus::test_handlers::{Counting, eventually, parked};
 
     /// A bus on the server named by `AGORA_TEST_NATS_URL`, in streams of its
     /// own, with short pauses.
@@ -655,18 +635,6 @@ mod tests {
         js.delete_stream(&stream).await?;
         js.delete_stream(&dead).await?;
         Ok(())
-    }
-
-    /// The dead letters, once there are at least `count` (or after 4 s).
-    async fn parked(bus: &NatsBus, count: usize) -> anyhow::Result<Vec<DeadLetter>> {
-        for _ in 0..200 {
-            let parked = bus.dead_letters(None, 10).await?;
-            if parked.len() >= count {
-                return Ok(parked);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bus.dead_letters(None, 10).await
     }
 
     /// Events reach their subscriber in order; a repeated publication of the

@@ -45,7 +45,7 @@ use tokio::task::AbortHandle;
 use super::dead::DeadLetterStore;
 use super::{
     Bus, DeadLetter, DeliverError, Event, HANDLER_LIMIT, Handler, PublishError, Redrive, Routes,
-    Subscription, run_handler,
+    Subscription, run_handler, token,
 };
 use crate::Database;
 
@@ -510,7 +510,8 @@ impl Inner {
                     Err(e) => {
                         failures(true);
                         tracing::warn!(consumer, error = %e, "parking failed; the message comes back");
-                        tokio::time::sleep(self.pause(attempts)).await;
+                        tokio::time::sleep(super::retry_pause(self.settings.retry_pause, attempts))
+                            .await;
                         delivery.acker.nack(requeue()).await
                     }
                 }
@@ -518,18 +519,13 @@ impl Inner {
             Err(error) => {
                 failures(true);
                 tracing::warn!(consumer, kind = %event.kind, attempts, error, "consumer failed; the message comes back later");
-                tokio::time::sleep(self.pause(attempts)).await;
+                tokio::time::sleep(super::retry_pause(self.settings.retry_pause, attempts)).await;
                 delivery.acker.nack(requeue()).await
             }
         };
         if let Err(e) = answered {
             tracing::warn!(consumer, error = %e, "answering the bus failed; the message comes back");
         }
-    }
-
-    fn pause(&self, attempts: i64) -> Duration {
-        let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-        (self.settings.retry_pause * (1 << doublings)).min(Duration::from_secs(60))
     }
 }
 
@@ -582,27 +578,6 @@ fn delivery_count(properties: &BasicProperties) -> i64 {
     }
 }
 
-/// `s` as one word of a routing key or queue name: only `A-Z a-z 0-9 - _`.
-fn token(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn publish_failed(event: &Event, reason: impl std::fmt::Display) -> PublishError {
-    PublishError {
-        kind: event.kind.clone(),
-        id: event.id,
-        reason: reason.to_string(),
-    }
-}
-
 /// Waits for the broker's answer to one publication.
 async fn confirmed(confirm: lapin::PublisherConfirm) -> anyhow::Result<()> {
     let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
@@ -619,10 +594,10 @@ impl Bus for RabbitBus {
             .inner
             .send(&event.kind, event)
             .await
-            .map_err(|e| publish_failed(event, format!("{e:#}")))?;
+            .map_err(|e| PublishError::of(event, format!("{e:#}")))?;
         confirmed(confirm)
             .await
-            .map_err(|e| publish_failed(event, format!("{e:#}")))
+            .map_err(|e| PublishError::of(event, format!("{e:#}")))
     }
 
     /// Sends the whole batch, then waits for the confirmations in order.
@@ -633,7 +608,7 @@ impl Bus for RabbitBus {
             match self.inner.send(&event.kind, event).await {
                 Ok(confirm) => confirms.push((event, confirm)),
                 Err(e) => {
-                    failure = Some(publish_failed(event, format!("{e:#}")));
+                    failure = Some(PublishError::of(event, format!("{e:#}")));
                     break;
                 }
             }
@@ -641,7 +616,7 @@ impl Bus for RabbitBus {
         let mut published = 0;
         for (event, confirm) in confirms {
             if let Err(e) = confirmed(confirm).await {
-                return (published, Some(publish_failed(event, format!("{e:#}"))));
+                return (published, Some(PublishError::of(event, format!("{e:#}"))));
             }
             published += 1;
         }
@@ -788,7 +763,7 @@ mod tests {
 
     use super::*;
     use crate::bus::test_event as event;
-    use crate::bus::test_handlers::{Counting, eventually};
+    use crate::bus::test_handlers::{Counting, eventually, parked};
     use crate::testing::TestDatabase;
 
     /// A bus on the broker named by `AGORA_TEST_RABBITMQ_URL`, on an exchange
@@ -835,18 +810,6 @@ mod tests {
                 .await?;
         }
         Ok(())
-    }
-
-    /// The dead letters, once there are at least `count` (or after 5 s).
-    async fn parked(bus: &RabbitBus, count: usize) -> anyhow::Result<Vec<DeadLetter>> {
-        for _ in 0..250 {
-            let parked = bus.dead_letters(None, 10).await?;
-            if parked.len() >= count {
-                return Ok(parked);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bus.dead_letters(None, 10).await
     }
 
     /// Events reach their subscriber once each, in the order published (a
