@@ -232,9 +232,7 @@ async fn get_product(
 ) -> Result<Response, ApiError> {
     if caller.can(Permission::CatalogWrite) {
         // Staff may see an inactive product: their answer is theirs alone.
-        return Ok(ApiResponse::ok(catalog.product(id, true).await?)
-            .with_header(header::CACHE_CONTROL, cacheable::PRIVATE)
-            .into_response());
+        return Ok(private(catalog.product(id, true).await?));
     }
     Ok(cacheable::respond(
         &headers,
@@ -650,9 +648,7 @@ async fn list_images(
     AppPath(id): AppPath<ProductId>,
 ) -> Result<Response, ApiError> {
     if caller.can(Permission::CatalogWrite) {
-        return Ok(ApiResponse::ok(catalog.images(id, true).await?)
-            .with_header(header::CACHE_CONTROL, cacheable::PRIVATE)
-            .into_response());
+        return Ok(private(catalog.images(id, true).await?));
     }
     Ok(cacheable::respond(
         &headers,
@@ -850,4 +846,12 @@ async fn get_media(
         builder.body(Body::from_stream(object.body))
     };
     response.map_err(|e| ApiError::internal(format!("media response: {e}")))
+}
+
+/// A staff answer: it may show what the public must not (inactive products),
+/// so it is theirs alone and never cached.
+fn private<T: serde::Serialize>(data: T) -> Response {
+    ApiResponse::ok(data)
+        .with_header(header::CACHE_CONTROL, cacheable::PRIVATE)
+        .into_response()
 }

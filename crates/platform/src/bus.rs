@@ -324,6 +324,18 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
+    /// Has `handler` take `kinds` for `consumer`.
+    pub(crate) fn add(&self, consumer: &str, kinds: &[&str], handler: Arc<dyn Handler>) {
+        self.routes
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Subscription {
+                consumer: consumer.to_string(),
+                kinds: kinds.iter().map(|k| (*k).to_string()).collect(),
+                handler,
+            });
+    }
+
     /// Every kind some handler here takes.
     pub(crate) fn kinds(&self) -> Vec<String> {
         self.routes

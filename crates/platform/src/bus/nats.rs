@@ -44,8 +44,8 @@ use tokio::task::AbortHandle;
 
 use super::dead::raw_text;
 use super::{
-    Bus, DeadLetter, DeliverError, Event, Handler, PublishError, Redrive, Routes, Subscription,
-    run_handler, token,
+    Bus, DeadLetter, DeliverError, Event, Handler, PublishError, Redrive, Routes, run_handler,
+    token,
 };
 
 /// Messages a subscriber asks the server for at a time.
@@ -589,15 +589,7 @@ impl NatsBus {
                 spawn(Inner::direct_kind(consumer), routes.clone());
                 routes
             });
-            routes
-                .routes
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(Subscription {
-                    consumer: consumer.to_string(),
-                    kinds: kinds.iter().map(|k| (*k).to_string()).collect(),
-                    handler: Arc::clone(handler),
-                });
+            routes.add(consumer, kinds, Arc::clone(handler));
         }
     }
 }

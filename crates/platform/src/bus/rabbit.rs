@@ -45,7 +45,7 @@ use tokio::task::AbortHandle;
 use super::dead::DeadLetterStore;
 use super::{
     Bus, DeadLetter, DeliverError, Event, HANDLER_LIMIT, Handler, PublishError, Redrive, Routes,
-    Subscription, run_handler, token,
+    run_handler, token,
 };
 use crate::Database;
 
@@ -645,15 +645,7 @@ impl Bus for RabbitBus {
                 }
             }
         };
-        routes
-            .routes
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Subscription {
-                consumer: consumer.to_string(),
-                kinds: kinds.iter().map(|k| (*k).to_string()).collect(),
-                handler,
-            });
+        routes.add(consumer, kinds, handler);
         let mut keys: Vec<String> = kinds.iter().map(|k| (*k).to_string()).collect();
         keys.push(Inner::direct_key(consumer));
         self.inner.pending.send_modify(|n| *n += 1);
