@@ -82,6 +82,8 @@ async fn main() -> anyhow::Result<()> {
                 max_attempts: 5,
                 retry_pause: Duration::from_millis(100),
                 ack_wait: Duration::from_secs(30),
+                // As configured by default.
+                partitions: agora_platform::config::BusConfig::default().nats_partitions,
             })
             .await?,
         )

@@ -436,6 +436,7 @@ async fn bus(config: &Config, db: &Database) -> anyhow::Result<Arc<dyn Bus>> {
                 max_attempts: config.bus.max_attempts,
                 retry_pause: Duration::from_millis(config.bus.retry_pause_ms),
                 ack_wait: Duration::from_secs(30),
+                partitions: config.bus.nats_partitions,
             })
             .await
             .with_context(|| format!("Failed to set up the NATS bus at {}", config.bus.nats_url))?,

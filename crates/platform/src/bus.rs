@@ -906,7 +906,7 @@ pub(crate) mod test_handlers {
     /// Records the events it handled; fails the first `failures` deliveries,
     /// and every delivery of an event about `poison`.
     pub(crate) struct Counting {
-        seen: Mutex<Vec<String>>,
+        seen: Mutex<Vec<Event>>,
         calls: AtomicUsize,
         failures: usize,
         poison: Option<&'static str>,
@@ -931,7 +931,13 @@ pub(crate) mod test_handlers {
             })
         }
 
+        /// The aggregate ids of the events handled, in order.
         pub(crate) fn seen(&self) -> Vec<String> {
+            self.events().into_iter().map(|e| e.aggregate_id).collect()
+        }
+
+        /// The events handled, in order.
+        pub(crate) fn events(&self) -> Vec<Event> {
             self.seen
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -955,7 +961,7 @@ pub(crate) mod test_handlers {
             self.seen
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .push(event.aggregate_id.clone());
+                .push(event.clone());
             Ok(())
         }
     }

@@ -360,8 +360,13 @@ pub struct BusConfig {
     /// The JetStream stream holding every event (and `<stream>_DEAD`, the
     /// dead letters).
     pub nats_stream: String,
-    /// The first token of every subject: `<prefix>.<module>.<event>`.
+    /// The first token of every subject: `<prefix>.<module>.<event>.<partition>`.
     pub nats_subject_prefix: String,
+    /// Partitions of each shared consumer on NATS (1-256): the events of one
+    /// aggregate stay in one, in order; the partitions are handled in
+    /// parallel. Change it only with every process stopped and the stream
+    /// drained.
+    pub nats_partitions: u32,
     /// The RabbitMQ server of the `rabbitmq` backend,
     /// `amqp://user:password@host:5672/vhost` (or `amqps://`).
     pub rabbitmq_url: String,
@@ -383,6 +388,7 @@ impl Default for BusConfig {
             nats_url: "nats://127.0.0.1:4222".to_string(),
             nats_stream: "AGORA".to_string(),
             nats_subject_prefix: "agora".to_string(),
+            nats_partitions: 8,
             rabbitmq_url: "amqp://guest:guest@127.0.0.1:5672/%2f".to_string(),
             rabbitmq_exchange: "agora".to_string(),
             max_attempts: 10,
@@ -754,6 +760,9 @@ impl Config {
         }
         if !name_like(&self.bus.nats_subject_prefix) {
             return fail("bus.nats_subject_prefix", "must be 1-64 of A-Z a-z 0-9 - _");
+        }
+        if !(1..=256).contains(&self.bus.nats_partitions) {
+            return fail("bus.nats_partitions", "must be 1-256");
         }
         let amqp = &self.bus.rabbitmq_url;
         if !amqp.starts_with("amqp://") && !amqp.starts_with("amqps://") {
@@ -1250,6 +1259,8 @@ mod tests {
                         "a>",
                         "bus.nats_subject_prefix",
                     ),
+                    ("AGORA_BUS__NATS_PARTITIONS", "0", "bus.nats_partitions"),
+                    ("AGORA_BUS__NATS_PARTITIONS", "257", "bus.nats_partitions"),
                     ("AGORA_BUS__MAX_ATTEMPTS", "0", "bus.max_attempts"),
                     ("AGORA_BUS__RETRY_PAUSE_MS", "0", "bus.retry_pause_ms"),
                 ],
