@@ -8,7 +8,7 @@
 #
 #   scripts/bench-catalog.sh            # 10 s per load, 64 connections, 2 wrk threads
 #   DURATION=30s CONNECTIONS=128 scripts/bench-catalog.sh
-#   REDIS_URL=redis://127.0.0.1:6379 scripts/bench-catalog.sh   # also through Redis
+#   REDIS_URL=redis://127.0.0.1:6379 scripts/bench-catalog.sh   # also through Redis and two-tier
 #
 # Needs wrk (apt-get install wrk) and curl. Prints a Markdown table.
 set -euo pipefail
@@ -97,6 +97,10 @@ if [[ -n "${REDIS_URL:-}" ]]; then
   serve AGORA_CACHE__BACKEND=redis AGORA_CACHE__REDIS_URL="$REDIS_URL" AGORA_CACHE__REDIS_PREFIX="bench-$$"
   load "GET /api/v1/products/{id} (Redis cache)" "http://127.0.0.1:$PORT/api/v1/products/$id"
   load "GET /api/v1/products?limit=20 (Redis cache)" "http://127.0.0.1:$PORT/api/v1/products?limit=20"
+  kill -TERM "$pid"; wait "$pid" || true
+  serve AGORA_CACHE__BACKEND=two_tier AGORA_CACHE__REDIS_URL="$REDIS_URL" AGORA_CACHE__REDIS_PREFIX="bench-$$-2"
+  load "GET /api/v1/products/{id} (two-tier cache)" "http://127.0.0.1:$PORT/api/v1/products/$id"
+  load "GET /api/v1/products?limit=20 (two-tier cache)" "http://127.0.0.1:$PORT/api/v1/products?limit=20"
 fi
 echo
 echo "start-up to ready on an existing database: ${startup_ms} ms (includes the curl polling interval of 10 ms)"

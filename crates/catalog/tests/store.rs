@@ -50,7 +50,15 @@ async fn migrations_are_recorded_per_module_and_run_once() {
         .fetch_one(catalog.store().db().reader())
         .await
         .expect("the catalog has its own history table");
-    assert_eq!(applied, 4, "one row per migration file");
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .expect("the migrations")
+        .count();
+    assert!(files >= 5, "{files} files");
+    assert_eq!(
+        usize::try_from(applied).ok(),
+        Some(files),
+        "one row per migration file"
+    );
 }
 
 #[tokio::test]

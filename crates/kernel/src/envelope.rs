@@ -5,11 +5,13 @@
 //! version come from a task-local [`RequestContext`] that the HTTP middleware sets
 //! for the lifetime of each request, so handlers never pass them around.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum_core::body::Body;
 use axum_core::response::{IntoResponse, Response};
 use http::{HeaderName, HeaderValue, StatusCode, header};
+
+use crate::trace::TraceContext;
 
 /// The API version this server speaks.
 pub const API_VERSION: &str = "1";
@@ -24,9 +26,25 @@ pub struct RequestContext {
     /// The id that ties a response to its log lines: the caller's `X-Request-Id`
     /// when it sent a sane one, otherwise one we made.
     pub request_id: Arc<str>,
+    /// The caller's trace context (its `traceparent`), if it sent one.
+    parent: Option<TraceContext>,
+    /// This request's own span in the trace: a child of `parent`, or the root
+    /// of a new trace. Made when first asked for, so that requests that pass
+    /// nothing on do not pay for the random ids.
+    trace: OnceLock<TraceContext>,
 }
 
 impl RequestContext {
+    /// The context of a request with this id, continuing the caller's trace
+    /// when `parent` is given.
+    pub fn new(request_id: Arc<str>, parent: Option<TraceContext>) -> RequestContext {
+        RequestContext {
+            request_id,
+            parent,
+            trace: OnceLock::new(),
+        }
+    }
+
     /// Runs `f` with this context as the current one.
     pub async fn scope<F: Future>(self, f: F) -> F::Output {
         CONTEXT.scope(self, f).await
@@ -35,6 +53,21 @@ impl RequestContext {
     /// The current request's id, if called inside a request.
     pub fn current_request_id() -> Option<Arc<str>> {
         CONTEXT.try_with(|c| c.request_id.clone()).ok()
+    }
+
+    /// This request's span in its trace.
+    pub fn trace(&self) -> TraceContext {
+        *self.trace.get_or_init(|| {
+            self.parent
+                .as_ref()
+                .map_or_else(TraceContext::root, TraceContext::child)
+        })
+    }
+
+    /// The current request's trace context (what goes on as `traceparent`),
+    /// if called inside a request.
+    pub fn current_trace() -> Option<TraceContext> {
+        CONTEXT.try_with(RequestContext::trace).ok()
     }
 }
 
@@ -260,9 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn success_and_failure_have_their_documented_shapes() {
-        let context = RequestContext {
-            request_id: Arc::from("req-1"),
-        };
+        let context = RequestContext::new(Arc::from("req-1"), None);
         let (ok, failed) = context
             .scope(async {
                 let ok = ApiResponse::ok(serde_json::json!({"n": 1}))
@@ -288,9 +319,7 @@ mod tests {
         let data = serde_json::json!({"id": "prod_1", "tags": ["a", "b"], "price": {"amount": 5}});
         let bytes = serde_json::to_vec(&data).expect("JSON");
         for cursor in [None, Some("next")] {
-            let context = RequestContext {
-                request_id: Arc::from("req-2"),
-            };
+            let context = RequestContext::new(Arc::from("req-2"), None);
             let (typed, raw) = context
                 .scope(async {
                     let typed = ApiResponse::ok(&data)

@@ -21,6 +21,7 @@ pub mod id;
 pub mod money;
 pub mod pagination;
 pub mod time;
+pub mod trace;
 pub mod validation;
 
 pub use access::{Permission, Permissions, Principal, Role, Subject};
@@ -33,3 +34,4 @@ pub use id::{
 pub use money::{Currency, Money, MoneyError};
 pub use pagination::{Cursor, Limit, Page};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use trace::TraceContext;

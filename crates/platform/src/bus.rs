@@ -30,7 +30,8 @@
 //!     published_at BIGINT,                 -- NULL until the relay published it
 //!     attempts     BIGINT NOT NULL DEFAULT 0,
 //!     last_error   TEXT,
-//!     request_id   TEXT                    -- the request that produced it
+//!     request_id   TEXT,                   -- the request that produced it
+//!     traceparent  TEXT                    -- the W3C trace context it continues
 //! );
 //! CREATE TABLE <module>_inbox (
 //!     consumer TEXT NOT NULL, event_id TEXT NOT NULL, handled_at BIGINT NOT NULL,
@@ -86,6 +87,12 @@ pub struct Event {
     /// the message (and the `Agora-Request-Id` header on NATS and RabbitMQ).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The W3C `traceparent` of the span that produced it (the request's, or
+    /// the consumer's that handled the event before it), so that one
+    /// checkout is one trace across the relay and the consumers; carried in
+    /// the message (and the `traceparent` header on NATS and RabbitMQ).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 impl Event {
@@ -103,7 +110,11 @@ impl Event {
             aggregate_id: aggregate_id.to_string(),
             occurred_at: now,
             payload: serde_json::to_value(payload)?,
-            request_id: agora_kernel::RequestContext::current_request_id().map(|id| id.to_string()),
+            // A consumer handling an event without one has an empty id.
+            request_id: agora_kernel::RequestContext::current_request_id()
+                .filter(|id| !id.is_empty())
+                .map(|id| id.to_string()),
+            traceparent: agora_kernel::RequestContext::current_trace().map(|t| t.to_string()),
         })
     }
 
@@ -116,6 +127,22 @@ impl Event {
 /// The message header (NATS, RabbitMQ) that carries an event's request id,
 /// for tools that read messages without decoding them.
 pub const REQUEST_ID_HEADER: &str = "Agora-Request-Id";
+/// The message header that carries an event's W3C trace context, as tracing
+/// tools that read messages expect it.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+impl Event {
+    /// The headers a broker's message of this event carries (its body has
+    /// them too): the request id and the trace context, where known.
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            (REQUEST_ID_HEADER, self.request_id.as_deref()),
+            (TRACEPARENT_HEADER, self.traceparent.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+    }
+}
 
 /// Handles the events a consumer subscribed to. Must be idempotent: the same
 /// event can arrive more than once (record it in an [`Inbox`]).
@@ -272,24 +299,31 @@ pub(crate) async fn run_handler(
 ) -> Result<(), String> {
     use futures_util::FutureExt as _;
     use tracing::Instrument as _;
+    // The handler's span is a child of the span that made the event (an
+    // invalid `traceparent` is ignored).
+    let parent = event
+        .traceparent
+        .as_deref()
+        .and_then(agora_kernel::TraceContext::parse);
     let span = tracing::info_span!(
         "event",
         kind = %event.kind,
         event_id = %event.id,
-        request_id = event.request_id.as_deref().unwrap_or("")
+        request_id = event.request_id.as_deref().unwrap_or(""),
+        trace_id = parent.map(|t| t.trace_id()).unwrap_or_default()
     );
     let handled = handler.handle(event).instrument(span);
-    // Events the handler makes carry the same request id.
+    // Events the handler makes carry the same request id, and continue the
+    // trace from the handler's span.
     let call = std::panic::AssertUnwindSafe(async {
-        match &event.request_id {
-            Some(id) => {
-                agora_kernel::RequestContext {
-                    request_id: Arc::from(id.as_str()),
-                }
-                .scope(handled)
-                .await
+        match (&event.request_id, parent) {
+            (None, None) => handled.await,
+            (id, parent) => {
+                let id = id.as_deref().map_or_else(|| Arc::from(""), Arc::from);
+                agora_kernel::RequestContext::new(id, parent)
+                    .scope(handled)
+                    .await
             }
-            None => handled.await,
         }
     })
     .catch_unwind();
@@ -610,11 +644,13 @@ impl Outbox {
         Self {
             table,
             insert: format!(
-                "INSERT INTO {table} (id, kind, aggregate_id, payload, occurred_at, request_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6)"
+                "INSERT INTO {table} \
+                 (id, kind, aggregate_id, payload, occurred_at, request_id, traceparent) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
             ),
             waiting: format!(
-                "SELECT id, kind, aggregate_id, payload, occurred_at, request_id FROM {table} \
+                "SELECT id, kind, aggregate_id, payload, occurred_at, request_id, traceparent \
+                 FROM {table} \
                  WHERE published_at IS NULL ORDER BY seq LIMIT $1"
             ),
             failed: format!(
@@ -638,6 +674,7 @@ impl Outbox {
             .bind(event.payload.to_string())
             .bind(event.occurred_at.as_millis())
             .bind(event.request_id.clone())
+            .bind(event.traceparent.clone())
             .execute(&mut **tx)
             .await
             .map(drop)
@@ -787,6 +824,7 @@ fn event_from_row(row: &sqlx::any::AnyRow) -> anyhow::Result<Event> {
         payload: serde_json::from_str(&payload)?,
         occurred_at: Timestamp::from_millis(row.try_get(4)?),
         request_id: row.try_get(5)?,
+        traceparent: row.try_get(6)?,
     })
 }
 
@@ -873,7 +911,7 @@ pub(crate) async fn create_test_outbox(db: &Database, table: &str) -> anyhow::Re
         "CREATE TABLE {table} (seq {seq}, id TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, \
          aggregate_id TEXT NOT NULL, payload TEXT NOT NULL, occurred_at BIGINT NOT NULL, \
          published_at BIGINT, attempts BIGINT NOT NULL DEFAULT 0, last_error TEXT, \
-         request_id TEXT)"
+         request_id TEXT, traceparent TEXT)"
     )))
     .execute(db.writer())
     .await?;
@@ -1171,6 +1209,77 @@ mod tests {
         assert!(!bus.has_consumer("three").await?);
         // Without a dead-letter store the list is empty.
         assert!(bus.dead_letters(None, 10).await?.is_empty());
+        Ok(())
+    }
+
+    /// What a consumer makes while handling an event continues that event's
+    /// trace from a span of its own, and keeps its request id; an event made
+    /// outside any request or handler has neither.
+    #[tokio::test]
+    async fn a_consumers_events_continue_the_trace_of_what_it_handles() -> anyhow::Result<()> {
+        struct Follows(std::sync::Mutex<Option<Event>>);
+        #[async_trait]
+        impl Handler for Follows {
+            async fn handle(&self, _: &Event) -> anyhow::Result<()> {
+                let made = event("c.d", "y");
+                *self
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(made);
+                Ok(())
+            }
+        }
+        let outside = event("a.b", "x");
+        assert_eq!(
+            (
+                outside.request_id.as_deref(),
+                outside.traceparent.as_deref()
+            ),
+            (None, None)
+        );
+
+        let handler = Arc::new(Follows(std::sync::Mutex::new(None)));
+        let caller = agora_kernel::TraceContext::root();
+        let handled = Event {
+            request_id: Some("req-7".into()),
+            traceparent: Some(caller.to_string()),
+            ..event("a.b", "x")
+        };
+        let as_handler: Arc<dyn Handler> = handler.clone();
+        run_handler(&as_handler, &handled, Duration::from_secs(5))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let made = handler
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let made = made.expect("an event made");
+        assert_eq!(made.request_id.as_deref(), Some("req-7"));
+        let trace = agora_kernel::TraceContext::parse(made.traceparent.as_deref().unwrap_or(""))
+            .expect("a traceparent");
+        assert_eq!(trace.trace_id(), caller.trace_id());
+        assert_ne!(trace.span_id(), caller.span_id());
+
+        // Without a request id, the trace still continues; the id stays unset.
+        let traced_only = Event {
+            traceparent: Some(caller.to_string()),
+            ..event("a.b", "x")
+        };
+        run_handler(&as_handler, &traced_only, Duration::from_secs(5))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let made = handler
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let made = made.expect("an event made");
+        assert_eq!(made.request_id, None);
+        assert!(
+            made.traceparent
+                .is_some_and(|t| t.contains(&caller.trace_id()))
+        );
         Ok(())
     }
 }

@@ -427,3 +427,55 @@ async fn events_carry_the_request_id_of_the_request_that_made_them() {
         "{product_events:?}"
     );
 }
+
+/// The caller's W3C trace context travels with the events its request made:
+/// they continue its trace (same trace id) from the request's own span (a new
+/// parent id). A request without one, or with an invalid one, starts a trace.
+#[tokio::test]
+async fn events_continue_the_callers_trace() {
+    const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let app = spawn_app().await;
+    let create = async |headers: &[(&str, &str)]| {
+        let created = app
+            .call_with(
+                Method::POST,
+                "/api/v1/products",
+                Some(crate::helpers::product_body(json!({}))),
+                As::Staff,
+                headers,
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
+        let id = created.data()["id"].as_str().expect("an id").to_string();
+        // The relay logs the event once it published it.
+        for _ in 0..300 {
+            let logged = events(&app, &format!("?aggregate_id={id}")).await;
+            if let Some(first) = logged.data().as_array().and_then(|a| a.first()) {
+                return first["traceparent"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a traceparent: {first}"))
+                    .to_string();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the product's event was not logged")
+    };
+    let parts = |t: &str| -> (String, String) {
+        let fields: Vec<&str> = t.split('-').collect();
+        assert_eq!(fields.len(), 4, "{t}");
+        assert_eq!((fields[0], fields[3]), ("00", "01"), "{t}");
+        (fields[1].to_string(), fields[2].to_string())
+    };
+
+    let continued = create(&[("traceparent", CALLER)]).await;
+    let (trace, parent) = parts(&continued);
+    assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_ne!(parent, "00f067aa0ba902b7", "the request's own span");
+
+    let (fresh, _) = parts(&create(&[]).await);
+    assert_eq!(fresh.len(), 32);
+    assert_ne!(fresh, trace);
+    let (other, _) = parts(&create(&[("traceparent", "00-not-a-trace-01")]).await);
+    assert_ne!(other, trace);
+    assert_ne!(other, fresh);
+}

@@ -42,6 +42,9 @@ pub struct LoggedEvent {
     pub payload: serde_json::Value,
     /// The id of the request that produced it, if one did.
     pub request_id: Option<String>,
+    /// The W3C `traceparent` of the span that produced it, if any.
+    #[schema(example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
+    pub traceparent: Option<String>,
 }
 
 impl LoggedEvent {
@@ -54,6 +57,7 @@ impl LoggedEvent {
             occurred_at: self.occurred_at,
             payload: self.payload.clone(),
             request_id: self.request_id.clone(),
+            traceparent: self.traceparent.clone(),
         }
     }
 }
@@ -81,7 +85,7 @@ pub struct EventLog {
     db: Database,
 }
 
-const COLUMNS: &str = "SELECT seq, id, kind, aggregate_id, payload, occurred_at, logged_at, request_id FROM bus_event_log";
+const COLUMNS: &str = "SELECT seq, id, kind, aggregate_id, payload, occurred_at, logged_at, request_id, traceparent FROM bus_event_log";
 
 impl EventLog {
     /// The log in `db` (which ran [`super::MIGRATIONS`]).
@@ -112,7 +116,7 @@ impl EventLog {
                 .await?;
         }
         let mut q = SqlBuilder::new(
-            "INSERT INTO bus_event_log (id, kind, aggregate_id, payload, occurred_at, logged_at, request_id) VALUES ",
+            "INSERT INTO bus_event_log (id, kind, aggregate_id, payload, occurred_at, logged_at, request_id, traceparent) VALUES ",
         );
         for (i, event) in events.iter().enumerate() {
             q.push(if i == 0 { "(" } else { ", (" })
@@ -129,6 +133,8 @@ impl EventLog {
                 .bind(now.as_millis())?
                 .push(", ")
                 .bind(event.request_id.clone())?
+                .push(", ")
+                .bind(event.traceparent.clone())?
                 .push(")");
         }
         q.push(" ON CONFLICT (id) DO NOTHING");
@@ -187,6 +193,7 @@ fn logged_from_row(row: &AnyRow) -> Result<LoggedEvent, sqlx::Error> {
         occurred_at: Timestamp::from_millis(row.try_get(5)?),
         logged_at: Timestamp::from_millis(row.try_get(6)?),
         request_id: row.try_get(7)?,
+        traceparent: row.try_get(8)?,
     })
 }
 

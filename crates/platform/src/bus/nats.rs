@@ -193,8 +193,8 @@ impl Inner {
             serde_json::to_vec(event).map_err(|e| PublishError::of(event, e.to_string()))?;
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
-        if let Some(request_id) = &event.request_id {
-            headers.insert(super::REQUEST_ID_HEADER, request_id.as_str());
+        for (name, value) in event.headers() {
+            headers.insert(name, value);
         }
         self.js
             .publish_with_headers(self.event_subject(event), headers, payload.into())
@@ -794,6 +794,31 @@ mod tests {
         eventually("two events", || handler.seen().len() >= 2).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(ids(&handler.events()), ids(&[first, second]));
+        remove(bus).await
+    }
+
+    /// The request id and the trace context travel in the message's headers
+    /// (and its body), so tools can follow a message without decoding it.
+    #[tokio::test]
+    #[ignore = "needs a NATS server with JetStream: set AGORA_TEST_NATS_URL and pass --ignored"]
+    async fn the_request_id_and_trace_context_travel_in_headers() -> anyhow::Result<()> {
+        let bus = test_bus().await?;
+        let traceparent = agora_kernel::TraceContext::root().to_string();
+        let sent = Event {
+            request_id: Some("req-9".into()),
+            traceparent: Some(traceparent.clone()),
+            ..event("orders.order_placed", "a")
+        };
+        bus.publish(&sent).await?;
+        let stream = bus.events_stream().await?;
+        let raw = stream.get_raw_message(1).await?;
+        let header = |name: &str| raw.headers.get(name).map(|v| v.as_str().to_string());
+        assert_eq!(
+            header(crate::bus::REQUEST_ID_HEADER).as_deref(),
+            Some("req-9")
+        );
+        assert_eq!(header("traceparent"), Some(traceparent));
+        assert_eq!(serde_json::from_slice::<Event>(&raw.payload)?, sent);
         remove(bus).await
     }
 

@@ -281,11 +281,8 @@ impl Inner {
         self.subscriptions_bound().await?;
         let payload = serde_json::to_vec(event)?;
         let mut headers = FieldTable::default();
-        if let Some(request_id) = &event.request_id {
-            headers.insert(
-                super::REQUEST_ID_HEADER.into(),
-                AMQPValue::LongString(request_id.as_str().into()),
-            );
+        for (name, value) in event.headers() {
+            headers.insert(name.into(), AMQPValue::LongString(value.into()));
         }
         let properties = BasicProperties::default()
             .with_headers(headers)

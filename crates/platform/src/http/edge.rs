@@ -4,6 +4,8 @@
 //! - takes the caller's `X-Request-Id` when it is sane (1–128 characters of
 //!   `[A-Za-z0-9._:-]`) or makes one, makes it the current [`RequestContext`]
 //!   (so every envelope's `meta.request_id` has it) and echoes it in the response;
+//! - takes the caller's W3C `traceparent` when it is valid, so that the events the
+//!   request makes continue the caller's trace (otherwise they start one);
 //! - opens the request's tracing span, so every log line of the request carries it;
 //! - negotiates the API version: `/api/v1/…` is version 1; an unversioned
 //!   `/api/…` path is served at the version named by the `Api-Version` header (the
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use agora_kernel::envelope::API_VERSION;
 use agora_kernel::error::ErrorReport;
-use agora_kernel::{ApiError, ErrorCode, RequestContext};
+use agora_kernel::{ApiError, ErrorCode, RequestContext, TraceContext};
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +33,9 @@ use crate::auth::Authenticator;
 
 /// The request id header, read and echoed.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// The W3C trace context header, read (and carried on with the request's
+/// events).
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The API version header, read and echoed.
 pub static API_VERSION_HEADER: HeaderName = HeaderName::from_static("api-version");
 
@@ -102,9 +107,13 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     // hot path whose line is usually filtered out.
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let context = RequestContext {
-        request_id: request_id.clone(),
-    };
+    // An invalid `traceparent` is ignored: the request starts a trace.
+    let parent = req
+        .headers()
+        .get(&TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceContext::parse);
+    let context = RequestContext::new(request_id.clone(), parent);
     let version = negotiate_version(&req);
     let client = client_address(&req, edge.trust_forwarded_for);
     req.extensions_mut().insert(client);

@@ -1,0 +1,216 @@
+//! W3C Trace Context: the `traceparent` that ties one request's work together
+//! across the processes it reaches (the outbox, the bus, the consumers).
+//!
+//! A context is a trace id shared by all the work of one trace, the id of the
+//! span that is current where it is used (sent as `parent-id` to the next
+//! hop), and the trace flags (bit 0: sampled). See
+//! <https://www.w3.org/TR/trace-context/#traceparent-header>.
+
+use std::fmt;
+
+/// One point of a trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    flags: u8,
+}
+
+/// The trace flag saying the caller records this trace.
+const SAMPLED: u8 = 0x01;
+
+impl TraceContext {
+    /// The start of a new trace, sampled.
+    pub fn root() -> TraceContext {
+        let mut trace_id = [0; 16];
+        fill_nonzero(&mut trace_id);
+        TraceContext {
+            trace_id,
+            span_id: new_span_id(),
+            flags: SAMPLED,
+        }
+    }
+
+    /// A span within this one's trace, whose parent is this one.
+    #[must_use]
+    pub fn child(&self) -> TraceContext {
+        TraceContext {
+            span_id: new_span_id(),
+            ..*self
+        }
+    }
+
+    /// The `traceparent` header's value, or `None` when it is not one. Version
+    /// `00` is exactly `00-<32 hex>-<16 hex>-<2 hex>` in lower case with
+    /// neither id all zeros; a later version may append fields after the
+    /// flags, which are ignored (as the specification asks); version `ff` is
+    /// invalid.
+    pub fn parse(header: &str) -> Option<TraceContext> {
+        let header = header.trim_matches([' ', '\t']);
+        let bytes = header.as_bytes();
+        if bytes.len() < 55 {
+            return None;
+        }
+        let version = hex_byte(&bytes[0..2])?;
+        let exact = version == 0;
+        if version == 0xff
+            || (exact && bytes.len() != 55)
+            || (!exact && bytes.len() > 55 && bytes[55] != b'-')
+        {
+            return None;
+        }
+        if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+            return None;
+        }
+        let mut trace_id = [0; 16];
+        let mut span_id = [0; 8];
+        decode(&bytes[3..35], &mut trace_id)?;
+        decode(&bytes[36..52], &mut span_id)?;
+        let flags = hex_byte(&bytes[53..55])?;
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            flags,
+        })
+    }
+
+    /// The trace id, as 32 lower-case hex digits.
+    pub fn trace_id(&self) -> String {
+        hex(&self.trace_id)
+    }
+
+    /// The current span's id, as 16 lower-case hex digits.
+    pub fn span_id(&self) -> String {
+        hex(&self.span_id)
+    }
+
+    /// Whether the caller asked for this trace to be recorded.
+    pub fn sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
+    }
+}
+
+/// The `traceparent` header value (version `00`).
+impl fmt::Display for TraceContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "00-{}-{}-{:02x}",
+            hex(&self.trace_id),
+            hex(&self.span_id),
+            self.flags
+        )
+    }
+}
+
+fn new_span_id() -> [u8; 8] {
+    let mut id = [0; 8];
+    fill_nonzero(&mut id);
+    id
+}
+
+/// Random bytes, not all zero (an all-zero id is invalid).
+fn fill_nonzero(buf: &mut [u8]) {
+    if getrandom::fill(buf).is_err() {
+        // No system randomness: unique enough from the clock and a counter.
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(1);
+        let seed =
+            uuid::Uuid::now_v7().as_u128() ^ u128::from(COUNTER.fetch_add(1, Ordering::Relaxed));
+        for (b, s) in buf.iter_mut().zip(seed.to_le_bytes()) {
+            *b = s;
+        }
+    }
+    if buf.iter().all(|b| *b == 0) {
+        buf[buf.len() - 1] = 1;
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn hex_byte(pair: &[u8]) -> Option<u8> {
+    Some(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?)
+}
+
+fn decode(digits: &[u8], out: &mut [u8]) -> Option<()> {
+    for (byte, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+        *byte = hex_byte(pair)?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn the_specifications_example_round_trips() {
+        let context = TraceContext::parse(EXAMPLE).expect("valid");
+        assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(context.span_id(), "00f067aa0ba902b7");
+        assert!(context.sampled());
+        assert_eq!(context.to_string(), EXAMPLE);
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_gets_a_span_of_its_own() {
+        let parent = TraceContext::parse(EXAMPLE).expect("valid");
+        let child = parent.child();
+        assert_eq!(child.trace_id(), parent.trace_id());
+        assert_ne!(child.span_id(), parent.span_id());
+        assert_eq!(child.sampled(), parent.sampled());
+        let root = TraceContext::root();
+        assert_ne!(root.trace_id(), TraceContext::root().trace_id());
+        assert_eq!(TraceContext::parse(&root.to_string()), Some(root));
+    }
+
+    #[test]
+    fn malformed_headers_are_refused() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "0é-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_later_version_is_read_as_far_as_it_is_understood() {
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-more";
+        let context = TraceContext::parse(later).expect("valid");
+        assert_eq!(context.to_string(), EXAMPLE);
+        assert_eq!(
+            TraceContext::parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x"),
+            None
+        );
+    }
+}
