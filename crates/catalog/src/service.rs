@@ -46,9 +46,15 @@ struct Media {
     decoding: Arc<Semaphore>,
 }
 
-/// The catalog. Cheap to clone.
+/// The catalog. Cheap to clone: one reference count, since every request's
+/// handler takes a clone (counts shared between cores are what a clone costs).
 #[derive(Clone)]
 pub struct Catalog {
+    parts: Arc<Parts>,
+}
+
+#[derive(Clone)]
+struct Parts {
     store: CatalogStore,
     clock: Arc<dyn Clock>,
     /// Public reads (active products, their lists), when caching is on.
@@ -61,17 +67,19 @@ impl Catalog {
     /// The catalog over `store`, telling time by `clock`, without a cache.
     pub fn new(store: CatalogStore, clock: Arc<dyn Clock>) -> Self {
         Self {
-            store,
-            clock,
-            cache: None,
-            media: None,
+            parts: Arc::new(Parts {
+                store,
+                clock,
+                cache: None,
+                media: None,
+            }),
         }
     }
 
     /// The same catalog with product images kept in `storage`, uploads of at
     /// most `max_image_bytes`.
     pub fn with_storage(mut self, storage: ObjectStorage, max_image_bytes: usize) -> Self {
-        self.media = Some(Media {
+        Arc::make_mut(&mut self.parts).media = Some(Media {
             storage,
             max_image_bytes,
             decoding: Arc::new(Semaphore::new(2)),
@@ -80,14 +88,14 @@ impl Catalog {
     }
 
     fn media(&self) -> Result<&Media, CatalogError> {
-        self.media.as_ref().ok_or_else(|| {
+        self.parts.media.as_ref().ok_or_else(|| {
             CatalogError::Unexpected(anyhow::anyhow!("no object storage configured"))
         })
     }
 
     /// The largest image upload taken, in bytes (0 without storage).
     pub fn max_image_bytes(&self) -> usize {
-        self.media.as_ref().map_or(0, |m| m.max_image_bytes)
+        self.parts.media.as_ref().map_or(0, |m| m.max_image_bytes)
     }
 
     /// Adds the image in `bytes` to a product (staff). The bytes are checked
@@ -135,9 +143,9 @@ impl Catalog {
             sha256: inspected.sha256,
             alt,
             renditions: Vec::new(),
-            created_at: self.clock.now(),
+            created_at: self.parts.clock.now(),
         };
-        match self.write(self.store.add_image(&image)).await? {
+        match self.write(self.parts.store.add_image(&image)).await? {
             Added::New(image) => {
                 tracing::info!(product_id = %product, image_id = %image.id, key = %image.key, "image added");
                 Ok((image, true))
@@ -153,7 +161,7 @@ impl Catalog {
         staff: bool,
     ) -> Result<Vec<ProductImage>, CatalogError> {
         self.product(product, staff).await?;
-        self.store.images(product).await
+        self.parts.store.images(product).await
     }
 
     /// An active product's images, rendered for the public, from the cache
@@ -171,7 +179,11 @@ impl Catalog {
         image: ImageId,
     ) -> Result<(), CatalogError> {
         if !self
-            .write(self.store.delete_image(product, image, self.clock.now()))
+            .write(
+                self.parts
+                    .store
+                    .delete_image(product, image, self.parts.clock.now()),
+            )
             .await?
         {
             return Err(CatalogError::ImageNotFound);
@@ -197,13 +209,13 @@ impl Catalog {
     /// The same catalog with its public reads cached in `aside` for at most
     /// `ttl`. Writes through it invalidate them at once.
     pub fn with_cache(mut self, aside: Arc<CacheAside>, ttl: Duration) -> Self {
-        self.cache = Some(ReadCache { aside, ttl });
+        Arc::make_mut(&mut self.parts).cache = Some(ReadCache { aside, ttl });
         self
     }
 
     /// The read cache's counts, when caching is on.
     pub fn cache_stats(&self) -> Option<agora_platform::cache::CacheStats> {
-        self.cache.as_ref().map(|c| c.aside.stats())
+        self.parts.cache.as_ref().map(|c| c.aside.stats())
     }
 
     /// An active product, rendered for the public (`platform::http::cacheable`),
@@ -230,7 +242,7 @@ impl Catalog {
         key: &str,
         load: impl Future<Output = Result<Bytes, CatalogError>>,
     ) -> Result<Bytes, CatalogError> {
-        match &self.cache {
+        match &self.parts.cache {
             Some(cache) => {
                 cache
                     .aside
@@ -248,11 +260,15 @@ impl Catalog {
         &self,
         write: impl Future<Output = Result<T, CatalogError>>,
     ) -> Result<T, CatalogError> {
-        let invalidation = self.cache.as_ref().map(|c| c.aside.invalidation(CACHE_TAG));
+        let invalidation = self
+            .parts
+            .cache
+            .as_ref()
+            .map(|c| c.aside.invalidation(CACHE_TAG));
         let written = write.await;
         if written.is_ok() {
             // Its ProductChanged or CategoryChanged tells the other nodes.
-            self.store.outbox().notify();
+            self.parts.store.outbox().notify();
         }
         if let Some(invalidation) = invalidation {
             invalidation.now().await;
@@ -262,7 +278,7 @@ impl Catalog {
 
     /// The store, for seeding and tests.
     pub fn store(&self) -> &CatalogStore {
-        &self.store
+        &self.parts.store
     }
 
     /// A page of products. `staff` callers see inactive products too.
@@ -270,7 +286,7 @@ impl Catalog {
         &self,
         filter: ProductFilter,
     ) -> Result<Page<Product>, CatalogError> {
-        let rows = self.store.list_products(&filter).await?;
+        let rows = self.parts.store.list_products(&filter).await?;
         let sort = filter.sort;
         Ok(Page::from_overfetch(rows, filter.limit, |p| {
             sort.cursor_of(p)
@@ -279,7 +295,7 @@ impl Catalog {
 
     /// One product; inactive ones only for staff.
     pub async fn product(&self, id: ProductId, staff: bool) -> Result<Product, CatalogError> {
-        match self.store.product(id).await? {
+        match self.parts.store.product(id).await? {
             Some(p) if p.active || staff => Ok(p),
             _ => Err(CatalogError::ProductNotFound),
         }
@@ -287,8 +303,9 @@ impl Catalog {
 
     /// Adds a product.
     pub async fn create_product(&self, draft: ProductDraft) -> Result<Product, CatalogError> {
-        let product = new_product(draft, self.clock.now());
-        self.write(self.store.create_product(&product)).await?;
+        let product = new_product(draft, self.parts.clock.now());
+        self.write(self.parts.store.create_product(&product))
+            .await?;
         tracing::info!(product_id = %product.id, sku = %product.sku, "product created");
         Ok(product)
     }
@@ -300,7 +317,11 @@ impl Catalog {
         changes: ProductChanges,
     ) -> Result<Product, CatalogError> {
         let product = self
-            .write(self.store.update_product(id, &changes, self.clock.now()))
+            .write(
+                self.parts
+                    .store
+                    .update_product(id, &changes, self.parts.clock.now()),
+            )
             .await?
             .ok_or(CatalogError::ProductNotFound)?;
         tracing::info!(product_id = %id, "product updated");
@@ -310,7 +331,7 @@ impl Catalog {
     /// Removes a product.
     pub async fn delete_product(&self, id: ProductId) -> Result<(), CatalogError> {
         if !self
-            .write(self.store.delete_product(id, self.clock.now()))
+            .write(self.parts.store.delete_product(id, self.parts.clock.now()))
             .await?
         {
             return Err(CatalogError::ProductNotFound);
@@ -321,12 +342,13 @@ impl Catalog {
 
     /// Every category.
     pub async fn categories(&self) -> Result<Vec<Category>, CatalogError> {
-        self.store.categories().await
+        self.parts.store.categories().await
     }
 
     /// One category.
     pub async fn category(&self, id: CategoryId) -> Result<Category, CatalogError> {
-        self.store
+        self.parts
+            .store
             .category(id)
             .await?
             .ok_or(CatalogError::CategoryNotFound)
@@ -334,8 +356,9 @@ impl Catalog {
 
     /// Adds a category.
     pub async fn create_category(&self, draft: CategoryDraft) -> Result<Category, CatalogError> {
-        let category = new_category(draft, self.clock.now());
-        self.write(self.store.create_category(&category)).await?;
+        let category = new_category(draft, self.parts.clock.now());
+        self.write(self.parts.store.create_category(&category))
+            .await?;
         tracing::info!(category_id = %category.id, "category created");
         Ok(category)
     }
@@ -346,15 +369,19 @@ impl Catalog {
         id: CategoryId,
         changes: CategoryChanges,
     ) -> Result<Category, CatalogError> {
-        self.write(self.store.update_category(id, &changes, self.clock.now()))
-            .await?
-            .ok_or(CatalogError::CategoryNotFound)
+        self.write(
+            self.parts
+                .store
+                .update_category(id, &changes, self.parts.clock.now()),
+        )
+        .await?
+        .ok_or(CatalogError::CategoryNotFound)
     }
 
     /// Removes a category that has no products and no subcategories.
     pub async fn delete_category(&self, id: CategoryId) -> Result<(), CatalogError> {
         if !self
-            .write(self.store.delete_category(id, self.clock.now()))
+            .write(self.parts.store.delete_category(id, self.parts.clock.now()))
             .await?
         {
             return Err(CatalogError::CategoryNotFound);
@@ -365,14 +392,14 @@ impl Catalog {
 
     /// Forgets every cached read: for writes made past the service (seeding).
     pub async fn forget_cached_reads(&self) {
-        if let Some(cache) = &self.cache {
+        if let Some(cache) = &self.parts.cache {
             cache.aside.invalidation(CACHE_TAG).now().await;
         }
     }
 
     /// The time now, by the catalog's clock.
     pub fn now(&self) -> agora_kernel::Timestamp {
-        self.clock.now()
+        self.parts.clock.now()
     }
 }
 
@@ -412,7 +439,8 @@ impl CatalogPort for Catalog {
             });
         }
         let products =
-            self.store
+            self.parts
+                .store
                 .products_by_ids(ids)
                 .await
                 .map_err(|e| PortError::Unavailable {
@@ -437,8 +465,9 @@ impl CatalogPort for Catalog {
         renditions: &[Rendition],
     ) -> Result<bool, PortError> {
         self.write(
-            self.store
-                .attach_renditions(image, renditions, self.clock.now()),
+            self.parts
+                .store
+                .attach_renditions(image, renditions, self.parts.clock.now()),
         )
         .await
         .map_err(|e| PortError::Unavailable {

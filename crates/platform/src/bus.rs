@@ -1246,15 +1246,19 @@ mod tests {
             ..event("a.b", "x")
         };
         let as_handler: Arc<dyn Handler> = handler.clone();
-        run_handler(&as_handler, &handled, Duration::from_secs(5))
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let made = handler
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let made = made.expect("an event made");
+        // What the handler made while handling `event`.
+        let made_handling = async |event: &Event| -> anyhow::Result<Event> {
+            run_handler(&as_handler, event, Duration::from_secs(5))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let made = handler
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            made.ok_or_else(|| anyhow::anyhow!("no event made"))
+        };
+        let made = made_handling(&handled).await?;
         assert_eq!(made.request_id.as_deref(), Some("req-7"));
         let trace = agora_kernel::TraceContext::parse(made.traceparent.as_deref().unwrap_or(""))
             .expect("a traceparent");
@@ -1266,15 +1270,7 @@ mod tests {
             traceparent: Some(caller.to_string()),
             ..event("a.b", "x")
         };
-        run_handler(&as_handler, &traced_only, Duration::from_secs(5))
-            .await
-            .map_err(anyhow::Error::msg)?;
-        let made = handler
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let made = made.expect("an event made");
+        let made = made_handling(&traced_only).await?;
         assert_eq!(made.request_id, None);
         assert!(
             made.traceparent
