@@ -50,9 +50,13 @@ impl RequestContext {
         CONTEXT.scope(self, f).await
     }
 
-    /// The current request's id, if called inside a request.
+    /// The current request's id, if called inside a request (a consumer
+    /// handling an event that has none runs with an empty one: `None`).
     pub fn current_request_id() -> Option<Arc<str>> {
-        CONTEXT.try_with(|c| c.request_id.clone()).ok()
+        CONTEXT
+            .try_with(|c| c.request_id.clone())
+            .ok()
+            .filter(|id| !id.is_empty())
     }
 
     /// This request's span in its trace.

@@ -31,11 +31,14 @@ impl TraceContext {
         }
     }
 
-    /// A span within this one's trace, whose parent is this one.
+    /// A span within this one's trace, whose parent is this one. Flags this
+    /// version does not know are cleared, as the specification asks of
+    /// whoever passes a trace on.
     #[must_use]
     pub fn child(&self) -> TraceContext {
         TraceContext {
             span_id: new_span_id(),
+            flags: self.flags & SAMPLED,
             ..*self
         }
     }
@@ -180,6 +183,8 @@ mod tests {
         assert_eq!(child.trace_id(), parent.trace_id());
         assert_ne!(child.span_id(), parent.span_id());
         assert_eq!(child.sampled(), parent.sampled());
+        let unknown_flags = TraceContext::parse(&EXAMPLE.replace("-01", "-ff")).expect("valid");
+        assert!(unknown_flags.child().to_string().ends_with("-01"));
         let root = TraceContext::root();
         assert_ne!(root.trace_id(), TraceContext::root().trace_id());
         assert_eq!(TraceContext::parse(&root.to_string()), Some(root));

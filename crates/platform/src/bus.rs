@@ -110,10 +110,7 @@ impl Event {
             aggregate_id: aggregate_id.to_string(),
             occurred_at: now,
             payload: serde_json::to_value(payload)?,
-            // A consumer handling an event without one has an empty id.
-            request_id: agora_kernel::RequestContext::current_request_id()
-                .filter(|id| !id.is_empty())
-                .map(|id| id.to_string()),
+            request_id: agora_kernel::RequestContext::current_request_id().map(|id| id.to_string()),
             traceparent: agora_kernel::RequestContext::current_trace().map(|t| t.to_string()),
         })
     }

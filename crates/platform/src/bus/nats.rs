@@ -61,6 +61,8 @@ use super::{
 
 /// Messages a subscriber asks the server for at a time.
 const BATCH: usize = 8;
+/// How the events stream records the partitions its processes use.
+const PARTITIONS_NOTE: &str = "partitions=";
 
 /// Where the bus is and how it treats failures.
 #[derive(Debug, Clone)]
@@ -191,11 +193,8 @@ impl Inner {
             .map_err(|e| PublishError::of(event, format!("NATS is not ready: {e:#}")))?;
         let payload =
             serde_json::to_vec(event).map_err(|e| PublishError::of(event, e.to_string()))?;
-        let mut headers = HeaderMap::new();
+        let mut headers = event_headers(event);
         headers.insert("Nats-Msg-Id", event.id.to_string().as_str());
-        for (name, value) in event.headers() {
-            headers.insert(name, value);
-        }
         self.js
             .publish_with_headers(self.event_subject(event), headers, payload.into())
             .await
@@ -217,14 +216,30 @@ impl Inner {
         self.streams
             .get_or_try_init(|| async {
                 let prefix = &self.settings.subject_prefix;
-                self.js
+                let described = format!("{PARTITIONS_NOTE}{}", self.settings.partitions);
+                let mut events = self
+                    .js
                     .get_or_create_stream(stream::Config {
                         name: self.settings.stream.clone(),
                         subjects: vec![format!("{prefix}.>")],
                         duplicate_window: Duration::from_secs(120),
+                        description: Some(described.clone()),
                         ..Default::default()
                     })
                     .await?;
+                // Processes that split aggregates differently would leave
+                // partitions unread: refuse rather than lose events.
+                let info = events.info().await?;
+                if let Some(theirs) = info.config.description.as_deref()
+                    && theirs.starts_with(PARTITIONS_NOTE)
+                    && theirs != described
+                {
+                    anyhow::bail!(
+                        "the stream {} was made with {theirs}, but bus.nats_partitions is {}",
+                        self.settings.stream,
+                        self.settings.partitions
+                    );
+                }
                 self.js
                     .get_or_create_stream(stream::Config {
                         name: self.dead_stream(),
@@ -272,7 +287,8 @@ impl Inner {
             // One message out at a time: the next is handed out (to whichever
             // process asks) only once this one is answered, so the events of
             // an aggregate are handled in the order they were published.
-            max_ack_pending: 1,
+            // Replays and re-drives (a feed of every kind) are not ordered.
+            max_ack_pending: if feed.kinds.is_some() { 1 } else { -1 },
             ..Default::default()
         };
         let pull = match &feed.durable {
@@ -417,12 +433,39 @@ fn filter(prefix: &str, kinds: &[String], partition: Option<u32>) -> String {
     }
 }
 
+/// The headers of `event`'s message: its request id and trace context.
+fn event_headers(event: &Event) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in event.headers() {
+        headers.insert(name, value);
+    }
+    headers
+}
+
+/// Whether `kind` is `<module>.<event>`, two tokens that are safe in a subject
+/// (and in a feed's description).
+fn is_kind(kind: &str) -> bool {
+    let mut tokens = kind.split('.');
+    let safe = |t: &str| {
+        !t.is_empty()
+            && !t.starts_with('_')
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    matches!((tokens.next(), tokens.next(), tokens.next()), (Some(m), Some(e), None) if safe(m) && safe(e))
+}
+
 /// The partition of `aggregate` among `partitions`: the first four bytes of
 /// its SHA-256, so every process and version agrees.
 fn partition(aggregate: &str, partitions: u32) -> u32 {
+    digest32(aggregate) % partitions.max(1)
+}
+
+/// The first four bytes of the SHA-256 of `s`.
+fn digest32(s: &str) -> u32 {
     use sha2::Digest as _;
-    let digest = sha2::Sha256::digest(aggregate.as_bytes());
-    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % partitions.max(1)
+    let digest = sha2::Sha256::digest(s.as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
 }
 
 /// What one subscriber task receives: the messages of one consumer on one
@@ -465,10 +508,8 @@ impl Feed {
     /// name to other kinds (another version, during a rolling deploy) do not
     /// share a feed, so that none acknowledges unhandled what another takes.
     fn durable(consumer: &str, kinds: &[String], p: u32) -> String {
-        use sha2::Digest as _;
-        let digest = sha2::Sha256::digest(kinds.join(" ").as_bytes());
-        let short: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-        token(&format!("{consumer}_{short}_p{p}"))
+        let digest = digest32(&kinds.join(" "));
+        token(&format!("{consumer}_{digest:08x}_p{p}"))
     }
 }
 
@@ -535,7 +576,11 @@ impl Bus for NatsBus {
         let payload = serde_json::to_vec(event).map_err(|e| failed(&e))?;
         self.inner
             .js
-            .publish(self.inner.subject(&kind), payload.into())
+            .publish_with_headers(
+                self.inner.subject(&kind),
+                event_headers(event),
+                payload.into(),
+            )
             .await
             .map_err(|e| failed(&e))?
             .await
@@ -662,7 +707,23 @@ impl NatsBus {
             let task = tokio::spawn(Arc::clone(&self.inner).subscriber(feed, handler));
             subscribers.push(task.abort_handle());
         };
-        let mut kinds: Vec<String> = kinds.iter().map(|k| (*k).to_string()).collect();
+        // Subjects and filters are built from `<module>.<event>`: anything
+        // else would never match, so it is refused loudly rather than left
+        // waiting for events that cannot come.
+        let (mut kinds, refused): (Vec<String>, Vec<String>) = kinds
+            .iter()
+            .map(|k| (*k).to_string())
+            .partition(|k| is_kind(k));
+        for kind in refused {
+            tracing::error!(
+                consumer,
+                kind,
+                "not subscribed: a kind is <module>.<event>, each of A-Z a-z 0-9 - _"
+            );
+        }
+        if kinds.is_empty() {
+            return;
+        }
         kinds.sort();
         kinds.dedup();
         let feed = |filter, durable| Feed {
@@ -794,6 +855,31 @@ mod tests {
         eventually("two events", || handler.seen().len() >= 2).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(ids(&handler.events()), ids(&[first, second]));
+        remove(bus).await
+    }
+
+    /// A process that splits aggregates into another number of partitions
+    /// than the stream was made with refuses the bus instead of leaving
+    /// partitions unread.
+    #[tokio::test]
+    #[ignore = "needs a NATS server with JetStream: set AGORA_TEST_NATS_URL and pass --ignored"]
+    async fn another_partition_count_is_refused() -> anyhow::Result<()> {
+        let bus = test_bus().await?;
+        bus.publish(&event("orders.order_placed", "a")).await?;
+        let other = NatsBus::connect(NatsSettings {
+            partitions: 8,
+            ..bus.inner.settings.clone()
+        })
+        .await?;
+        let refused = other
+            .publish(&event("orders.order_placed", "a"))
+            .await
+            .expect_err("refused");
+        assert!(
+            refused.to_string().contains("bus.nats_partitions"),
+            "{refused}"
+        );
+        drop(other);
         remove(bus).await
     }
 
@@ -935,8 +1021,22 @@ mod tests {
     /// aggregates over every partition.
     #[test]
     fn partitions_are_stable_and_spread() {
-        assert_eq!(partition("ord_42", 8), partition("ord_42", 8));
+        // Pinned: every process and version must agree.
+        assert_eq!(partition("ord_42", 8), 4);
+        assert_eq!(partition("anything", 8), 7);
         assert_eq!(partition("anything", 1), 0);
+        assert!(is_kind("orders.order_placed"));
+        for bad in [
+            "orders",
+            "a.b.c",
+            "a..b",
+            "a.b c",
+            "_direct.x",
+            "a.*",
+            "a.>",
+        ] {
+            assert!(!is_kind(bad), "{bad}");
+        }
         let used: std::collections::HashSet<u32> = (0..200)
             .map(|n| partition(&format!("ord_{n}"), 8))
             .collect();

@@ -107,12 +107,13 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     // hot path whose line is usually filtered out.
     let method = req.method().clone();
     let uri = req.uri().clone();
-    // An invalid `traceparent` is ignored: the request starts a trace.
-    let parent = req
-        .headers()
-        .get(&TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceContext::parse);
+    // An invalid `traceparent`, or more than one, is ignored: the request
+    // starts a trace.
+    let mut given = req.headers().get_all(&TRACEPARENT).iter();
+    let parent = match (given.next(), given.next()) {
+        (Some(one), None) => one.to_str().ok().and_then(TraceContext::parse),
+        _ => None,
+    };
     let context = RequestContext::new(request_id.clone(), parent);
     let version = negotiate_version(&req);
     let client = client_address(&req, edge.trust_forwarded_for);
