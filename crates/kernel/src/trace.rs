@@ -115,31 +115,23 @@ fn new_span_id() -> [u8; 8] {
     id
 }
 
-/// Random bytes, not all zero (an all-zero id is invalid).
+/// Random bytes, not all zero (an all-zero id is invalid), from the thread's
+/// generator (seeded from the system, without a system call per id).
 fn fill_nonzero(buf: &mut [u8]) {
-    if getrandom::fill(buf).is_err() {
-        // No system randomness: unique enough from the clock and a counter.
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNTER: AtomicU64 = AtomicU64::new(1);
-        let seed =
-            uuid::Uuid::now_v7().as_u128() ^ u128::from(COUNTER.fetch_add(1, Ordering::Relaxed));
-        for (b, s) in buf.iter_mut().zip(seed.to_le_bytes()) {
-            *b = s;
-        }
-    }
+    rand::fill(buf);
     if buf.iter().all(|b| *b == 0) {
         buf[buf.len() - 1] = 1;
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    s
 }
 
 fn hex_digit(c: u8) -> Option<u8> {
