@@ -368,16 +368,9 @@ async fn poison_events_end_in_the_dead_letters_over_http() {
 async fn events_carry_the_request_id_of_the_request_that_made_them() {
     let app = spawn_app().await;
     let created = app
-        .call_with(
-            Method::POST,
-            "/api/v1/products",
-            Some(crate::helpers::product_body(json!({}))),
-            As::Staff,
-            &[("x-request-id", "trace-create-1")],
-        )
+        .create_product_with(json!({}), &[("x-request-id", "trace-create-1")])
         .await;
-    assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
-    let id = created.data()["id"].as_str().expect("an id").to_string();
+    let id = created["id"].as_str().expect("an id").to_string();
     let ada = app.register_and_login("ada@example.com").await;
     let stocked = app
         .call(
@@ -436,17 +429,8 @@ async fn events_continue_the_callers_trace() {
     const CALLER: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let app = spawn_app().await;
     let create = async |headers: &[(&str, &str)]| {
-        let created = app
-            .call_with(
-                Method::POST,
-                "/api/v1/products",
-                Some(crate::helpers::product_body(json!({}))),
-                As::Staff,
-                headers,
-            )
-            .await;
-        assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
-        let id = created.data()["id"].as_str().expect("an id").to_string();
+        let created = app.create_product_with(json!({}), headers).await;
+        let id = created["id"].as_str().expect("an id").to_string();
         // The relay logs the event once it published it.
         for _ in 0..300 {
             let logged = events(&app, &format!("?aggregate_id={id}")).await;

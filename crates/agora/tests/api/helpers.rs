@@ -330,7 +330,24 @@ impl TestApp {
 
     /// Creates a product as staff from `overrides` on top of a valid body; returns it.
     pub(crate) async fn create_product(&self, overrides: Value) -> Value {
-        let a = self.post("/api/v1/products", product_body(overrides)).await;
+        self.create_product_with(overrides, &[]).await
+    }
+
+    /// [`TestApp::create_product`], sending `headers` with the request.
+    pub(crate) async fn create_product_with(
+        &self,
+        overrides: Value,
+        headers: &[(&str, &str)],
+    ) -> Value {
+        let a = self
+            .call_with(
+                Method::POST,
+                "/api/v1/products",
+                Some(product_body(overrides)),
+                As::Staff,
+                headers,
+            )
+            .await;
         assert_eq!(a.status, StatusCode::CREATED, "{:?}", a.body);
         a.data().clone()
     }
