@@ -216,10 +216,15 @@ impl CacheAside {
         let mut ran = false;
         let loaded = waiting
             .cell
-            .get_or_try_init(|| {
+            .get_or_try_init(|| async {
+                // A load that finished between the miss above and joining has
+                // stored its value (its caller leaves the cell only after): use it.
+                if let Some(value) = self.cache.get(key).await {
+                    return Ok(value);
+                }
                 ran = true;
                 self.loads.fetch_add(1, Ordering::Relaxed);
-                load
+                load.await
             })
             .await
             .cloned();
