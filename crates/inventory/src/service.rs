@@ -110,8 +110,8 @@ impl Inventory {
                 .settle(&key, ReservationStatus::Released, now)
                 .await
             {
-                Ok(true) => released += 1,
-                Ok(false) => {}
+                Ok(Some(_)) => released += 1,
+                Ok(None) => {}
                 Err(e) => tracing::warn!(key, error = %e, "releasing a lapsed reservation failed"),
             }
         }
@@ -147,16 +147,14 @@ impl Inventory {
                 "expires_at must be in the future".into(),
             ));
         }
-        if let Some(existing) = self.store.reservation(key).await? {
-            return same_lines(existing, &lines);
-        }
+        // No read first: the key's insert finds a repeat (then it is read).
         match self
             .store
             .reserve(key, &lines, expires_at, self.clock.now())
             .await?
         {
             Some(reservation) => Ok(reservation),
-            // A concurrent call with the same key won: answer with its reservation.
+            // A call with the same key came first: answer with its reservation.
             None => match self.store.reservation(key).await? {
                 Some(existing) => same_lines(existing, &lines),
                 None => Err(anyhow::anyhow!("reservation {key} vanished").into()),
@@ -167,13 +165,15 @@ impl Inventory {
     async fn do_settle(&self, key: &str, to: ReservationStatus) -> Result<Reservation, StockError> {
         check_key(key)?;
         let now = self.clock.now();
-        let moved = self.store.settle(key, to, now).await?;
+        if let Some(settled) = self.store.settle(key, to, now).await? {
+            return Ok(settled);
+        }
         let current = self
             .store
             .reservation(key)
             .await?
             .ok_or(StockError::ReservationNotFound)?;
-        if moved || current.status == to {
+        if current.status == to {
             return Ok(current);
         }
         match (current.status, to) {

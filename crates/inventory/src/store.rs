@@ -11,7 +11,7 @@ use agora_contracts::inventory::{Reservation, ReservationStatus, StockLine};
 use agora_kernel::{ProductId, Timestamp};
 use agora_platform::Database;
 use agora_platform::bus::{Event, Outbox};
-use agora_platform::db::{Violation, violation};
+use agora_platform::db::{SqlBuilder, Violation, violation};
 use anyhow::anyhow;
 use serde::Serialize;
 use sqlx::Row;
@@ -226,17 +226,15 @@ impl InventoryStore {
             row.try_get(1)?,
             row.try_get(2)?,
         );
-        record_movement(
-            &mut tx,
+        let movement = NewMovement {
             product_id,
             kind,
-            stock.on_hand - before,
-            stock.on_hand,
+            delta: stock.on_hand - before,
+            on_hand_after: stock.on_hand,
             reason,
             actor,
-            now,
-        )
-        .await?;
+        };
+        record_movements(&mut tx, &[movement], now).await?;
         let low = self
             .low_stock(&mut tx, product_id, available_before, stock.available, now)
             .await?;
@@ -255,7 +253,7 @@ impl InventoryStore {
         after: Option<&MovementCursor>,
         limit: i64,
     ) -> Result<Vec<(Movement, MovementCursor)>, StockError> {
-        let mut q = agora_platform::db::SqlBuilder::new(
+        let mut q = SqlBuilder::new(
             "SELECT id, kind, delta, on_hand_after, reason, actor, created_at \
              FROM inventory_movements WHERE product_id = ",
         );
@@ -381,14 +379,14 @@ impl InventoryStore {
 
     /// Moves a held, unexpired reservation to `to` and applies it to the stock:
     /// committed units leave on hand (a sale, in the ledger), released ones go
-    /// back to available. `false` when the reservation was not held (or lapsed,
-    /// for a commit).
+    /// back to available. Returns the settled reservation; `None` when it was not
+    /// held (or lapsed, for a commit): nothing changed.
     pub async fn settle(
         &self,
         key: &str,
         to: ReservationStatus,
         now: Timestamp,
-    ) -> Result<bool, StockError> {
+    ) -> Result<Option<Reservation>, StockError> {
         let mut tx = self.db.begin().await?;
         let (status, deadline) = match to {
             ReservationStatus::Committed => ("committed", now.as_millis()),
@@ -399,7 +397,7 @@ impl InventoryStore {
         };
         let row = sqlx::query(
             "UPDATE inventory_reservations SET status = $1, updated_at = $2 \
-             WHERE key = $3 AND status = 'held' AND expires_at > $4 RETURNING lines",
+             WHERE key = $3 AND status = 'held' AND expires_at > $4 RETURNING lines, expires_at",
         )
         .bind(status)
         .bind(now.as_millis())
@@ -409,9 +407,11 @@ impl InventoryStore {
         .await?;
         let Some(row) = row else {
             tx.rollback().await?;
-            return Ok(false);
+            return Ok(None);
         };
         let lines = lines_from_db(&row.try_get::<String, _>(0)?)?;
+        let expires_at = Timestamp::from_millis(row.try_get(1)?);
+        let mut sold = Vec::new();
         for line in &lines {
             match to {
                 ReservationStatus::Committed => {
@@ -424,17 +424,14 @@ impl InventoryStore {
                     .bind(line.product_id.to_db())
                     .fetch_one(&mut *tx)
                     .await?;
-                    record_movement(
-                        &mut tx,
-                        line.product_id,
-                        "sale",
-                        -line.quantity,
-                        on_hand,
-                        "checkout",
-                        key,
-                        now,
-                    )
-                    .await?;
+                    sold.push(NewMovement {
+                        product_id: line.product_id,
+                        kind: "sale",
+                        delta: -line.quantity,
+                        on_hand_after: on_hand,
+                        reason: "checkout",
+                        actor: key,
+                    });
                 }
                 _ => {
                     sqlx::query(
@@ -449,8 +446,14 @@ impl InventoryStore {
                 }
             }
         }
+        record_movements(&mut tx, &sold, now).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(Reservation {
+            key: key.to_string(),
+            status: to,
+            lines,
+            expires_at,
+        }))
     }
 
     /// Keys of held reservations that lapsed by `now`, at most `limit`.
@@ -485,32 +488,49 @@ fn below_reserved_on_check(e: sqlx::Error) -> StockError {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn record_movement(
-    tx: &mut agora_platform::db::WriteTx,
+/// A change of a product's stock, for the ledger.
+struct NewMovement<'a> {
     product_id: ProductId,
-    kind: &str,
+    kind: &'a str,
     delta: i64,
     on_hand_after: i64,
-    reason: &str,
-    actor: &str,
+    reason: &'a str,
+    actor: &'a str,
+}
+
+/// Appends `movements` to the ledger, in one statement.
+async fn record_movements(
+    tx: &mut agora_platform::db::WriteTx,
+    movements: &[NewMovement<'_>],
     now: Timestamp,
 ) -> Result<(), StockError> {
-    sqlx::query(
+    if movements.is_empty() {
+        return Ok(());
+    }
+    let mut q = SqlBuilder::new(
         "INSERT INTO inventory_movements \
-         (id, product_id, kind, delta, on_hand_after, reason, actor, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(uuid::Uuid::now_v7().hyphenated().to_string())
-    .bind(product_id.to_db())
-    .bind(kind.to_string())
-    .bind(delta)
-    .bind(on_hand_after)
-    .bind(reason.to_string())
-    .bind(actor.to_string())
-    .bind(now.as_millis())
-    .execute(&mut **tx)
-    .await?;
+         (id, product_id, kind, delta, on_hand_after, reason, actor, created_at) VALUES ",
+    );
+    for (i, m) in movements.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { ", (" });
+        q.bind(uuid::Uuid::now_v7().hyphenated().to_string())?
+            .push(", ")
+            .bind(m.product_id.to_db())?
+            .push(", ")
+            .bind(m.kind.to_string())?
+            .push(", ")
+            .bind(m.delta)?
+            .push(", ")
+            .bind(m.on_hand_after)?
+            .push(", ")
+            .bind(m.reason.to_string())?
+            .push(", ")
+            .bind(m.actor.to_string())?
+            .push(", ")
+            .bind(now.as_millis())?
+            .push(")");
+    }
+    q.build().execute(&mut **tx).await?;
     Ok(())
 }
 

@@ -176,6 +176,8 @@ impl From<PortError> for Failure {
 /// What the driver does next.
 enum Next {
     Continue,
+    /// Continue; the step just recorded the checkout's response.
+    Answered(StoredResponse),
     Stop,
 }
 
@@ -212,23 +214,26 @@ impl Orders {
         let Some(order) = self.inner.store.order(order_id).await? else {
             return Err(anyhow::anyhow!("saga {order_id} has no order").into());
         };
-        self.run(saga, &order, owner).await
+        self.run(saga, &order, owner).await.map(drop)
     }
 
-    /// Drives `saga`, whose lease `owner` holds, as far as it goes now.
+    /// Drives `saga`, whose lease `owner` holds, as far as it goes now. Returns
+    /// the checkout's response when this driver recorded it.
     pub(crate) async fn run(
         &self,
         mut saga: SagaRow,
         order: &Order,
         owner: &str,
-    ) -> Result<(), OrderError> {
+    ) -> Result<Option<StoredResponse>, OrderError> {
+        let mut answered = None;
         while saga.state != SagaState::Done {
             match self.step(&mut saga, order, owner).await? {
                 Next::Continue => {}
+                Next::Answered(response) => answered = Some(response),
                 Next::Stop => break,
             }
         }
-        Ok(())
+        Ok(answered)
     }
 
     async fn step(
@@ -350,6 +355,7 @@ impl Orders {
         let next = progress.next;
         let payment_id = progress.payment_id;
         let has_events = !progress.events.is_empty();
+        let response = progress.response.clone();
         let now = self.now();
         if !self
             .inner
@@ -378,7 +384,7 @@ impl Orders {
             saga.payment_id = payment_id;
         }
         saga.attempts = 0;
-        Ok(Next::Continue)
+        Ok(response.map_or(Next::Continue, Next::Answered))
     }
 
     /// The pause after `attempts` failed attempts: doubling, at most 5 minutes.

@@ -188,8 +188,12 @@ impl Orders {
         tracing::info!(order_id = %order.id, user_id = %user, total = %order.total, "order placed");
         // This request placed the saga with its lease: it drives it from the
         // first step without reading it back.
-        self.run(SagaRow::placed(&order), &order.placed(now), &owner)
-            .await?;
+        if let Some(response) = self
+            .run(SagaRow::placed(&order), &order.placed(now), &owner)
+            .await?
+        {
+            return Ok(response);
+        }
         let record = self.idempotency_record(&caller, key).await?;
         record.response.ok_or(OrderError::InProgress)
     }

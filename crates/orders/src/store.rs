@@ -247,20 +247,29 @@ impl OrdersStore {
         .bind(now.as_millis())
         .execute(&mut *tx)
         .await?;
-        for line in &order.lines {
-            sqlx::query(
-                "INSERT INTO orders_lines (order_id, product_id, sku, name, unit_price_minor, quantity, line_total_minor) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(order.id.to_db())
-            .bind(line.product_id.to_db())
-            .bind(line.sku.clone())
-            .bind(line.name.clone())
-            .bind(line.unit_price.amount_minor())
-            .bind(line.quantity)
-            .bind(line.line_total.amount_minor())
-            .execute(&mut *tx)
-            .await?;
+        if !order.lines.is_empty() {
+            let mut q = SqlBuilder::new(
+                "INSERT INTO orders_lines (order_id, product_id, sku, name, unit_price_minor, quantity, \
+                 line_total_minor) VALUES ",
+            );
+            for (i, line) in order.lines.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" });
+                q.bind(order.id.to_db())?
+                    .push(", ")
+                    .bind(line.product_id.to_db())?
+                    .push(", ")
+                    .bind(line.sku.clone())?
+                    .push(", ")
+                    .bind(line.name.clone())?
+                    .push(", ")
+                    .bind(line.unit_price.amount_minor())?
+                    .push(", ")
+                    .bind(line.quantity)?
+                    .push(", ")
+                    .bind(line.line_total.amount_minor())?
+                    .push(")");
+            }
+            q.build().execute(&mut *tx).await?;
         }
         sqlx::query(
             "INSERT INTO orders_sagas (order_id, state, step, payment_token, lease_owner, lease_until, \
@@ -274,7 +283,7 @@ impl OrdersStore {
         .bind(now.as_millis())
         .execute(&mut *tx)
         .await?;
-        log(&mut tx, order.id, Step::Reserve, "started", None, now).await?;
+        log(&mut tx, order.id, &[(Step::Reserve, "started", None)], now).await?;
         outbox.append(&mut tx, placed).await?;
         tx.commit().await?;
         Ok(Some(()))
@@ -445,43 +454,15 @@ impl OrdersStore {
             tx.rollback().await?;
             return Ok(false);
         }
-        if let Some((reason, failure)) = &progress.cancel {
-            sqlx::query(
-                "UPDATE orders_orders SET cancel_reason = $1, failure = $2, updated_at = $3 WHERE id = $4",
-            )
-            .bind(reason.clone())
-            .bind(failure.to_string())
-            .bind(now.as_millis())
-            .bind(saga.order_id.to_db())
-            .execute(&mut *tx)
-            .await?;
-        }
-        if let Some(payment_id) = progress.payment_id {
-            sqlx::query("UPDATE orders_orders SET payment_id = $1 WHERE id = $2")
-                .bind(payment_id.to_db())
-                .bind(saga.order_id.to_db())
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some(status) = progress.status
-            && !set_status(
-                &mut tx,
-                saga.order_id,
-                &OrderStatus::sources(status),
-                status,
-                now,
-            )
-            .await?
-        {
+        if !update_order(&mut tx, saga.order_id, &progress, now).await? {
             return Err(anyhow!(
-                "order {} cannot become {status:?} in its saga",
-                saga.order_id
+                "order {} cannot become {:?} in its saga",
+                saga.order_id,
+                progress.status
             )
             .into());
         }
-        for (step, phase, detail) in &progress.log {
-            log(&mut tx, saga.order_id, *step, phase, detail.clone(), now).await?;
-        }
+        log(&mut tx, saga.order_id, &progress.log, now).await?;
         for event in &progress.events {
             outbox.append(&mut tx, event).await?;
         }
@@ -535,9 +516,7 @@ impl OrdersStore {
         log(
             &mut tx,
             saga.order_id,
-            saga.step,
-            "failed",
-            Some(error.to_string()),
+            &[(saga.step, "failed", Some(error.to_string()))],
             now,
         )
         .await?;
@@ -701,8 +680,49 @@ async fn set_status(
         .push(", updated_at = ")
         .bind(now.as_millis())?
         .push(" WHERE id = ")
-        .bind(order_id.to_db())?
-        .push(" AND status IN (");
+        .bind(order_id.to_db())?;
+    only_from(&mut q, from)?;
+    let done = q.build().execute(&mut **tx).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Applies a saga step's changes to its order (status, payment, cancellation) in
+/// one statement; a new status only from the statuses it may follow. `false`
+/// when the order is not in one of them (nothing changed).
+async fn update_order(
+    tx: &mut agora_platform::db::WriteTx,
+    order_id: OrderId,
+    progress: &Progress,
+    now: Timestamp,
+) -> Result<bool, OrderError> {
+    if progress.status.is_none() && progress.payment_id.is_none() && progress.cancel.is_none() {
+        return Ok(true);
+    }
+    let mut q = SqlBuilder::new("UPDATE orders_orders SET updated_at = ");
+    q.bind(now.as_millis())?;
+    if let Some((reason, failure)) = &progress.cancel {
+        q.push(", cancel_reason = ")
+            .bind(reason.clone())?
+            .push(", failure = ")
+            .bind(failure.to_string())?;
+    }
+    if let Some(payment_id) = progress.payment_id {
+        q.push(", payment_id = ").bind(payment_id.to_db())?;
+    }
+    if let Some(status) = progress.status {
+        q.push(", status = ").bind(status.as_str())?;
+    }
+    q.push(" WHERE id = ").bind(order_id.to_db())?;
+    if let Some(status) = progress.status {
+        only_from(&mut q, &OrderStatus::sources(status))?;
+    }
+    let done = q.build().execute(&mut **tx).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Appends ` AND status IN (…from)`.
+fn only_from(q: &mut SqlBuilder, from: &[OrderStatus]) -> Result<(), sqlx::Error> {
+    q.push(" AND status IN (");
     for (i, from) in from.iter().enumerate() {
         if i > 0 {
             q.push(", ");
@@ -710,30 +730,40 @@ async fn set_status(
         q.bind(from.as_str())?;
     }
     q.push(")");
-    let done = q.build().execute(&mut **tx).await?;
-    Ok(done.rows_affected() == 1)
+    Ok(())
 }
 
+/// Appends `entries` (step, phase, detail) to the order's saga log, in one
+/// statement.
 async fn log(
     tx: &mut agora_platform::db::WriteTx,
     order_id: OrderId,
-    step: Step,
-    phase: &str,
-    detail: Option<String>,
+    entries: &[(Step, &str, Option<String>)],
     now: Timestamp,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO orders_saga_log (id, order_id, step, phase, detail, at) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(order_id.to_db())
-    .bind(step.as_str())
-    .bind(phase.to_string())
-    .bind(detail)
-    .bind(now.as_millis())
-    .execute(&mut **tx)
-    .await
-    .map(drop)
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut q = SqlBuilder::new(
+        "INSERT INTO orders_saga_log (id, order_id, step, phase, detail, at) VALUES ",
+    );
+    for (i, (step, phase, detail)) in entries.iter().enumerate() {
+        q.push(if i == 0 { "(" } else { ", (" });
+        // Ids in the order given: the log reads back by (at, id).
+        q.bind(uuid::Uuid::now_v7().to_string())?
+            .push(", ")
+            .bind(order_id.to_db())?
+            .push(", ")
+            .bind(step.as_str())?
+            .push(", ")
+            .bind(phase.to_string())?
+            .push(", ")
+            .bind(detail.clone())?
+            .push(", ")
+            .bind(now.as_millis())?
+            .push(")");
+    }
+    q.build().execute(&mut **tx).await.map(drop)
 }
 
 fn money(minor: i64, currency: Currency) -> Result<Money, OrderError> {

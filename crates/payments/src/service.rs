@@ -192,7 +192,7 @@ impl Payments {
         }
         let store = &self.inner.store;
         let id = PaymentId::new();
-        let inserted = store
+        let created = store
             .insert_payment(
                 &NewPayment {
                     id,
@@ -205,31 +205,41 @@ impl Payments {
                 self.now(),
             )
             .await?;
-        let payment = if inserted {
-            store.payment(id).await?
-        } else {
-            store.payment_by_key(key).await?
+        // A new payment: the token is the one just stored.
+        if let Some(payment) = created {
+            return self
+                .continue_authorization(payment, Some(payment_token.to_string()))
+                .await;
         }
-        .ok_or_else(|| anyhow!("the payment of key {key} vanished"))?;
-        if !inserted && (payment.reference != reference || payment.amount != amount) {
+        let payment = store
+            .payment_by_key(key)
+            .await?
+            .ok_or_else(|| anyhow!("the payment of key {key} vanished"))?;
+        if payment.reference != reference || payment.amount != amount {
             return Err(PaymentsError::KeyReused);
         }
         if payment.status != PaymentStatus::Processing {
             return Ok(payment);
         }
-        self.continue_authorization(payment).await
+        self.continue_authorization(payment, None).await
     }
 
     /// Asks the provider (again, with the same key) to authorize a `processing`
-    /// payment, and records its answer.
+    /// payment, and records its answer. `token` is the payment's token when the
+    /// caller knows it (it read it from the store otherwise).
     async fn continue_authorization(
         &self,
         payment: PaymentRecord,
+        token: Option<String>,
     ) -> Result<PaymentRecord, PaymentsError> {
         let store = &self.inner.store;
-        let Some(token) = store.payment_token(payment.id).await? else {
-            // Settled meanwhile by a concurrent repeat.
-            return self.settled(payment.id).await;
+        let token = match token {
+            Some(token) => token,
+            None => match store.payment_token(payment.id).await? {
+                Some(token) => token,
+                // Settled meanwhile by a concurrent repeat.
+                None => return self.settled(payment.id).await,
+            },
         };
         let provider_key = format!("{}:authorize", payment.id);
         let answer = self
@@ -256,21 +266,23 @@ impl Payments {
             }
             Err(e) => return Err(self.unanswered(&payment, "authorize", None, e).await),
         };
-        let moved = store
+        let settled = store
             .settle_authorization(payment.id, &outcome, self.now())
             .await?;
-        match (&outcome, moved) {
-            (AuthorizationOutcome::Approved { .. }, true) => {
+        match (&outcome, settled) {
+            (AuthorizationOutcome::Approved { .. }, Some(settled)) => {
                 tracing::info!(payment_id = %payment.id, reference = payment.reference, "payment authorized");
+                return Ok(settled);
             }
-            (AuthorizationOutcome::Declined { reason }, true) => {
+            (AuthorizationOutcome::Declined { reason }, Some(settled)) => {
                 tracing::info!(payment_id = %payment.id, reference = payment.reference, reason, "payment declined");
+                return Ok(settled);
             }
-            (AuthorizationOutcome::Approved { provider_ref, .. }, false) => {
+            (AuthorizationOutcome::Approved { provider_ref, .. }, None) => {
                 self.release_stray_authorization(payment.id, provider_ref)
                     .await?;
             }
-            (AuthorizationOutcome::Declined { .. }, false) => {}
+            (AuthorizationOutcome::Declined { .. }, None) => {}
         }
         self.settled(payment.id).await
     }
@@ -318,7 +330,7 @@ impl Payments {
         payment: PaymentRecord,
     ) -> Result<PaymentRecord, PaymentsError> {
         let id = payment.id;
-        match self.continue_authorization(payment).await {
+        match self.continue_authorization(payment, None).await {
             Err(PaymentsError::ProviderUnavailable(why)) => {
                 let store = &self.inner.store;
                 if store
@@ -425,8 +437,10 @@ impl Payments {
             amount_minor: payment.amount.amount_minor(),
             reason: "capture",
         };
-        self.inner.store.insert_operation(&op, self.now()).await?;
-        // Ours, or a concurrent repeat's: either way the same call.
+        if let Some(op) = self.inner.store.insert_operation(&op, self.now()).await? {
+            return self.run_capture(op, payment).await;
+        }
+        // A concurrent repeat's: the same call.
         let op = self
             .known_operation(key, id, OperationKind::Capture, None)
             .await?
@@ -894,7 +908,7 @@ impl Payments {
                 continue;
             }
             // One failing payment must not hold back the others.
-            match self.continue_authorization(payment).await {
+            match self.continue_authorization(payment, None).await {
                 Ok(_) => settled += 1,
                 Err(e) => {
                     tracing::debug!(payment_id = %id, error = %e, "authorization still unsettled")

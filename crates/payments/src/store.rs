@@ -373,18 +373,20 @@ impl PaymentStore {
         &self.outbox
     }
 
-    /// Creates a payment in status `processing`; `false` when its key is taken.
+    /// Creates a payment in status `processing` and returns it; `None` when its
+    /// key is taken.
     pub async fn insert_payment(
         &self,
         new: &NewPayment<'_>,
         now: Timestamp,
-    ) -> Result<bool, PaymentsError> {
-        let done = sqlx::query(
+    ) -> Result<Option<PaymentRecord>, PaymentsError> {
+        let row = sqlx::query(concat!(
             "INSERT INTO payments_payments (id, authorize_key, reference, status, amount_minor, \
              currency, provider, payment_token, created_at, updated_at) \
              VALUES ($1, $2, $3, 'processing', $4, $5, $6, $7, $8, $8) \
-             ON CONFLICT (authorize_key) DO NOTHING",
-        )
+             ON CONFLICT (authorize_key) DO NOTHING RETURNING ",
+            payment_columns!()
+        ))
         .bind(new.id.to_db())
         .bind(new.key.to_string())
         .bind(new.reference.to_string())
@@ -393,9 +395,9 @@ impl PaymentStore {
         .bind(new.provider.to_string())
         .bind(new.payment_token.to_string())
         .bind(now.as_millis())
-        .execute(self.db.writer())
+        .fetch_optional(self.db.writer())
         .await?;
-        Ok(done.rows_affected() == 1)
+        row.as_ref().map(payment_from_row).transpose()
     }
 
     /// The payment with `id` (read from the primary: callers act on it).
@@ -443,7 +445,7 @@ impl PaymentStore {
         id: PaymentId,
         outcome: &AuthorizationOutcome,
         now: Timestamp,
-    ) -> Result<bool, PaymentsError> {
+    ) -> Result<Option<PaymentRecord>, PaymentsError> {
         let mut tx = self.db.begin().await?;
         let (status, provider_ref, brand, last4, decline) = match outcome {
             AuthorizationOutcome::Approved {
@@ -515,12 +517,12 @@ impl PaymentStore {
                     )?,
                 };
                 self.outbox.append(&mut tx, &event).await?;
-                true
+                Some(payment)
             }
-            None => false,
+            None => None,
         };
         tx.commit().await?;
-        if moved {
+        if moved.is_some() {
             self.outbox.notify();
         }
         Ok(moved)
@@ -605,16 +607,16 @@ impl PaymentStore {
     }
 
     /// Stores a pending operation that reserves nothing (a capture, or a cancel
-    /// that voids); `false` when its key is taken.
+    /// that voids), in one statement; `None` when its key is taken.
     pub async fn insert_operation(
         &self,
         op: &NewOperation<'_>,
         now: Timestamp,
-    ) -> Result<bool, PaymentsError> {
-        let mut tx = self.db.begin().await?;
-        let inserted = insert_operation(&mut tx, op, now).await?;
-        tx.commit().await?;
-        Ok(inserted)
+    ) -> Result<Option<Operation>, PaymentsError> {
+        let row = insert_operation_query(op, now)
+            .fetch_optional(self.db.writer())
+            .await?;
+        row.as_ref().map(operation_from_row).transpose()
     }
 
     /// Stores a pending operation that gives money back and sets its amount
@@ -1051,20 +1053,29 @@ async fn insert_operation(
     op: &NewOperation<'_>,
     now: Timestamp,
 ) -> Result<bool, PaymentsError> {
-    let done = sqlx::query(
+    let row = insert_operation_query(op, now)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(row.is_some())
+}
+
+/// Stores `op` as pending unless its key is taken, returning it as stored.
+fn insert_operation_query(
+    op: &NewOperation<'_>,
+    now: Timestamp,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(concat!(
         "INSERT INTO payments_operations \
          (key, payment_id, kind, amount_minor, reason, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) ON CONFLICT (key) DO NOTHING",
-    )
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $6) ON CONFLICT (key) DO NOTHING RETURNING ",
+        operation_columns!()
+    ))
     .bind(op.key.to_string())
     .bind(op.payment_id.to_db())
     .bind(op.kind.as_str())
     .bind(op.amount_minor)
     .bind(op.reason.to_string())
     .bind(now.as_millis())
-    .execute(&mut **tx)
-    .await?;
-    Ok(done.rows_affected() == 1)
 }
 
 /// Moves a pending operation to `status`; `false` when it was not pending.

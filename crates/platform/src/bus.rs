@@ -695,6 +695,10 @@ pub struct Relay {
 const RELAY_BATCH: i64 = 100;
 /// How often a relay looks without being woken (events of other processes).
 const RELAY_POLL: Duration = Duration::from_millis(500);
+/// How long a woken relay waits for more commits before it reads, so that the
+/// events of concurrent requests go out in one batch: one read and one
+/// transaction marking them, instead of one each (like a producer's linger).
+const RELAY_LINGER: Duration = Duration::from_millis(5);
 
 impl Relay {
     /// A relay from `outbox` in `db` to `bus`.
@@ -742,7 +746,7 @@ impl Relay {
             }
             tokio::select! {
                 () = shutdown.wait() => return,
-                () = self.outbox.wake.notified() => {}
+                () = self.outbox.wake.notified() => tokio::time::sleep(RELAY_LINGER).await,
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -858,7 +862,7 @@ impl Inbox {
         Ok(found.is_some())
     }
 
-    /// Records that `consumer` has handled `event`, in a transaction of its
+    /// Records that `consumer` has handled `event`, in one statement of its
     /// own (a record already there is kept).
     pub async fn record(
         &self,
@@ -867,9 +871,10 @@ impl Inbox {
         event: &Event,
         now: Timestamp,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = db.begin().await?;
-        self.first_time(&mut tx, consumer, event, now).await?;
-        tx.commit().await
+        self.insert(consumer, event, now)
+            .execute(db.writer())
+            .await
+            .map(drop)
     }
 
     /// Records in `tx` that `consumer` handles `event`; `false` when it already
@@ -881,18 +886,26 @@ impl Inbox {
         event: &Event,
         now: Timestamp,
     ) -> Result<bool, sqlx::Error> {
+        let done = self.insert(consumer, event, now).execute(&mut **tx).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Inserts the record that `consumer` handled `event`, unless it is there.
+    fn insert(
+        &self,
+        consumer: &str,
+        event: &Event,
+        now: Timestamp,
+    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
         let sql = format!(
             "INSERT INTO {} (consumer, event_id, handled_at) VALUES ($1, $2, $3) \
              ON CONFLICT (consumer, event_id) DO NOTHING",
             self.table
         );
-        let done = sqlx::query(AssertSqlSafe(sql))
+        sqlx::query(AssertSqlSafe(sql))
             .bind(consumer.to_string())
             .bind(event.id.to_db())
             .bind(now.as_millis())
-            .execute(&mut **tx)
-            .await?;
-        Ok(done.rows_affected() == 1)
     }
 }
 
