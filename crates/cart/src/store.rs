@@ -209,12 +209,10 @@ impl CartStore {
         }
         let mut q = agora_platform::db::SqlBuilder::new("DELETE FROM cart_items WHERE cart_id = ");
         q.bind(cart.to_string())?.push(" AND product_id IN (");
-        for (i, product) in products.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
+        q.push_list(products.iter(), |q, product| {
             q.bind(product.to_db())?;
-        }
+            Ok(())
+        })?;
         q.push(")");
         let mut tx = self.db.begin().await?;
         q.build().execute(&mut *tx).await?;

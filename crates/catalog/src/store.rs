@@ -352,12 +352,10 @@ impl CatalogStore {
             product_columns!(),
             " FROM catalog_products WHERE id IN ("
         ));
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
+        q.push_list(ids.iter(), |q, id| {
             q.bind(id.to_db())?;
-        }
+            Ok(())
+        })?;
         q.push(")");
         let rows = q.build().fetch_all(self.db.reader()).await?;
         rows.iter().map(|row| product_from_row(row)).collect()

@@ -313,27 +313,21 @@ impl InventoryStore {
         let mut tx = self.db.begin().await?;
         // The key first: a concurrent call with the same key waits here for this
         // one and then finds the key taken, instead of competing for the stock.
+        // (`DO NOTHING` rather than a refused insert: a repeat is no error, and
+        // PostgreSQL does not log one.)
         let inserted = sqlx::query(
             "INSERT INTO inventory_reservations (key, status, lines, expires_at, created_at, updated_at) \
-             VALUES ($1, 'held', $2, $3, $4, $4)",
+             VALUES ($1, 'held', $2, $3, $4, $4) ON CONFLICT (key) DO NOTHING",
         )
         .bind(key.to_string())
         .bind(lines_to_db(lines)?)
         .bind(expires_at.as_millis())
         .bind(now.as_millis())
         .execute(&mut *tx)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e)
-                if violation(&e).is_some_and(|v| {
-                    v.is_unique("inventory_reservations_pkey", "inventory_reservations.key")
-                }) =>
-            {
-                tx.rollback().await?;
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
+        .await?;
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
         }
         let mut low = false;
         for line in lines {
@@ -511,8 +505,8 @@ async fn record_movements(
         "INSERT INTO inventory_movements \
          (id, product_id, kind, delta, on_hand_after, reason, actor, created_at) VALUES ",
     );
-    for (i, m) in movements.iter().enumerate() {
-        q.push(if i == 0 { "(" } else { ", (" });
+    q.push_list(movements.iter(), |q, m| {
+        q.push("(");
         q.bind(uuid::Uuid::now_v7().hyphenated().to_string())?
             .push(", ")
             .bind(m.product_id.to_db())?
@@ -529,7 +523,8 @@ async fn record_movements(
             .push(", ")
             .bind(now.as_millis())?
             .push(")");
-    }
+        Ok(())
+    })?;
     q.build().execute(&mut **tx).await?;
     Ok(())
 }

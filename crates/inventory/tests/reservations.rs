@@ -206,6 +206,46 @@ async fn commit_sells_once_and_release_gives_back_once() {
 }
 
 #[tokio::test]
+async fn a_sale_of_several_lines_is_one_movement_each_and_a_late_repeat_changes_nothing() {
+    let f = fixture().await;
+    let ps = [
+        f.product(10).await,
+        f.product(10).await,
+        f.product(10).await,
+    ];
+    let lines: Vec<_> = ps.iter().zip(1..).map(|(&p, q)| line(p, q)).collect();
+    f.inventory
+        .reserve("m", &lines, f.later(60_000))
+        .await
+        .expect("held");
+    f.inventory.commit("m").await.expect("committed");
+    // A repeat of the reservation after its commit (a saga step retried late)
+    // answers with the committed reservation and takes nothing more.
+    let repeat = f
+        .inventory
+        .reserve("m", &lines, f.later(60_000))
+        .await
+        .expect("the same reservation");
+    assert_eq!(repeat.status, ReservationStatus::Committed);
+    for (p, sold) in ps.iter().zip(1..) {
+        assert_eq!(f.available(*p).await, (10 - sold, 0, 10 - sold));
+    }
+    let mut sales: Vec<(String, i64, i64, String)> = sqlx::query_as(
+        "SELECT product_id, delta, on_hand_after, actor FROM inventory_movements WHERE kind = 'sale'",
+    )
+    .fetch_all(f.inventory.store().db().reader())
+    .await
+    .expect("movements");
+    sales.sort_by_key(|sale| -sale.1);
+    let expected: Vec<_> = ps
+        .iter()
+        .zip(1..)
+        .map(|(p, sold)| (p.to_db(), -sold, 10 - sold, "m".to_string()))
+        .collect();
+    assert_eq!(sales, expected);
+}
+
+#[tokio::test]
 async fn lapsed_reservations_are_released_and_cannot_be_committed() {
     let f = fixture().await;
     let p = f.product(4).await;

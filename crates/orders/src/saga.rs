@@ -173,6 +173,20 @@ impl From<PortError> for Failure {
     }
 }
 
+/// The error of an injected crash: the process "dies" there, answering
+/// nothing.
+#[cfg(feature = "failpoints")]
+const INJECTED_CRASH: &str = "injected crash";
+
+fn injected_crash(e: &OrderError) -> bool {
+    #[cfg(feature = "failpoints")]
+    if let OrderError::Unexpected(e) = e {
+        return e.to_string() == INJECTED_CRASH;
+    }
+    let _ = e;
+    false
+}
+
 /// What the driver does next.
 enum Next {
     Continue,
@@ -218,7 +232,10 @@ impl Orders {
     }
 
     /// Drives `saga`, whose lease `owner` holds, as far as it goes now. Returns
-    /// the checkout's response when this driver recorded it.
+    /// the checkout's response when this driver recorded it — even when a
+    /// later step then failed: the response is durable and true (the order
+    /// is decided), and the recovery loop finishes the steps left once the
+    /// lease lapses.
     pub(crate) async fn run(
         &self,
         mut saga: SagaRow,
@@ -227,10 +244,18 @@ impl Orders {
     ) -> Result<Option<StoredResponse>, OrderError> {
         let mut answered = None;
         while saga.state != SagaState::Done {
-            match self.step(&mut saga, order, owner).await? {
-                Next::Continue => {}
-                Next::Answered(response) => answered = Some(response),
-                Next::Stop => break,
+            match self.step(&mut saga, order, owner).await {
+                Ok(Next::Continue) => {}
+                Ok(Next::Answered(response)) => answered = Some(response),
+                Ok(Next::Stop) => break,
+                Err(e) => match answered {
+                    Some(response) if !injected_crash(&e) => {
+                        tracing::warn!(order_id = %order.id, step = saga.step.as_str(), error = %e,
+                            "saga step failed after the checkout was answered; recovery resumes it");
+                        return Ok(Some(response));
+                    }
+                    _ => return Err(e),
+                },
             }
         }
         Ok(answered)
@@ -244,7 +269,7 @@ impl Orders {
     ) -> Result<Next, OrderError> {
         #[cfg(feature = "failpoints")]
         if self.crash_at(CrashPoint::Before(saga.step)) {
-            return Err(OrderError::Unexpected(anyhow::anyhow!("injected crash")));
+            return Err(OrderError::Unexpected(anyhow::anyhow!(INJECTED_CRASH)));
         }
         let outcome = match saga.state {
             SagaState::Running => self.forward(saga, order).await,
@@ -253,7 +278,7 @@ impl Orders {
         };
         #[cfg(feature = "failpoints")]
         if self.crash_at(CrashPoint::After(saga.step)) {
-            return Err(OrderError::Unexpected(anyhow::anyhow!("injected crash")));
+            return Err(OrderError::Unexpected(anyhow::anyhow!(INJECTED_CRASH)));
         }
         let now = self.now();
         match outcome {

@@ -9,7 +9,7 @@
 use agora_kernel::{Currency, Money, OrderId, PaymentId, ProductId, Timestamp, UserId};
 use agora_platform::Database;
 use agora_platform::bus::{Event, Inbox, Outbox};
-use agora_platform::db::{SqlBuilder, violation};
+use agora_platform::db::SqlBuilder;
 use anyhow::anyhow;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row};
@@ -210,9 +210,12 @@ impl OrdersStore {
         now: Timestamp,
     ) -> Result<Option<()>, OrderError> {
         let mut tx = self.db.begin().await?;
+        // A concurrent request with the key waits here for this one, then finds
+        // the key taken (`DO NOTHING`: a repeat is no error, and PostgreSQL
+        // does not log one).
         let claimed = sqlx::query(
             "INSERT INTO orders_idempotency (caller, key, request_hash, order_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (caller, key) DO NOTHING",
         )
         .bind(order.user_id.to_db())
         .bind(order.key.clone())
@@ -220,21 +223,10 @@ impl OrdersStore {
         .bind(order.id.to_db())
         .bind(now.as_millis())
         .execute(&mut *tx)
-        .await;
-        match claimed {
-            Ok(_) => {}
-            Err(e)
-                if violation(&e).is_some_and(|v| {
-                    v.is_unique(
-                        "orders_idempotency_pkey",
-                        "orders_idempotency.caller, orders_idempotency.key",
-                    )
-                }) =>
-            {
-                tx.rollback().await?;
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
+        .await?;
+        if claimed.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
         }
         sqlx::query(
             "INSERT INTO orders_orders (id, user_id, status, currency, total_minor, created_at, updated_at) \
@@ -252,8 +244,8 @@ impl OrdersStore {
                 "INSERT INTO orders_lines (order_id, product_id, sku, name, unit_price_minor, quantity, \
                  line_total_minor) VALUES ",
             );
-            for (i, line) in order.lines.iter().enumerate() {
-                q.push(if i == 0 { "(" } else { ", (" });
+            q.push_list(order.lines.iter(), |q, line| {
+                q.push("(");
                 q.bind(order.id.to_db())?
                     .push(", ")
                     .bind(line.product_id.to_db())?
@@ -268,7 +260,8 @@ impl OrdersStore {
                     .push(", ")
                     .bind(line.line_total.amount_minor())?
                     .push(")");
-            }
+                Ok(())
+            })?;
             q.build().execute(&mut *tx).await?;
         }
         sqlx::query(
@@ -362,12 +355,10 @@ impl OrdersStore {
             "SELECT order_id, product_id, sku, name, unit_price_minor, quantity, line_total_minor \
              FROM orders_lines WHERE order_id IN (",
         );
-        for (i, o) in orders.iter().enumerate() {
-            if i > 0 {
-                q.push(", ");
-            }
+        q.push_list(orders.iter(), |q, o| {
             q.bind(o.id.to_db())?;
-        }
+            Ok(())
+        })?;
         q.push(") ORDER BY order_id, product_id");
         let lines = q.build().fetch_all(self.db.reader()).await?;
         for row in &lines {
@@ -456,9 +447,9 @@ impl OrdersStore {
         }
         if !update_order(&mut tx, saga.order_id, &progress, now).await? {
             return Err(anyhow!(
-                "order {} cannot become {:?} in its saga",
+                "order {} cannot take its saga's change (status {})",
                 saga.order_id,
-                progress.status
+                progress.status.map_or("unchanged", OrderStatus::as_str)
             )
             .into());
         }
@@ -723,12 +714,10 @@ async fn update_order(
 /// Appends ` AND status IN (…from)`.
 fn only_from(q: &mut SqlBuilder, from: &[OrderStatus]) -> Result<(), sqlx::Error> {
     q.push(" AND status IN (");
-    for (i, from) in from.iter().enumerate() {
-        if i > 0 {
-            q.push(", ");
-        }
+    q.push_list(from.iter(), |q, from| {
         q.bind(from.as_str())?;
-    }
+        Ok(())
+    })?;
     q.push(")");
     Ok(())
 }
@@ -747,8 +736,8 @@ async fn log(
     let mut q = SqlBuilder::new(
         "INSERT INTO orders_saga_log (id, order_id, step, phase, detail, at) VALUES ",
     );
-    for (i, (step, phase, detail)) in entries.iter().enumerate() {
-        q.push(if i == 0 { "(" } else { ", (" });
+    q.push_list(entries.iter(), |q, (step, phase, detail)| {
+        q.push("(");
         // Ids in the order given: the log reads back by (at, id).
         q.bind(uuid::Uuid::now_v7().to_string())?
             .push(", ")
@@ -762,7 +751,8 @@ async fn log(
             .push(", ")
             .bind(now.as_millis())?
             .push(")");
-    }
+        Ok(())
+    })?;
     q.build().execute(&mut **tx).await.map(drop)
 }
 

@@ -251,22 +251,24 @@ async fn a_checkout_confirms_the_order_takes_the_money_and_sells_the_stock() {
     assert_eq!(s.stock(mug).await, (3, 0));
     assert_eq!(s.stock(cup).await, (4, 0));
     assert_eq!(s.carts.lines(ada).await.expect("cart"), vec![]);
+    // Every step recorded before and after, in order: the clock stands still,
+    // so the order is the ids' within and across the multi-row inserts.
     let log = s.orders.store().saga_log(id).await.expect("log");
-    let steps: Vec<_> = log
+    let entries: Vec<_> = log
         .iter()
-        .filter(|(_, phase, _)| phase == "succeeded")
-        .map(|(step, _, _)| step.as_str())
+        .map(|(step, phase, _)| format!("{step}:{phase}"))
         .collect();
-    assert_eq!(
-        steps,
-        [
-            "reserve",
-            "authorize",
-            "capture",
-            "commit_stock",
-            "clear_cart"
-        ]
-    );
+    let expected: Vec<_> = [
+        "reserve",
+        "authorize",
+        "capture",
+        "commit_stock",
+        "clear_cart",
+    ]
+    .iter()
+    .flat_map(|step| [format!("{step}:started"), format!("{step}:succeeded")])
+    .collect();
+    assert_eq!(entries, expected);
     assert_eq!(
         s.count("SELECT COUNT(*) FROM orders_outbox").await,
         2,
@@ -518,6 +520,67 @@ async fn a_crash_between_any_two_steps_is_recovered() {
             "{point:?}"
         );
     }
+}
+
+/// The database refuses to end the saga (a trigger raises on its last
+/// update): the checkout, whose response was recorded a step before, still
+/// answers it, and recovery finishes the saga once the fault is gone.
+#[tokio::test]
+async fn a_failure_after_the_answer_still_answers_and_is_recovered() {
+    let s = shop().await;
+    let p = s.product(400, 5).await;
+    let ada = s.customer(&[(p, 1)]).await;
+    let (fault, mend) = match s.db.db.backend() {
+        agora_platform::db::Backend::Sqlite => (
+            "CREATE TRIGGER saga_fault BEFORE UPDATE ON orders_sagas WHEN NEW.state = 'done' \
+             BEGIN SELECT RAISE(ABORT, 'disk trouble'); END",
+            "DROP TRIGGER saga_fault",
+        ),
+        agora_platform::db::Backend::Postgres => (
+            "CREATE FUNCTION saga_fault() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION 'disk trouble'; END $$ LANGUAGE plpgsql; \
+             CREATE TRIGGER saga_fault BEFORE UPDATE ON orders_sagas FOR EACH ROW \
+             WHEN (NEW.state = 'done') EXECUTE FUNCTION saga_fault()",
+            "DROP TRIGGER saga_fault ON orders_sagas; DROP FUNCTION saga_fault()",
+        ),
+    };
+    sqlx::raw_sql(fault)
+        .execute(s.db.db.writer())
+        .await
+        .expect("the fault");
+    let response = s
+        .orders
+        .checkout(ada, "k", "tok_visa")
+        .await
+        .expect("the recorded answer");
+    assert_eq!(response.status, 201);
+    let id = Shop::order_id(&response);
+    assert_eq!(
+        s.count("SELECT COUNT(*) FROM orders_sagas WHERE state = 'done'")
+            .await,
+        0,
+        "the saga could not end"
+    );
+    assert_eq!(
+        s.carts.lines(ada).await.expect("cart").len(),
+        0,
+        "the cart step ran"
+    );
+
+    sqlx::raw_sql(mend)
+        .execute(s.db.db.writer())
+        .await
+        .expect("mended");
+    s.clock.advance(Duration::from_secs(31));
+    assert_eq!(s.orders.recover().await.expect("recovery"), 1);
+    assert_eq!(s.assert_settled(id).await, OrderStatus::Confirmed);
+    assert_eq!(s.stock(p).await, (4, 0));
+    let replay = s
+        .orders
+        .checkout(ada, "k", "tok_visa")
+        .await
+        .expect("a replay");
+    assert_eq!((replay.status, replay.body), (201, response.body));
 }
 
 #[tokio::test]

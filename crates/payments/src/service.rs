@@ -606,7 +606,12 @@ impl Payments {
             PaymentStatus::Captured
             | PaymentStatus::PartiallyRefunded
             | PaymentStatus::Refunded => {
-                // Captured another way (a webhook got here first).
+                // Captured another way (a webhook got here first), as read
+                // when a repeat resumes the operation. A first call passes
+                // the payment it read before inserting the operation, without
+                // reading it again: a capture landing in between costs only a
+                // repeated provider call, which the payment-keyed capture
+                // makes harmless.
                 store
                     .finish_operation(&op, OperationStatus::Succeeded, None, None, self.now())
                     .await?;

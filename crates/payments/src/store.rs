@@ -438,8 +438,9 @@ impl PaymentStore {
 
     /// Settles a `processing` payment with the provider's answer, records the
     /// attempt, and emits `PaymentAuthorized` or `PaymentFailed` — all in one
-    /// transaction. `false` when the payment was no longer processing (a
-    /// concurrent repeat settled it): then only the attempt is recorded.
+    /// transaction, and returns the settled payment. `None` when the payment
+    /// was no longer processing (a concurrent repeat settled it): then only
+    /// the attempt is recorded.
     pub async fn settle_authorization(
         &self,
         id: PaymentId,

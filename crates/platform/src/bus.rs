@@ -744,6 +744,14 @@ impl Relay {
                 }
                 continue;
             }
+            if wait.is_zero() {
+                // A full batch: more are waiting already, so no linger (a
+                // wake-up left from those commits would only delay them).
+                if shutdown.is_triggered() {
+                    return;
+                }
+                continue;
+            }
             tokio::select! {
                 () = shutdown.wait() => return,
                 () = self.outbox.wake.notified() => tokio::time::sleep(RELAY_LINGER).await,
@@ -791,12 +799,10 @@ impl Relay {
                 .push(" SET published_at = ")
                 .bind(now.as_millis())?
                 .push(" WHERE id IN (");
-            for (i, event) in published.iter().enumerate() {
-                if i > 0 {
-                    q.push(", ");
-                }
+            q.push_list(published.iter(), |q, event| {
                 q.bind(event.id.to_db())?;
-            }
+                Ok(())
+            })?;
             q.push(")");
             let mut tx = self.db.begin().await?;
             q.build().execute(&mut *tx).await?;

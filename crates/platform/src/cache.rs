@@ -217,8 +217,10 @@ impl CacheAside {
         let loaded = waiting
             .cell
             .get_or_try_init(|| async {
-                // A load that finished between the miss above and joining has
-                // stored its value (its caller leaves the cell only after): use it.
+                // A load that finished between the miss above and joining
+                // stored its value before leaving the cell (unless an
+                // invalidation came first, or the cache has already evicted
+                // it): a value found now is that one, or newer, so use it.
                 if let Some(value) = self.cache.get(key).await {
                     return Ok(value);
                 }

@@ -331,7 +331,16 @@ pub struct SqlBuilder {
     sql: String,
     args: AnyArguments,
     binds: usize,
+    /// The text holds a list too long to keep prepared (see [`Self::push_list`]).
+    one_off: bool,
 }
+
+/// The longest list (rows of a multi-row insert, keys of an `IN`) whose
+/// statement is kept in the statement caches. Every length is a statement of
+/// its own: short lists are the common shapes and stay prepared; a longer one
+/// is parsed for its one use rather than pushing the hot statements out of
+/// the caches (ADR 0005).
+pub const PREPARED_LIST_LEN: usize = 8;
 
 impl SqlBuilder {
     /// Starts with a fixed piece of SQL.
@@ -359,6 +368,26 @@ impl SqlBuilder {
         Ok(self)
     }
 
+    /// Appends `items` separated by `, `, each written by `item` (a row's
+    /// `(…)` of a multi-row insert, a key of an `IN (…)` list). A list longer
+    /// than [`PREPARED_LIST_LEN`] makes the query a one-off: not kept prepared.
+    pub fn push_list<I, F>(&mut self, items: I, mut item: F) -> Result<&mut Self, sqlx::Error>
+    where
+        I: IntoIterator,
+        F: FnMut(&mut Self, I::Item) -> Result<(), sqlx::Error>,
+    {
+        let mut count = 0;
+        for value in items {
+            if count > 0 {
+                self.sql.push_str(", ");
+            }
+            item(self, value)?;
+            count += 1;
+        }
+        self.one_off |= count > PREPARED_LIST_LEN;
+        Ok(self)
+    }
+
     /// The SQL text so far (for tests and logs).
     pub fn sql(&self) -> &str {
         &self.sql
@@ -367,7 +396,7 @@ impl SqlBuilder {
     /// The finished query.
     pub fn build(self) -> sqlx::query::Query<'static, Any, AnyArguments> {
         // Safe: the text is made only of 'static fragments and `$n` placeholders.
-        sqlx::query_with(AssertSqlSafe(self.sql), self.args)
+        sqlx::query_with(AssertSqlSafe(self.sql), self.args).persistent(!self.one_off)
     }
 }
 
@@ -950,6 +979,59 @@ mod tests {
         let mut q = SqlBuilder::new("SELECT 1 WHERE a = ");
         q.bind(1_i64)?.push(" AND b = ").bind("x")?;
         assert_eq!(q.sql(), "SELECT 1 WHERE a = $1 AND b = $2");
+        Ok(())
+    }
+
+    /// A list of `n` numbers, as `IN (…)` keys.
+    fn numbers_in(n: i64) -> Result<SqlBuilder, sqlx::Error> {
+        let mut q = SqlBuilder::new("SELECT n FROM numbers WHERE n IN (");
+        q.push_list(1..=n, |q, k| q.bind(k).map(drop))?
+            .push(") ORDER BY n");
+        Ok(q)
+    }
+
+    #[test]
+    fn only_short_lists_stay_prepared() -> Result<(), sqlx::Error> {
+        let short = numbers_in(2)?;
+        assert_eq!(
+            short.sql(),
+            "SELECT n FROM numbers WHERE n IN ($1, $2) ORDER BY n"
+        );
+        let kept = |q: SqlBuilder| sqlx::Execute::persistent(&q.build());
+        assert!(kept(short));
+        let limit = i64::try_from(PREPARED_LIST_LEN).unwrap_or(i64::MAX);
+        assert!(kept(numbers_in(limit)?));
+        assert!(!kept(numbers_in(limit + 1)?));
+        Ok(())
+    }
+
+    /// The one-off statements run on both engines, in and out of a
+    /// transaction, next to the cached ones.
+    #[tokio::test]
+    async fn long_lists_run_unprepared() -> anyhow::Result<()> {
+        let test = TestDatabase::new().await?;
+        let db = &test.db;
+        sqlx::raw_sql("CREATE TABLE numbers (n BIGINT PRIMARY KEY)")
+            .execute(db.writer())
+            .await?;
+        let mut tx = db.begin().await?;
+        let mut insert = SqlBuilder::new("INSERT INTO numbers (n) VALUES ");
+        insert.push_list(1..=20_i64, |q, n| {
+            q.push("(").bind(n)?.push(")");
+            Ok(())
+        })?;
+        assert_eq!(insert.build().execute(&mut *tx).await?.rows_affected(), 20);
+        tx.commit().await?;
+        for n in [3, 20, 3, 20] {
+            let rows: Vec<i64> = numbers_in(n)?
+                .build()
+                .fetch_all(db.reader())
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?;
+            assert_eq!(rows, (1..=n).collect::<Vec<_>>());
+        }
         Ok(())
     }
 }

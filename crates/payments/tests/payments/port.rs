@@ -203,6 +203,47 @@ async fn a_capture_takes_the_whole_amount_once() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_captures_with_one_key_capture_once() {
+    let f = fixture_with(
+        SimulatedBehaviour {
+            latency: Duration::from_millis(20),
+            ..SimulatedBehaviour::default()
+        },
+        agora_kernel::Timestamp::from_millis(crate::helpers::START),
+    )
+    .await;
+    let p = f
+        .payments
+        .authorize("auth-1", "ord_1", "tok_visa", usd(1200))
+        .await
+        .expect("authorized");
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let payments = f.payments.clone();
+        tasks.spawn(async move { payments.capture("saga-1:capture", p.id).await });
+    }
+    for result in tasks.join_all().await {
+        let c = result.expect("every call answers with the captured payment");
+        assert_eq!(
+            (c.status, c.captured_minor),
+            (PaymentStatus::Captured, 1200)
+        );
+    }
+    assert_eq!(
+        f.count("payments_operations").await,
+        1,
+        "one capture operation"
+    );
+    let done: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM payments_operations WHERE kind = 'capture' AND status = 'succeeded'",
+    )
+    .fetch_one(f.db.db.reader())
+    .await
+    .expect("count");
+    assert_eq!(done, 1);
+}
+
 #[tokio::test]
 async fn a_capture_whose_answer_was_lost_is_settled_by_its_repeat() {
     let f = fixture().await;

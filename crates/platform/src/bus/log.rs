@@ -118,8 +118,8 @@ impl EventLog {
         let mut q = SqlBuilder::new(
             "INSERT INTO bus_event_log (id, kind, aggregate_id, payload, occurred_at, logged_at, request_id, traceparent) VALUES ",
         );
-        for (i, event) in events.iter().enumerate() {
-            q.push(if i == 0 { "(" } else { ", (" })
+        q.push_list(events.iter(), |q, event| {
+            q.push("(")
                 .bind(event.id.to_db())?
                 .push(", ")
                 .bind(event.kind.clone())?
@@ -136,7 +136,8 @@ impl EventLog {
                 .push(", ")
                 .bind(event.traceparent.clone())?
                 .push(")");
-        }
+            Ok(())
+        })?;
         q.push(" ON CONFLICT (id) DO NOTHING");
         q.build().execute(&mut **tx).await.map(drop)
     }

@@ -53,10 +53,13 @@ pub(super) fn unsupported(what: &str) -> Error {
 /// them one statement only) may hold several statements: each is
 /// prepared only when the ones before it have run (a table created by the
 /// first is there for the second). With `rows` = [`Rows::First`] a read stops
-/// at its first row (`fetch_optional`); a write always runs to its end.
+/// at its first row (`fetch_optional`); a write always runs to its end. A
+/// `persistent` statement stays in the connection's statement cache; another
+/// (`Query::persistent(false)`) is prepared for this one run.
 pub(super) fn run(
     conn: &rusqlite::Connection,
     sql: &str,
+    persistent: bool,
     arguments: Option<AnyArguments>,
     rows: Rows,
 ) -> Result<Produced, Error> {
@@ -67,9 +70,17 @@ pub(super) fn run(
             step(conn, &mut statement, rows, &mut produced)?;
         }
     } else {
-        let mut statement = conn.prepare_cached(sql).map_err(database_error)?;
-        bind(&mut statement, arguments)?;
-        step(conn, &mut statement, rows, &mut produced)?;
+        let mut once;
+        let mut cached;
+        let statement: &mut rusqlite::Statement<'_> = if persistent {
+            cached = conn.prepare_cached(sql).map_err(database_error)?;
+            &mut cached
+        } else {
+            once = conn.prepare(sql).map_err(database_error)?;
+            &mut once
+        };
+        bind(statement, arguments)?;
+        step(conn, statement, rows, &mut produced)?;
     }
     Ok(produced)
 }

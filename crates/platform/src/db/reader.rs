@@ -152,6 +152,7 @@ impl ReadConnections {
     fn run(
         &self,
         sql: &str,
+        persistent: bool,
         arguments: Option<AnyArguments>,
         rows: Rows,
     ) -> Result<Produced, Error> {
@@ -159,7 +160,7 @@ impl ReadConnections {
             .lease()
             .map_err(local_exec::database_error)?
             .ok_or(Error::PoolClosed)?;
-        local_exec::run(&conn, sql, arguments, rows)
+        local_exec::run(&conn, sql, persistent, arguments, rows)
     }
 }
 
@@ -180,7 +181,8 @@ fn read_here<'q>(
     rows: Rows,
 ) -> Result<Produced, Error> {
     let arguments = query.take_arguments().map_err(Error::Encode)?;
-    reads.run(query.sql().as_str(), arguments, rows)
+    let persistent = query.persistent();
+    reads.run(query.sql().as_str(), persistent, arguments, rows)
 }
 
 /// Runs `query` on a blocking thread, once a slot is free.
@@ -190,13 +192,14 @@ async fn read_offloaded<'q>(
     rows: Rows,
 ) -> Result<Produced, Error> {
     let arguments = query.take_arguments().map_err(Error::Encode)?;
+    let persistent = query.persistent();
     let sql = query.sql();
     let _slot = tokio::time::timeout(offloaded.wait, offloaded.slots.acquire())
         .await
         .map_err(|_| Error::PoolTimedOut)?
         .map_err(|_| Error::PoolClosed)?;
     let reads = Arc::clone(&offloaded.reads);
-    tokio::task::spawn_blocking(move || reads.run(sql.as_str(), arguments, rows))
+    tokio::task::spawn_blocking(move || reads.run(sql.as_str(), persistent, arguments, rows))
         .await
         .map_err(|e| Error::AnyDriverError(Box::new(e)))?
 }

@@ -239,7 +239,14 @@ fn local<'q>(slot: &Slot, mut query: impl Execute<'q, Any>) -> Result<local_exec
         ));
     }
     let arguments = query.take_arguments().map_err(Error::Encode)?;
-    local_exec::run(conn, query.sql().as_str(), arguments, local_exec::Rows::All)
+    let persistent = query.persistent();
+    local_exec::run(
+        conn,
+        query.sql().as_str(),
+        persistent,
+        arguments,
+        local_exec::Rows::All,
+    )
 }
 
 /// The one SQLite writer connection and the state of its shared transaction.
