@@ -21,16 +21,34 @@ pub struct StoredItem {
     pub quantity: i64,
 }
 
+/// How many customers' cart ids a store remembers.
+const REMEMBERED_OWNERS: u64 = 100_000;
+
 /// The cart's data access.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CartStore {
     db: Database,
+    /// Customers' cart ids, once read: a customer's cart is never deleted or
+    /// replaced (only anonymous carts are), so a remembered id stays true in
+    /// every process and needs no invalidation.
+    owners: moka::sync::Cache<UserId, String>,
+}
+
+impl std::fmt::Debug for CartStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CartStore")
+            .field("db", &self.db)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CartStore {
     /// A store over `db`.
     pub fn new(db: Database) -> Self {
-        Self { db }
+        Self {
+            db,
+            owners: moka::sync::Cache::new(REMEMBERED_OWNERS),
+        }
     }
 
     /// The database (for tests and tools).
@@ -40,12 +58,17 @@ impl CartStore {
 
     /// The id of `owner`'s cart.
     pub async fn cart_of_owner(&self, owner: UserId) -> Result<Option<String>, CartError> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM cart_carts WHERE owner = $1")
-                .bind(owner.to_db())
-                .fetch_optional(self.db.reader())
-                .await?,
-        )
+        if let Some(id) = self.owners.get(&owner) {
+            return Ok(Some(id));
+        }
+        let id: Option<String> = sqlx::query_scalar("SELECT id FROM cart_carts WHERE owner = $1")
+            .bind(owner.to_db())
+            .fetch_optional(self.db.reader())
+            .await?;
+        if let Some(id) = &id {
+            self.owners.insert(owner, id.clone());
+        }
+        Ok(id)
     }
 
     /// The id of the anonymous cart whose token hashes to `token_hash`.

@@ -426,6 +426,23 @@ pub const CHANGE_EVENTS: [&str; 2] = [ProductChanged::KIND, CategoryChanged::KIN
 /// The name of the catalog's per-node cache subscription.
 pub const CACHE_CONSUMER: &str = "catalog-cache";
 
+impl Catalog {
+    /// The snapshots of the products among `ids` that exist, from the store.
+    async fn snapshots(&self, ids: &[ProductId]) -> Result<Vec<ProductSnapshot>, CatalogError> {
+        let products = self.parts.store.products_by_ids(ids).await?;
+        Ok(products
+            .into_iter()
+            .map(|p| ProductSnapshot {
+                id: p.id,
+                sku: p.sku,
+                name: p.name,
+                unit_price: p.price,
+                active: p.active,
+            })
+            .collect())
+    }
+}
+
 #[async_trait]
 impl CatalogPort for Catalog {
     async fn products_by_ids(&self, ids: &[ProductId]) -> Result<Vec<ProductSnapshot>, PortError> {
@@ -438,25 +455,48 @@ impl CatalogPort for Catalog {
                 ),
             });
         }
-        let products =
-            self.parts
-                .store
-                .products_by_ids(ids)
-                .await
-                .map_err(|e| PortError::Unavailable {
-                    module: "catalog",
-                    reason: e.to_string(),
-                })?;
-        Ok(products
-            .into_iter()
-            .map(|p| ProductSnapshot {
-                id: p.id,
-                sku: p.sku,
-                name: p.name,
-                unit_price: p.price,
-                active: p.active,
+        let unavailable = |e: CatalogError| PortError::Unavailable {
+            module: "catalog",
+            reason: e.to_string(),
+        };
+        let Some(cache) = &self.parts.cache else {
+            return self.snapshots(ids).await.map_err(unavailable);
+        };
+        // Cached like the public reads (and forgotten with them on every
+        // write, here and, through the change events, on other nodes).
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| format!("catalog:snapshot:{id}"))
+            .collect();
+        let cached = cache
+            .aside
+            .get_many_or_load(&keys, cache.ttl, &[CACHE_TAG], |missing| async move {
+                let wanted: Vec<ProductId> = missing.iter().map(|&i| ids[i]).collect();
+                let found = self.snapshots(&wanted).await?;
+                wanted
+                    .iter()
+                    .map(|id| {
+                        found
+                            .iter()
+                            .find(|p| p.id == *id)
+                            .map(|p| serde_json::to_vec(p).map(Bytes::from))
+                            .transpose()
+                            .map_err(|e| CatalogError::Unexpected(e.into()))
+                    })
+                    .collect()
             })
-            .collect())
+            .await
+            .map_err(unavailable)?;
+        cached
+            .into_iter()
+            .flatten()
+            .map(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| PortError::Internal {
+                    module: "catalog",
+                    reason: format!("a cached product snapshot: {e}"),
+                })
+            })
+            .collect()
     }
 
     async fn attach_renditions(

@@ -188,6 +188,61 @@ async fn public_reads_are_counted_as_hits_and_misses_of_the_read_cache() {
     assert_eq!(catalog.cache_stats().map(|s| s.misses), Some(2));
 }
 
+/// Other modules' product snapshots come through the read cache too: a
+/// repeat is a hit, only the missing ids are read (in one query), unknown ids
+/// stay absent, and a price change is seen by the very next call.
+#[tokio::test]
+async fn port_snapshots_are_cached_and_forgotten_on_a_write() {
+    use agora_platform::cache::{CacheAside, CacheStats, MemoryCache};
+    let (catalog, _db) = catalog().await;
+    let catalog = catalog.with_cache(
+        Arc::new(CacheAside::new(Arc::new(MemoryCache::new(1 << 20)))),
+        std::time::Duration::from_secs(60),
+    );
+    let a = catalog
+        .create_product(draft("SNAP-1", 500, true))
+        .await
+        .expect("created");
+    let b = catalog
+        .create_product(draft("SNAP-2", 700, false))
+        .await
+        .expect("created");
+    let unknown = ProductId::new();
+    let price = |snaps: &[agora_contracts::catalog::ProductSnapshot], id: ProductId| {
+        snaps
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| (s.unit_price.amount_minor(), s.active))
+    };
+    let first = catalog.products_by_ids(&[a.id]).await.expect("read");
+    assert_eq!(price(&first, a.id), Some((500, true)));
+    let both = catalog
+        .products_by_ids(&[a.id, b.id, unknown])
+        .await
+        .expect("read");
+    assert_eq!(both.len(), 2, "{both:?}");
+    assert_eq!(price(&both, b.id), Some((700, false)), "inactive ones too");
+    assert_eq!(
+        catalog.cache_stats(),
+        Some(CacheStats {
+            hits: 1,
+            misses: 3,
+            loads: 2
+        }),
+        "a hit for a; one load for b and the unknown id"
+    );
+    catalog
+        .update_product(
+            a.id,
+            changes(serde_json::json!({ "price": {"amount": 450, "currency": "USD"} })),
+        )
+        .await
+        .expect("repriced");
+    let after = catalog.products_by_ids(&[a.id, b.id]).await.expect("read");
+    assert_eq!(price(&after, a.id), Some((450, true)));
+    assert_eq!(price(&after, b.id), Some((700, false)));
+}
+
 /// The kinds and products in the catalog's outbox, oldest first.
 async fn outbox(catalog: &Catalog) -> Vec<(String, String)> {
     sqlx::query_as("SELECT kind, aggregate_id FROM catalog_outbox ORDER BY seq")

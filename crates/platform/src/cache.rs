@@ -231,12 +231,81 @@ impl CacheAside {
             .await
             .cloned();
         if ran && let Ok(value) = &loaded {
-            let _storing = self.storing.read().await;
-            if self.epoch.load(Ordering::Acquire) == epoch {
+            self.store_unless_invalidated(epoch, &[(key, value.clone())], ttl, tags)
+                .await;
+        }
+        loaded
+    }
+
+    /// The values under `keys`, in their order: those the cache holds, and the
+    /// others from one run of `load`, given the positions of the missing keys
+    /// and answering for each a value or `None` (nothing there, so nothing
+    /// stored). What it loads is stored for `ttl` with `tags`, unless an
+    /// invalidation came first. Concurrent misses are not merged (each caller
+    /// loads): this is for reads of several keys at once, where one query for
+    /// all the missing ones beats one load per key.
+    pub async fn get_many_or_load<E, F, Fut>(
+        &self,
+        keys: &[String],
+        ttl: Duration,
+        tags: &[&str],
+        load: F,
+    ) -> Result<Vec<Option<Bytes>>, E>
+    where
+        F: FnOnce(Vec<usize>) -> Fut,
+        Fut: Future<Output = Result<Vec<Option<Bytes>>, E>>,
+    {
+        let mut values = Vec::with_capacity(keys.len());
+        let mut missing = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let value = self.cache.get(key).await;
+            if value.is_none() {
+                missing.push(i);
+            }
+            values.push(value);
+        }
+        self.hits
+            .fetch_add((keys.len() - missing.len()) as u64, Ordering::Relaxed);
+        if missing.is_empty() {
+            return Ok(values);
+        }
+        self.misses
+            .fetch_add(missing.len() as u64, Ordering::Relaxed);
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let loaded = load(missing.clone()).await?;
+        let found: Vec<_> = missing
+            .iter()
+            .zip(loaded)
+            .filter_map(|(&i, value)| value.map(|v| (i, v)))
+            .collect();
+        let entries: Vec<(&str, Bytes)> = found
+            .iter()
+            .map(|(i, value)| (keys[*i].as_str(), value.clone()))
+            .collect();
+        self.store_unless_invalidated(epoch, &entries, ttl, tags)
+            .await;
+        for (i, value) in found {
+            values[i] = Some(value);
+        }
+        Ok(values)
+    }
+
+    /// Stores `entries`, loaded in `epoch`, unless an invalidation has moved
+    /// the epoch since (their source may have changed after they were read).
+    async fn store_unless_invalidated(
+        &self,
+        epoch: u64,
+        entries: &[(&str, Bytes)],
+        ttl: Duration,
+        tags: &[&str],
+    ) {
+        let _storing = self.storing.read().await;
+        if self.epoch.load(Ordering::Acquire) == epoch {
+            for (key, value) in entries {
                 self.cache.set(key, value.clone(), ttl, tags).await;
             }
         }
-        loaded
     }
 
     /// Forgets `key`.
@@ -481,6 +550,66 @@ mod tests {
             load_counting(&aside, "p1", "newer", &runs).await,
             "new",
             "the new value is the one kept"
+        );
+    }
+
+    /// Keys `k0`… and their loads' answers: `v{i}`, or nothing for `absent`.
+    async fn many(
+        aside: &CacheAside,
+        n: usize,
+        absent: usize,
+        loaded: &std::sync::Mutex<Vec<Vec<usize>>>,
+        invalidate_in_load: bool,
+    ) -> Vec<Option<Bytes>> {
+        let keys: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
+        aside
+            .get_many_or_load(&keys, HOUR, &["products"], |missing| async move {
+                if invalidate_in_load {
+                    aside.invalidate_tag("products").await;
+                }
+                let answers = missing
+                    .iter()
+                    .map(|&i| (i != absent).then(|| Bytes::from(format!("v{i}"))))
+                    .collect();
+                loaded.lock().expect("the list").push(missing);
+                Ok::<_, std::convert::Infallible>(answers)
+            })
+            .await
+            .unwrap_or_else(|never| match never {})
+    }
+
+    #[tokio::test]
+    async fn many_keys_load_only_the_missing_ones_in_one_load() {
+        let aside = aside();
+        let loaded = std::sync::Mutex::new(Vec::new());
+        let v = |i: usize| Some(Bytes::from(format!("v{i}")));
+        assert_eq!(many(&aside, 2, 9, &loaded, false).await, vec![v(0), v(1)]);
+        // k0 and k1 are cached; k3 has nothing, so it is loaded every time.
+        let all = vec![v(0), v(1), v(2), None];
+        assert_eq!(many(&aside, 4, 3, &loaded, false).await, all);
+        assert_eq!(many(&aside, 4, 3, &loaded, false).await, all);
+        assert_eq!(
+            *loaded.lock().expect("the list"),
+            vec![vec![0, 1], vec![2, 3], vec![3]]
+        );
+        let stats = aside.stats();
+        assert_eq!((stats.hits, stats.misses, stats.loads), (5, 5, 3));
+        // Nothing missing: no load at all.
+        assert_eq!(many(&aside, 3, 9, &loaded, false).await, all[..3].to_vec());
+        assert_eq!(loaded.lock().expect("the list").len(), 3);
+    }
+
+    #[tokio::test]
+    async fn many_keys_loaded_across_an_invalidation_are_not_stored() {
+        let aside = aside();
+        let loaded = std::sync::Mutex::new(Vec::new());
+        let first = many(&aside, 2, 9, &loaded, true).await;
+        assert_eq!(first.iter().flatten().count(), 2, "answered all the same");
+        many(&aside, 2, 9, &loaded, false).await;
+        assert_eq!(
+            *loaded.lock().expect("the list"),
+            vec![vec![0, 1], vec![0, 1]],
+            "nothing was kept from the load the invalidation overtook"
         );
     }
 
