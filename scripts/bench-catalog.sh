@@ -2,7 +2,8 @@
 # Benchmarks the catalog reads of the release build with wrk on loopback, beside a
 # bare-axum ceiling serving the same bytes, in one run: each read from SQLite (a
 # server on the same database with AGORA_CACHE__BACKEND=none) and through the
-# in-process cache (the default). One server runs at a time: a second process on
+# in-process cache (the default), and through the cache with metrics off (what
+# they cost). One server runs at a time: a second process on
 # the same SQLite file slows the other's reads (shared file locks). Bounded: fixed
 # durations.
 #
@@ -92,6 +93,10 @@ kill -TERM "$pid"; wait "$pid" || true
 serve AGORA_CACHE__BACKEND=memory
 load "GET /api/v1/products/{id} (memory cache)" "http://127.0.0.1:$PORT/api/v1/products/$id"
 load "GET /api/v1/products?limit=20 (memory cache)" "http://127.0.0.1:$PORT/api/v1/products?limit=20"
+# What the metrics cost: the same read with them off.
+kill -TERM "$pid"; wait "$pid" || true
+serve AGORA_CACHE__BACKEND=memory AGORA_TELEMETRY__METRICS=false
+load "GET /api/v1/products/{id} (memory cache, metrics off)" "http://127.0.0.1:$PORT/api/v1/products/$id"
 if [[ -n "${REDIS_URL:-}" ]]; then
   kill -TERM "$pid"; wait "$pid" || true
   serve AGORA_CACHE__BACKEND=redis AGORA_CACHE__REDIS_URL="$REDIS_URL" AGORA_CACHE__REDIS_PREFIX="bench-$$"

@@ -31,12 +31,13 @@ use agora_payments::store::PaymentStore;
 use agora_platform::auth::Authenticator;
 use agora_platform::bus::nats::{NatsBus, NatsSettings};
 use agora_platform::bus::rabbit::{RabbitBus, RabbitSettings};
-use agora_platform::bus::{Bus, EventLog, InProcessBus, Outbox, Relay};
+use agora_platform::bus::{Bus, EventLog, InProcessBus, Outbox, OutboxBacklog, Relay};
 use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache, TwoTierCache};
 use agora_platform::config::{BusBackend, CacheBackend};
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
 use agora_platform::mail::Mailer;
+use agora_platform::metrics::{self, Gauges};
 use agora_platform::storage::ObjectStorage;
 use agora_platform::{Config, Database, Shutdown};
 use anyhow::Context;
@@ -57,6 +58,7 @@ pub struct Application {
     payments: Payments,
     relays: Vec<Relay>,
     export: Option<Export>,
+    metrics: Option<metrics::Endpoint>,
     shutdown: Shutdown,
     grace: Duration,
 }
@@ -125,7 +127,34 @@ impl Application {
             orders: orders.clone(),
             payments: payments.clone(),
         };
-        let router = router(&config, &db, cache, authenticator, modules, bus);
+        let metrics = if config.telemetry.metrics {
+            let outboxes = [
+                modules.catalog.store().outbox(),
+                modules.inventory.store().outbox(),
+                modules.payments.store().outbox(),
+                modules.orders.outbox(),
+            ];
+            let gauges: Vec<Arc<dyn Gauges>> = vec![
+                Arc::new(OutboxBacklog::new(
+                    db.clone(),
+                    &outboxes.map(|o| &**o),
+                    Arc::new(SystemClock),
+                )),
+                Arc::new(CatalogCacheGauges(modules.catalog.clone())),
+            ];
+            Some(metrics::Endpoint::new(metrics::install()?, gauges))
+        } else {
+            None
+        };
+        let router = router(
+            &config,
+            &db,
+            cache,
+            authenticator,
+            modules,
+            bus,
+            metrics.as_ref(),
+        );
         let listener = TcpListener::bind(config.server.addr)
             .await
             .with_context(|| {
@@ -149,6 +178,7 @@ impl Application {
             payments,
             relays,
             export,
+            metrics,
             shutdown: Shutdown::new(),
             grace: Duration::from_millis(config.server.shutdown_timeout_ms),
         })
@@ -190,6 +220,9 @@ impl Application {
         );
         for relay in self.relays {
             sweepers.spawn(relay.run(self.shutdown.clone()));
+        }
+        if let Some(metrics) = self.metrics {
+            sweepers.spawn(metrics.upkeep(self.shutdown.clone()));
         }
         if let Some(export) = self.export {
             sweepers.spawn(export.run_nightly(
@@ -546,6 +579,18 @@ struct Modules {
     payments: Payments,
 }
 
+/// The catalog read cache's counts, for `/metrics`.
+struct CatalogCacheGauges(Catalog);
+
+#[async_trait::async_trait]
+impl Gauges for CatalogCacheGauges {
+    async fn record(&self) {
+        if let Some(stats) = self.0.cache_stats() {
+            stats.record("catalog");
+        }
+    }
+}
+
 /// Builds the full router of the monolith.
 fn router(
     config: &Config,
@@ -554,6 +599,7 @@ fn router(
     authenticator: Authenticator,
     modules: Modules,
     bus: Arc<dyn Bus>,
+    metrics: Option<&metrics::Endpoint>,
 ) -> Router {
     let Modules {
         identity,
@@ -575,10 +621,13 @@ fn router(
             log: EventLog::new(db.clone()),
             bus,
         }));
-    let root = health::routes(db.clone(), cache)
+    let mut root = health::routes(db.clone(), cache)
         .merge(agora_catalog::http::media_router(catalog))
         .merge(agora_identity::http::well_known_router(identity))
         .merge(api::docs_router());
+    if let Some(metrics) = metrics {
+        root = root.merge(metrics.routes());
+    }
     let edge = Edge {
         authenticator,
         request_timeout: Duration::from_millis(config.server.request_timeout_ms),

@@ -271,11 +271,14 @@ impl Orders {
         if self.crash_at(CrashPoint::Before(saga.step)) {
             return Err(OrderError::Unexpected(anyhow::anyhow!(INJECTED_CRASH)));
         }
+        let began = std::time::Instant::now();
         let outcome = match saga.state {
             SagaState::Running => self.forward(saga, order).await,
             SagaState::Compensating => self.backward(saga, order).await,
             SagaState::Done => return Ok(Next::Stop),
         };
+        metrics::histogram!("agora_saga_step_duration_seconds", "step" => saga.step.as_str())
+            .record(began.elapsed().as_secs_f64());
         #[cfg(feature = "failpoints")]
         if self.crash_at(CrashPoint::After(saga.step)) {
             return Err(OrderError::Unexpected(anyhow::anyhow!(INJECTED_CRASH)));
@@ -378,6 +381,7 @@ impl Orders {
         progress: Progress,
     ) -> Result<Next, OrderError> {
         let next = progress.next;
+        let cancels = progress.status == Some(OrderStatus::Cancelled);
         let payment_id = progress.payment_id;
         let has_events = !progress.events.is_empty();
         let response = progress.response.clone();
@@ -402,6 +406,14 @@ impl Orders {
             self.inner.outbox.notify();
         }
         if let Some((step, state)) = next {
+            if state == SagaState::Done {
+                let outcome = if cancels || saga.state == SagaState::Compensating {
+                    "cancelled"
+                } else {
+                    "confirmed"
+                };
+                metrics::counter!("agora_saga_outcomes_total", "outcome" => outcome).increment(1);
+            }
             saga.step = step;
             saga.state = state;
         }

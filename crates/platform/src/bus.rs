@@ -324,7 +324,7 @@ pub(crate) async fn run_handler(
         }
     })
     .catch_unwind();
-    match tokio::time::timeout(limit, call).await {
+    let outcome = match tokio::time::timeout(limit, call).await {
         Ok(Ok(Ok(()))) => Ok(()),
         Ok(Ok(Err(e))) => Err(format!("{e:#}")),
         Ok(Err(panic)) => {
@@ -336,7 +336,11 @@ pub(crate) async fn run_handler(
             Err(format!("the handler panicked: {message}"))
         }
         Err(_) => Err(format!("the handler took longer than {limit:?}")),
-    }
+    };
+    let result = if outcome.is_ok() { "handled" } else { "failed" };
+    ::metrics::counter!("agora_bus_consumed_total", "kind" => event.kind.clone(), "outcome" => result)
+        .increment(1);
+    outcome
 }
 
 /// A consumer's handler of some kinds.
@@ -808,8 +812,11 @@ impl Relay {
             q.build().execute(&mut *tx).await?;
             EventLog::append(self.db.backend(), &mut tx, &published, now).await?;
             tx.commit().await?;
+            ::metrics::counter!("agora_bus_published_total", "outbox" => table)
+                .increment(published.len() as u64);
         }
         if let Some((id, reason)) = failure {
+            ::metrics::counter!("agora_bus_publish_failures_total", "outbox" => table).increment(1);
             sqlx::query(AssertSqlSafe(self.outbox.failed.as_str()))
                 .bind(reason.clone())
                 .bind(id)
@@ -818,6 +825,51 @@ impl Relay {
             anyhow::bail!("{table}: {reason}");
         }
         Ok(published.len())
+    }
+}
+
+/// The outboxes' backlogs, read at each metrics scrape: how many events wait
+/// in each, and how long the oldest has waited.
+pub struct OutboxBacklog {
+    db: Database,
+    tables: Vec<&'static str>,
+    clock: Arc<dyn Clock>,
+}
+
+impl OutboxBacklog {
+    /// The backlogs of `outboxes` in `db`.
+    pub fn new(db: Database, outboxes: &[&Outbox], clock: Arc<dyn Clock>) -> Self {
+        Self {
+            db,
+            tables: outboxes.iter().map(|o| o.table).collect(),
+            clock,
+        }
+    }
+}
+
+#[async_trait]
+impl crate::metrics::Gauges for OutboxBacklog {
+    async fn record(&self) {
+        for &table in &self.tables {
+            let sql = format!(
+                "SELECT COUNT(*), MIN(occurred_at) FROM {table} WHERE published_at IS NULL"
+            );
+            let row: Result<(i64, Option<i64>), _> = sqlx::query_as(AssertSqlSafe(sql))
+                .fetch_one(self.db.reader())
+                .await;
+            match row {
+                Ok((waiting, oldest)) => {
+                    let age_ms = oldest.map_or(0, |at| (self.clock.now().as_millis() - at).max(0));
+                    ::metrics::gauge!("agora_outbox_backlog", "outbox" => table)
+                        .set(waiting as f64);
+                    ::metrics::gauge!("agora_outbox_oldest_age_seconds", "outbox" => table)
+                        .set(age_ms as f64 / 1000.0);
+                }
+                Err(e) => {
+                    tracing::warn!(outbox = table, error = %e, "reading an outbox's backlog failed")
+                }
+            }
+        }
     }
 }
 

@@ -159,6 +159,16 @@ pub struct CacheStats {
 /// The loads in flight, by key and epoch.
 type Inflight = Mutex<HashMap<(String, u64), Arc<OnceCell<Bytes>>>>;
 
+impl CacheStats {
+    /// Sets the metrics of the cache `name` to these counts
+    /// (`agora_cache_{hits,misses,loads}_total`).
+    pub fn record(&self, name: &'static str) {
+        ::metrics::counter!("agora_cache_hits_total", "cache" => name).absolute(self.hits);
+        ::metrics::counter!("agora_cache_misses_total", "cache" => name).absolute(self.misses);
+        ::metrics::counter!("agora_cache_loads_total", "cache" => name).absolute(self.loads);
+    }
+}
+
 /// Read-through caching in front of a store, with single-flight loading.
 pub struct CacheAside {
     cache: Arc<dyn Cache>,

@@ -26,6 +26,8 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Metrics (and, later, trace export).
+    pub telemetry: TelemetryConfig,
     /// Authentication.
     pub auth: AuthConfig,
     /// Demo data.
@@ -51,6 +53,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
             auth: AuthConfig::default(),
             seed: SeedConfig::default(),
             payments: PaymentsConfig::default(),
@@ -133,6 +136,21 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             filter: "info".into(),
         }
+    }
+}
+
+/// Metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Whether requests, sagas, the bus and the caches are counted and timed,
+    /// and served in Prometheus' text format at `/metrics` (on by default).
+    pub metrics: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { metrics: true }
     }
 }
 

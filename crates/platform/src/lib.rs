@@ -17,6 +17,8 @@
 //! - [`auth`]: who is calling (until the identity module lands: the bootstrap
 //!   staff token).
 //! - [`mail`]: outgoing mail (SMTP, or `.eml` files in the mail directory).
+//! - [`metrics`]: request, saga, bus and cache metrics, served in Prometheus'
+//!   text format at `/metrics`.
 //! - [`shutdown`]: the shutdown signal shared by every long-running task.
 //! - [`storage`]: object storage (local files or an S3-compatible bucket).
 //! - `testing` (feature `test-support`): a fresh database per test.
@@ -28,6 +30,7 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod mail;
+pub mod metrics;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

@@ -16,6 +16,7 @@ mod images;
 mod inventory;
 mod matrix;
 mod meta;
+mod metrics;
 mod mfa;
 mod oidc;
 mod orders;

@@ -99,6 +99,8 @@ fn client_address(req: &Request, trust_forwarded_for: bool) -> ClientAddress {
 /// The middleware function; install with `axum::middleware::from_fn_with_state`.
 pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let metered = crate::metrics::enabled();
+    let _in_flight = metered.then(crate::metrics::InFlight::start);
     let request_id = request_id(&req);
     // Only the request id on the span: the fmt layer formats span fields when the
     // span is created, on every request; method and path go on the final line.
@@ -135,7 +137,11 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         .await;
 
     let status = response.status();
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    if metered {
+        crate::metrics::record_request(&method, &response, elapsed);
+    }
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     let code = response.extensions().get::<ErrorCode>().map(|c| c.as_str());
     span.in_scope(|| {
         if let Some(ErrorReport(cause)) = response.extensions().get::<ErrorReport>() {

@@ -25,6 +25,15 @@ use crate::shutdown::Shutdown;
 /// (health, docs). Unknown routes and methods get coded errors, panics become a
 /// coded 500, bodies are limited, and the edge middleware wraps it all.
 pub fn build_router(api: Router, root: Router, edge_config: Edge, body_limit: usize) -> Router {
+    // Each route names itself on its response, for the request metrics.
+    let named = |router: Router| {
+        if router.has_routes() {
+            router.route_layer(axum::middleware::from_fn(crate::metrics::matched_route))
+        } else {
+            router
+        }
+    };
+    let (api, root) = (named(api), named(root));
     Router::new()
         .nest("/api/v1", api.clone())
         .nest("/api", api)

@@ -1,0 +1,236 @@
+//! Metrics, served in Prometheus' text format at `/metrics`.
+//!
+//! Code counts and times what happens where it happens, with the `metrics`
+//! crate's macros (a request ends, a saga finishes, a relay publishes). Levels
+//! rather than events — an outbox's backlog, a cache's counts, memory — are read
+//! when the endpoint is scraped, by the [`Gauges`] the composition root hands
+//! it. Until [`install`] runs, the macros record nothing: with
+//! `telemetry.metrics = false` metrics cost nothing.
+//!
+//! Every metric is described in `docs/operations.md` ("Metrics").
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::shutdown::Shutdown;
+
+/// The upper bounds of every latency histogram (names ending in `_seconds`):
+/// 0.5 ms to 10 s.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often histograms are folded up when nobody scrapes (their samples
+/// would pile up otherwise).
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// How long one part of a scrape may take before it is skipped.
+const GAUGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// Installs the process's recorder (once; later calls, as from several apps in
+/// one test process, get the same one) and returns the handle that renders it.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    STARTED.get_or_init(Instant::now);
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
+        .build_recorder();
+    let handle = recorder.handle();
+    // Two first callers at once: one recorder wins, and both use its handle.
+    if metrics::set_global_recorder(recorder).is_ok() {
+        let _ = HANDLE.set(handle);
+    }
+    HANDLE
+        .get()
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("another metrics recorder is installed"))
+}
+
+/// Whether [`install`] has run: code that must do work to record (a query, a
+/// clock read) checks it first.
+pub fn enabled() -> bool {
+    HANDLE.get().is_some()
+}
+
+/// A part of the application whose levels are read at each scrape.
+#[async_trait]
+pub trait Gauges: Send + Sync {
+    /// Sets this part's gauges to their current values.
+    async fn record(&self);
+}
+
+/// What `/metrics` serves.
+#[derive(Clone)]
+pub struct Endpoint {
+    handle: PrometheusHandle,
+    gauges: Arc<Vec<Arc<dyn Gauges>>>,
+}
+
+impl Endpoint {
+    /// The endpoint of `handle`, reading `gauges` at each scrape.
+    pub fn new(handle: PrometheusHandle, gauges: Vec<Arc<dyn Gauges>>) -> Self {
+        Self {
+            handle,
+            gauges: Arc::new(gauges),
+        }
+    }
+
+    /// `GET /metrics`.
+    pub fn routes(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(scrape))
+            .with_state(self.clone())
+    }
+
+    /// Folds histogram samples up every few seconds until `shutdown`.
+    pub async fn upkeep(self, shutdown: Shutdown) {
+        loop {
+            tokio::select! {
+                () = shutdown.wait() => return,
+                () = tokio::time::sleep(UPKEEP) => self.handle.run_upkeep(),
+            }
+        }
+    }
+}
+
+async fn scrape(State(endpoint): State<Endpoint>) -> Response {
+    process_gauges();
+    for gauges in endpoint.gauges.iter() {
+        if tokio::time::timeout(GAUGE_TIMEOUT, gauges.record())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "a part of the metrics scrape timed out; its gauges keep their last values"
+            );
+        }
+    }
+    let body = endpoint.handle.render();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The process's uptime and resident memory.
+fn process_gauges() {
+    if let Some(started) = STARTED.get() {
+        metrics::gauge!("agora_process_uptime_seconds").set(started.elapsed().as_secs_f64());
+    }
+    if let Some(bytes) = resident_bytes() {
+        metrics::gauge!("agora_process_resident_memory_bytes").set(bytes as f64);
+    }
+}
+
+/// Resident memory, from `VmRSS` in `/proc/self/status` (Linux; `None`
+/// elsewhere).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Route middleware (`Router::route_layer`): puts the matched route's template
+/// on the response, for the edge's request metrics. Requests that match no
+/// route are counted under `unmatched`, so a scan of random paths cannot
+/// create a series per path.
+pub async fn matched_route(req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(req).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
+    response
+}
+
+/// Counts an answered request and its latency, by method, route and status
+/// class.
+pub fn record_request(method: &Method, response: &Response, elapsed: Duration) {
+    let route = response
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_string();
+    let method = method_label(method);
+    let status = match response.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!("agora_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("agora_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(elapsed.as_secs_f64());
+}
+
+/// A request in flight, counted until dropped (also when the client goes away
+/// mid-request).
+pub struct InFlight(());
+
+impl InFlight {
+    /// Counts one more request in flight.
+    pub fn start() -> Self {
+        metrics::gauge!("agora_http_requests_in_flight").increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::gauge!("agora_http_requests_in_flight").decrement(1.0);
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resident_memory_is_read_on_linux() {
+        if cfg!(target_os = "linux") {
+            assert!(resident_bytes().is_some_and(|b| b > 0));
+        }
+    }
+
+    #[test]
+    fn unusual_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        let odd = Method::from_bytes(b"PROPFIND").expect("a method");
+        assert_eq!(method_label(&odd), "other");
+    }
+}
