@@ -141,6 +141,7 @@ impl Application {
                     Arc::new(SystemClock),
                 )),
                 Arc::new(CatalogCacheGauges(modules.catalog.clone())),
+                Arc::new(db.clone()),
             ];
             Some(metrics::Endpoint::new(metrics::install()?, gauges))
         } else {

@@ -27,6 +27,7 @@ use crate::config::Config;
 
 mod local_exec;
 mod reader;
+mod timing;
 mod writer;
 
 use reader::ReadConnections;
@@ -159,6 +160,7 @@ impl Database {
     where
         E: From<sqlx::Error>,
     {
+        let _timer = timing::Timer::query(timing::READ);
         match self.reader.connections() {
             Some(reads) => {
                 let read = || -> rusqlite::Result<_> {
@@ -288,6 +290,21 @@ fn column_error(index: usize, source: rusqlite::Error) -> sqlx::Error {
 
 fn driver_error(e: rusqlite::Error) -> sqlx::Error {
     sqlx::Error::AnyDriverError(Box::new(e))
+}
+
+/// The connections' use, read at each metrics scrape: on PostgreSQL the
+/// pool's open and idle connections (SQLite's one writer and calling-thread
+/// reads have no pool to watch).
+#[async_trait::async_trait]
+impl crate::metrics::Gauges for Database {
+    async fn record(&self) {
+        if let Some(pool) = self.writer.as_pool() {
+            let (open, idle) = (pool.size(), pool.num_idle() as u32);
+            ::metrics::gauge!("agora_db_connections", "state" => "idle").set(f64::from(idle));
+            ::metrics::gauge!("agora_db_connections", "state" => "in_use")
+                .set(f64::from(open.saturating_sub(idle)));
+        }
+    }
 }
 
 /// The one SQLite writer connection (ADR 0005): it creates the file, puts it in

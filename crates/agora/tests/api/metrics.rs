@@ -108,6 +108,20 @@ async fn a_checkout_counts_its_saga_and_the_events_it_sent() {
     );
     let step = r#"agora_saga_step_duration_seconds_count{step="capture"}"#;
     assert!(value(&text, step).is_some_and(|v| v >= 1.0), "{text}");
+    for series in [
+        r#"agora_db_query_duration_seconds_count{role="read"}"#,
+        r#"agora_db_query_duration_seconds_count{role="transaction"}"#,
+        "agora_db_commit_duration_seconds_count",
+    ] {
+        assert!(
+            value(&text, series).is_some_and(|v| v >= 1.0),
+            "{series}:\n{text}"
+        );
+    }
+    if app.db.db.backend() == agora_platform::db::Backend::Postgres {
+        let open = r#"agora_db_connections{state="idle"}"#;
+        assert!(value(&text, open).is_some(), "{text}");
+    }
     eventually(
         &app,
         r#"agora_bus_consumed_total{kind="orders.order_confirmed",outcome="handled"}"#,

@@ -29,6 +29,7 @@ use sqlx::{Any, AnyPool, Either, Error, Execute, Executor};
 use tokio::sync::Semaphore;
 
 use super::local_exec::{self, Produced, Rows};
+use super::timing;
 
 /// How long a read waits for a lock before failing. In WAL mode readers do not
 /// wait for writers, so this only bounds rare cases (WAL recovery after a
@@ -292,7 +293,7 @@ impl<'c> Executor<'c> for &'c Reader {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &self.kind {
+        let stream = match &self.kind {
             ReaderKind::Pool(pool) => pool.fetch_many(query),
             ReaderKind::Local(reads) => {
                 local_exec::stream_of(async move { read_here(reads, query, Rows::All) })
@@ -300,7 +301,8 @@ impl<'c> Executor<'c> for &'c Reader {
             ReaderKind::Blocking(offloaded) => {
                 local_exec::stream_of(read_offloaded(offloaded, query, Rows::All))
             }
-        }
+        };
+        timing::stream(timing::READ, stream)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, Error>>
@@ -308,7 +310,7 @@ impl<'c> Executor<'c> for &'c Reader {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &self.kind {
+        let row = match &self.kind {
             ReaderKind::Pool(pool) => pool.fetch_optional(query),
             ReaderKind::Local(reads) => {
                 Box::pin(async move { Ok(first_row(read_here(reads, query, Rows::First)?)) })
@@ -318,7 +320,8 @@ impl<'c> Executor<'c> for &'c Reader {
                     read_offloaded(offloaded, query, Rows::First).await?,
                 ))
             }),
-        }
+        };
+        timing::future(timing::READ, row)
     }
 
     fn prepare_with<'e>(

@@ -36,7 +36,7 @@ use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Either, Error, Execute, Executor};
 use tokio::sync::{Mutex, Notify, OwnedMutexGuard, oneshot};
 
-use super::local_exec;
+use super::{local_exec, timing};
 
 /// How long the writer waits for another process's write lock on the file.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -91,6 +91,7 @@ impl WriteTx {
     /// Makes the transaction's writes durable. On SQLite this waits for the
     /// group's `COMMIT`; an error means nothing of this transaction was written.
     pub async fn commit(mut self) -> Result<(), Error> {
+        let _timer = timing::Timer::commit();
         match std::mem::replace(&mut self.conn.0, TxKind::Finished) {
             TxKind::Pool(tx) => tx.commit().await,
             TxKind::Group { slot, group } => group.end(slot, End::Commit).await,
@@ -180,11 +181,12 @@ impl<'c> Executor<'c> for &'c mut TxConn {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &mut self.0 {
+        let stream = match &mut self.0 {
             TxKind::Pool(tx) => (&mut **tx).fetch_many(query),
             TxKind::Group { slot, .. } => local_exec::stream_of(async move { local(slot, query) }),
             TxKind::Finished => futures_util::stream::once(async { Err(closed()) }).boxed(),
-        }
+        };
+        timing::stream(timing::TRANSACTION, stream)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, Error>>
@@ -192,7 +194,7 @@ impl<'c> Executor<'c> for &'c mut TxConn {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &mut self.0 {
+        let row = match &mut self.0 {
             TxKind::Pool(tx) => (&mut **tx).fetch_optional(query),
             TxKind::Group { slot, .. } => Box::pin(async move {
                 Ok(local(slot, query)?
@@ -200,7 +202,8 @@ impl<'c> Executor<'c> for &'c mut TxConn {
                     .find_map(|item| item.right()))
             }),
             TxKind::Finished => Box::pin(async { Err(closed()) }),
-        }
+        };
+        timing::future(timing::TRANSACTION, row)
     }
 
     fn prepare_with<'e>(
@@ -625,6 +628,16 @@ enum WriterKind {
     Group(Arc<Group>),
 }
 
+impl Writer {
+    /// The pool, on PostgreSQL.
+    pub(super) fn as_pool(&self) -> Option<&AnyPool> {
+        match &self.kind {
+            WriterKind::Pool(pool) => Some(pool),
+            WriterKind::Group(_) => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.kind {
@@ -699,14 +712,15 @@ impl<'c> Executor<'c> for &'c Writer {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &self.kind {
+        let stream = match &self.kind {
             WriterKind::Pool(pool) => pool.fetch_many(query),
             WriterKind::Group(group) => local_exec::stream_of(async move {
                 let mut tx = group.begin().await?;
                 let items = tx.fetch_many(query).try_collect().await;
                 tx.finish(items).await
             }),
-        }
+        };
+        timing::stream(timing::WRITE, stream)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, Error>>
@@ -714,14 +728,15 @@ impl<'c> Executor<'c> for &'c Writer {
         'c: 'e,
         E: 'q + Execute<'q, Any>,
     {
-        match &self.kind {
+        let row = match &self.kind {
             WriterKind::Pool(pool) => pool.fetch_optional(query),
             WriterKind::Group(group) => Box::pin(async move {
                 let mut tx = group.begin().await?;
                 let row = tx.fetch_optional(query).await;
                 tx.finish(row).await
             }),
-        }
+        };
+        timing::future(timing::WRITE, row)
     }
 
     fn prepare_with<'e>(
