@@ -4,11 +4,13 @@
 //! wait for a connection or the writer too. Nothing is timed while metrics are
 //! off.
 
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use futures_core::future::BoxFuture;
 use futures_core::stream::BoxStream;
 use futures_util::StreamExt as _;
+use metrics::Histogram;
 
 /// A read through the reader.
 pub(super) const READ: &str = "read";
@@ -17,28 +19,61 @@ pub(super) const WRITE: &str = "write";
 /// A statement inside a write transaction.
 pub(super) const TRANSACTION: &str = "transaction";
 
+/// The histograms, registered once (looking one up by name and labels on
+/// every statement would cost more than recording into it).
+struct Histograms {
+    read: Histogram,
+    write: Histogram,
+    transaction: Histogram,
+    commit: Histogram,
+}
+
+static HISTOGRAMS: OnceLock<Histograms> = OnceLock::new();
+
+/// The histograms, once metrics are on (the recorder, installed once, never
+/// changes after).
+fn histograms() -> Option<&'static Histograms> {
+    if !crate::metrics::enabled() {
+        return None;
+    }
+    Some(HISTOGRAMS.get_or_init(|| {
+        let query = |role: &'static str| {
+            ::metrics::histogram!("agora_db_query_duration_seconds", "role" => role)
+        };
+        Histograms {
+            read: query(READ),
+            write: query(WRITE),
+            transaction: query(TRANSACTION),
+            commit: ::metrics::histogram!("agora_db_commit_duration_seconds"),
+        }
+    }))
+}
+
 /// Records the time since its start when dropped.
 pub(super) struct Timer {
-    metric: &'static str,
-    role: Option<&'static str>,
+    histogram: &'static Histogram,
     began: Instant,
 }
 
 impl Timer {
     /// A query timer, if metrics are on.
     pub(super) fn query(role: &'static str) -> Option<Self> {
-        crate::metrics::enabled().then(|| Self {
-            metric: "agora_db_query_duration_seconds",
-            role: Some(role),
+        let all = histograms()?;
+        let histogram = match role {
+            READ => &all.read,
+            WRITE => &all.write,
+            _ => &all.transaction,
+        };
+        Some(Self {
+            histogram,
             began: Instant::now(),
         })
     }
 
     /// A commit timer, if metrics are on.
     pub(super) fn commit() -> Option<Self> {
-        crate::metrics::enabled().then(|| Self {
-            metric: "agora_db_commit_duration_seconds",
-            role: None,
+        Some(Self {
+            histogram: &histograms()?.commit,
             began: Instant::now(),
         })
     }
@@ -46,11 +81,7 @@ impl Timer {
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        let seconds = self.began.elapsed().as_secs_f64();
-        match self.role {
-            Some(role) => ::metrics::histogram!(self.metric, "role" => role).record(seconds),
-            None => ::metrics::histogram!(self.metric).record(seconds),
-        }
+        self.histogram.record(self.began.elapsed().as_secs_f64());
     }
 }
 
