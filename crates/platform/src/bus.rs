@@ -343,6 +343,20 @@ pub(crate) async fn run_handler(
     outcome
 }
 
+/// Counts a broker's delivery to `consumer` that is its `attempts`-th: every
+/// one after the first is a redelivery.
+pub(crate) fn count_redelivery(consumer: &str, attempts: i64) {
+    if attempts > 1 {
+        ::metrics::counter!("agora_bus_redeliveries_total", "consumer" => consumer.to_string())
+            .increment(1);
+    }
+}
+
+/// Counts an event parked in the dead letters for `consumer`.
+pub(crate) fn count_parked(consumer: &str) {
+    ::metrics::counter!("agora_bus_parked_total", "consumer" => consumer.to_string()).increment(1);
+}
+
 /// A consumer's handler of some kinds.
 pub(crate) struct Subscription {
     pub(crate) consumer: String,

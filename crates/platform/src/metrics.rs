@@ -9,7 +9,8 @@
 //!
 //! Every metric is described in `docs/operations.md` ("Metrics").
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,6 +20,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::shutdown::Shutdown;
@@ -163,26 +165,67 @@ pub async fn matched_route(req: Request, next: Next) -> Response {
     response
 }
 
+/// The request metrics of one route and method, registered at its first
+/// request and kept: a lookup by name and labels on every request would cost
+/// more than the recording.
+struct RouteMetrics {
+    route: Box<str>,
+    method: &'static str,
+    duration: Histogram,
+    /// By status class, 1xx … 5xx, each registered at its first answer (no
+    /// series of zeros for classes a route never answers with).
+    answered: [OnceLock<Counter>; 5],
+}
+
+/// Per route template, per method (in [`METHODS`] order).
+type RouteTable = HashMap<Box<str>, Arc<[OnceLock<RouteMetrics>; METHODS.len()]>>;
+
+/// The methods with a label of their own; the last stands for the others.
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "other",
+];
+
+static ROUTES: LazyLock<RwLock<RouteTable>> = LazyLock::new(RwLock::default);
+
+fn route_metrics(route: &str) -> Arc<[OnceLock<RouteMetrics>; METHODS.len()]> {
+    if let Some(found) = ROUTES
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(route)
+    {
+        return Arc::clone(found);
+    }
+    let mut table = ROUTES.write().unwrap_or_else(PoisonError::into_inner);
+    Arc::clone(
+        table
+            .entry(route.into())
+            .or_insert_with(|| Arc::new(std::array::from_fn(|_| OnceLock::new()))),
+    )
+}
+
 /// Counts an answered request and its latency, by method, route and status
 /// class.
 pub fn record_request(method: &Method, response: &Response, elapsed: Duration) {
     let route = response
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str)
-        .to_string();
-    let method = method_label(method);
-    let status = match response.status().as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
-    metrics::counter!("agora_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
+        .map_or("unmatched", MatchedPath::as_str);
+    let m = method_index(method);
+    let by_method = route_metrics(route);
+    let metrics = by_method[m].get_or_init(|| RouteMetrics {
+        route: route.into(),
+        method: METHODS[m],
+        duration: metrics::histogram!("agora_http_request_duration_seconds", "method" => METHODS[m], "route" => route.to_string()),
+        answered: Default::default(),
+    });
+    let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+    metrics.answered[class]
+        .get_or_init(|| {
+            const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+            metrics::counter!("agora_http_requests_total", "method" => metrics.method, "route" => metrics.route.to_string(), "status" => CLASSES[class])
+        })
         .increment(1);
-    metrics::histogram!("agora_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(elapsed.as_secs_f64());
+    metrics.duration.record(elapsed.as_secs_f64());
 }
 
 /// A request in flight, counted until dropped (also when the client goes away
@@ -203,17 +246,25 @@ impl Drop for InFlight {
     }
 }
 
-fn method_label(method: &Method) -> &'static str {
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::PATCH => 3,
+        Method::DELETE => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
+}
+
+/// The value of `series` (a name and its labels, as rendered) in a scrape.
+#[cfg(test)]
+pub(crate) fn rendered(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 #[cfg(test)]
@@ -229,8 +280,8 @@ mod tests {
 
     #[test]
     fn unusual_methods_share_one_label() {
-        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(METHODS[method_index(&Method::GET)], "GET");
         let odd = Method::from_bytes(b"PROPFIND").expect("a method");
-        assert_eq!(method_label(&odd), "other");
+        assert_eq!(METHODS[method_index(&odd)], "other");
     }
 }

@@ -344,6 +344,7 @@ impl Inner {
     async fn deliver(&self, feed: &Feed, handler: &Arc<dyn Handler>, message: jetstream::Message) {
         let consumer = feed.consumer.as_str();
         let attempts = message.info().map_or(1, |info| info.delivered);
+        super::count_redelivery(consumer, attempts);
         let outcome = match serde_json::from_slice::<Event>(&message.payload) {
             // Its filter is wider than its kinds: not this feed's.
             Ok(event) if !feed.takes(&event.kind) => Ok(()),
@@ -356,6 +357,7 @@ impl Inner {
             Ok(()) => message.ack().await,
             Err((error, give_up)) if give_up => {
                 tracing::error!(consumer, subject = %message.subject, attempts, error, "parking a message the consumer cannot handle");
+                super::count_parked(consumer);
                 match self.park(consumer, &message, &error, attempts).await {
                     Ok(()) => message.ack().await,
                     // Not parked: let it come back.
@@ -1135,6 +1137,7 @@ mod tests {
     #[tokio::test]
     #[ignore = "needs a NATS server with JetStream: set AGORA_TEST_NATS_URL and pass --ignored"]
     async fn a_failed_delivery_comes_back() -> anyhow::Result<()> {
+        let metrics = crate::metrics::install()?;
         let bus = test_bus().await?;
         let handler = Counting::new(2);
         bus.subscribe(
@@ -1147,6 +1150,11 @@ mod tests {
         eventually("the third attempt", || handler.seen() == ["p"]).await;
         assert_eq!(handler.calls(), 3);
         assert!(bus.dead_letters(None, 10).await?.is_empty());
+        let redelivered = crate::metrics::rendered(
+            &metrics.render(),
+            r#"agora_bus_redeliveries_total{consumer="retry-test"}"#,
+        );
+        assert!(redelivered.is_some_and(|n| n >= 2.0), "{redelivered:?}");
         remove(bus).await
     }
 

@@ -471,6 +471,7 @@ impl Inner {
             .copied()
             .unwrap_or(0);
         let attempts = delivery_count(&delivery.properties).max(seen_failures) + 1;
+        super::count_redelivery(consumer, attempts);
         let outcome = if attempts > max {
             // Delivered more often than it was allowed to fail: its handler
             // stopped the process (or the connection) before answering.
@@ -495,6 +496,7 @@ impl Inner {
             }
             Err(error) if attempts >= max => {
                 tracing::error!(consumer, kind = %event.kind, event_id = %event.id, attempts, error, "parking an event the consumer cannot handle");
+                super::count_parked(consumer);
                 match self
                     .dead
                     .park(consumer, &event, &error, attempts, self.clock.now())
@@ -829,6 +831,7 @@ mod tests {
     #[tokio::test]
     #[ignore = "needs RabbitMQ: set AGORA_TEST_RABBITMQ_URL (see docs/operations.md)"]
     async fn a_failed_delivery_comes_back() -> anyhow::Result<()> {
+        let metrics = crate::metrics::install()?;
         let (test, exchange) = setup().await?;
         let bus = test_bus(&test, &exchange);
         let handler = Counting::new(2);
@@ -839,6 +842,14 @@ mod tests {
         assert!(handler.calls() >= 3, "{}", handler.calls());
         let parked = parked(&bus, 1).await?;
         assert_eq!(parked.len(), 1, "the panicking event was parked");
+        let text = metrics.render();
+        for series in [
+            r#"agora_bus_redeliveries_total{consumer="orders"}"#,
+            r#"agora_bus_parked_total{consumer="orders"}"#,
+        ] {
+            let n = crate::metrics::rendered(&text, series);
+            assert!(n.is_some_and(|n| n >= 1.0), "{series}: {n:?}");
+        }
         assert_eq!(
             parked[0].event.as_ref().map(|e| e.aggregate_id.as_str()),
             Some("boom")
