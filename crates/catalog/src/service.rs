@@ -1,5 +1,6 @@
 //! The catalog's service layer: the operations its API and its port offer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -426,6 +427,28 @@ pub const CHANGE_EVENTS: [&str; 2] = [ProductChanged::KIND, CategoryChanged::KIN
 /// The name of the catalog's per-node cache subscription.
 pub const CACHE_CONSUMER: &str = "catalog-cache";
 
+/// `ids` without repeats, in their order; refused when there are too many.
+fn distinct(ids: &[ProductId]) -> Result<Vec<ProductId>, PortError> {
+    if ids.len() > MAX_IDS_PER_CALL {
+        return Err(PortError::Internal {
+            module: "catalog",
+            reason: format!(
+                "asked for {} ids; at most {MAX_IDS_PER_CALL} a call",
+                ids.len()
+            ),
+        });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    Ok(ids.iter().copied().filter(|id| seen.insert(*id)).collect())
+}
+
+fn unavailable(e: CatalogError) -> PortError {
+    PortError::Unavailable {
+        module: "catalog",
+        reason: e.to_string(),
+    }
+}
+
 impl Catalog {
     /// The snapshots of the products among `ids` that exist, from the store.
     async fn snapshots(&self, ids: &[ProductId]) -> Result<Vec<ProductSnapshot>, CatalogError> {
@@ -446,21 +469,9 @@ impl Catalog {
 #[async_trait]
 impl CatalogPort for Catalog {
     async fn products_by_ids(&self, ids: &[ProductId]) -> Result<Vec<ProductSnapshot>, PortError> {
-        if ids.len() > MAX_IDS_PER_CALL {
-            return Err(PortError::Internal {
-                module: "catalog",
-                reason: format!(
-                    "asked for {} ids; at most {MAX_IDS_PER_CALL} a call",
-                    ids.len()
-                ),
-            });
-        }
-        let unavailable = |e: CatalogError| PortError::Unavailable {
-            module: "catalog",
-            reason: e.to_string(),
-        };
+        let ids = distinct(ids)?;
         let Some(cache) = &self.parts.cache else {
-            return self.snapshots(ids).await.map_err(unavailable);
+            return self.snapshots(&ids).await.map_err(unavailable);
         };
         // Cached like the public reads (and forgotten with them on every
         // write, here and, through the change events, on other nodes).
@@ -468,17 +479,22 @@ impl CatalogPort for Catalog {
             .iter()
             .map(|id| format!("catalog:snapshot:{id}"))
             .collect();
+        let ids = &ids;
         let cached = cache
             .aside
             .get_many_or_load(&keys, cache.ttl, &[CACHE_TAG], |missing| async move {
                 let wanted: Vec<ProductId> = missing.iter().map(|&i| ids[i]).collect();
-                let found = self.snapshots(&wanted).await?;
+                let found: HashMap<ProductId, ProductSnapshot> = self
+                    .snapshots(&wanted)
+                    .await?
+                    .into_iter()
+                    .map(|p| (p.id, p))
+                    .collect();
                 wanted
                     .iter()
                     .map(|id| {
                         found
-                            .iter()
-                            .find(|p| p.id == *id)
+                            .get(id)
                             .map(|p| serde_json::to_vec(p).map(Bytes::from))
                             .transpose()
                             .map_err(|e| CatalogError::Unexpected(e.into()))
@@ -497,6 +513,14 @@ impl CatalogPort for Catalog {
                 })
             })
             .collect()
+    }
+
+    async fn current_products_by_ids(
+        &self,
+        ids: &[ProductId],
+    ) -> Result<Vec<ProductSnapshot>, PortError> {
+        let ids = distinct(ids)?;
+        self.snapshots(&ids).await.map_err(unavailable)
     }
 
     async fn attach_renditions(

@@ -241,6 +241,24 @@ async fn port_snapshots_are_cached_and_forgotten_on_a_write() {
     let after = catalog.products_by_ids(&[a.id, b.id]).await.expect("read");
     assert_eq!(price(&after, a.id), Some((450, true)));
     assert_eq!(price(&after, b.id), Some((700, false)));
+    let twice = catalog.products_by_ids(&[a.id, a.id]).await.expect("read");
+    assert_eq!(twice.len(), 1, "a repeated id is answered once");
+
+    // A change this node has not heard of (another node's, its event not yet
+    // here): the cached snapshot lags, the current one does not.
+    sqlx::query("UPDATE catalog_products SET price_minor = 999 WHERE id = $1")
+        .bind(a.id.to_db())
+        .execute(catalog.store().db().writer())
+        .await
+        .expect("written");
+    let cached = catalog.products_by_ids(&[a.id]).await.expect("read");
+    assert_eq!(price(&cached, a.id), Some((450, true)));
+    let current = catalog
+        .current_products_by_ids(&[a.id, a.id])
+        .await
+        .expect("read");
+    assert_eq!(current.len(), 1);
+    assert_eq!(price(&current, a.id), Some((999, true)));
 }
 
 /// The kinds and products in the catalog's outbox, oldest first.

@@ -41,8 +41,21 @@ pub struct Rendition {
 #[async_trait]
 pub trait CatalogPort: Send + Sync {
     /// The products among `ids` that exist, in no particular order; ids that match
-    /// no product are simply absent from the answer. At most 1,000 ids a call.
+    /// no product are simply absent from the answer, and a repeated id is
+    /// answered once. At most 1,000 ids a call. The answer may come from a
+    /// cache: a change made on another node shows once its change event has
+    /// reached this one (at most the cache's TTL). Fine to show a cart; for
+    /// what must be current, see [`Self::current_products_by_ids`].
     async fn products_by_ids(&self, ids: &[ProductId]) -> Result<Vec<ProductSnapshot>, PortError>;
+
+    /// As [`Self::products_by_ids`], read from the catalog's store now, past
+    /// any cache: for the price snapshot an order is placed at.
+    async fn current_products_by_ids(
+        &self,
+        ids: &[ProductId],
+    ) -> Result<Vec<ProductSnapshot>, PortError> {
+        self.products_by_ids(ids).await
+    }
 
     /// Attaches `renditions` to the image `image`, replacing any it had (so a
     /// repeat is harmless); `false` when the image no longer exists.

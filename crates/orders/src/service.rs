@@ -260,7 +260,7 @@ impl Orders {
             return Err(OrderError::CartEmpty);
         }
         let ids: Vec<_> = cart.iter().map(|l| l.product_id).collect();
-        let products = self.inner.catalog.products_by_ids(&ids).await?;
+        let products = self.inner.catalog.current_products_by_ids(&ids).await?;
         let mut unavailable = Vec::new();
         let mut lines = Vec::with_capacity(cart.len());
         for line in &cart {

@@ -868,8 +868,10 @@ impl crate::metrics::Gauges for OutboxBacklog {
             let sql = format!(
                 "SELECT COUNT(*), MIN(occurred_at) FROM {table} WHERE published_at IS NULL"
             );
+            // The scan reader: a large backlog is counted off the runtime's
+            // threads on SQLite, where the gauge's timeout can still cut it.
             let row: Result<(i64, Option<i64>), _> = sqlx::query_as(AssertSqlSafe(sql))
-                .fetch_one(self.db.reader())
+                .fetch_one(self.db.scan_reader())
                 .await;
             match row {
                 Ok((waiting, oldest)) => {

@@ -265,15 +265,10 @@ impl CacheAside {
         F: FnOnce(Vec<usize>) -> Fut,
         Fut: Future<Output = Result<Vec<Option<Bytes>>, E>>,
     {
-        let mut values = Vec::with_capacity(keys.len());
-        let mut missing = Vec::new();
-        for (i, key) in keys.iter().enumerate() {
-            let value = self.cache.get(key).await;
-            if value.is_none() {
-                missing.push(i);
-            }
-            values.push(value);
-        }
+        // All at once: one round trip's wait on Redis, not one per key.
+        let mut values =
+            futures_util::future::join_all(keys.iter().map(|key| self.cache.get(key))).await;
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| values[i].is_none()).collect();
         self.hits
             .fetch_add((keys.len() - missing.len()) as u64, Ordering::Relaxed);
         if missing.is_empty() {
@@ -312,9 +307,12 @@ impl CacheAside {
     ) {
         let _storing = self.storing.read().await;
         if self.epoch.load(Ordering::Acquire) == epoch {
-            for (key, value) in entries {
-                self.cache.set(key, value.clone(), ttl, tags).await;
-            }
+            futures_util::future::join_all(
+                entries
+                    .iter()
+                    .map(|(key, value)| self.cache.set(key, value.clone(), ttl, tags)),
+            )
+            .await;
         }
     }
 

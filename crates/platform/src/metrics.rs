@@ -152,17 +152,32 @@ fn resident_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Route middleware (`Router::route_layer`): puts the matched route's template
-/// on the response, for the edge's request metrics. Requests that match no
+/// Where [`matched_route`] leaves the route a request matched, for the edge's
+/// request metrics. Filled from the request before its handler runs, so an
+/// answer made around the handler (the edge's timeout, a caught panic) is
+/// still counted under its route.
+#[derive(Clone, Default)]
+pub struct RouteSlot(Arc<OnceLock<MatchedPath>>);
+
+impl RouteSlot {
+    /// The route, once matched.
+    pub fn route(&self) -> Option<&MatchedPath> {
+        self.0.get()
+    }
+}
+
+/// Route middleware (`Router::route_layer`): fills the request's
+/// [`RouteSlot`] with the matched route's template. Requests that match no
 /// route are counted under `unmatched`, so a scan of random paths cannot
 /// create a series per path.
 pub async fn matched_route(req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let mut response = next.run(req).await;
-    if let Some(route) = route {
-        response.extensions_mut().insert(route);
+    if let (Some(slot), Some(route)) = (
+        req.extensions().get::<RouteSlot>(),
+        req.extensions().get::<MatchedPath>(),
+    ) {
+        let _ = slot.0.set(route.clone());
     }
-    response
+    next.run(req).await
 }
 
 /// The request metrics of one route and method, registered at its first
@@ -205,11 +220,13 @@ fn route_metrics(route: &str) -> Arc<[OnceLock<RouteMetrics>; METHODS.len()]> {
 
 /// Counts an answered request and its latency, by method, route and status
 /// class.
-pub fn record_request(method: &Method, response: &Response, elapsed: Duration) {
-    let route = response
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
+pub fn record_request(
+    method: &Method,
+    route: Option<&MatchedPath>,
+    status: StatusCode,
+    elapsed: Duration,
+) {
+    let route = route.map_or("unmatched", MatchedPath::as_str);
     let m = method_index(method);
     let by_method = route_metrics(route);
     let metrics = by_method[m].get_or_init(|| RouteMetrics {
@@ -218,7 +235,7 @@ pub fn record_request(method: &Method, response: &Response, elapsed: Duration) {
         duration: metrics::histogram!("agora_http_request_duration_seconds", "method" => METHODS[m], "route" => route.to_string()),
         answered: Default::default(),
     });
-    let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+    let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
     metrics.answered[class]
         .get_or_init(|| {
             const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];

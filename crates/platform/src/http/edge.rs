@@ -101,6 +101,11 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
     let started = Instant::now();
     let metered = crate::metrics::enabled();
     let _in_flight = metered.then(crate::metrics::InFlight::start);
+    let route = metered.then(|| {
+        let slot = crate::metrics::RouteSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        slot
+    });
     let request_id = request_id(&req);
     // Only the request id on the span: the fmt layer formats span fields when the
     // span is created, on every request; method and path go on the final line.
@@ -138,8 +143,8 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
 
     let status = response.status();
     let elapsed = started.elapsed();
-    if metered {
-        crate::metrics::record_request(&method, &response, elapsed);
+    if let Some(route) = &route {
+        crate::metrics::record_request(&method, route.route(), status, elapsed);
     }
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     let code = response.extensions().get::<ErrorCode>().map(|c| c.as_str());
