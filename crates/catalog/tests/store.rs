@@ -156,16 +156,23 @@ async fn two_processes_seeding_at_once_load_the_demo_catalog_once() {
     assert_eq!(catalog.categories().await.expect("listed").len(), 10);
 }
 
-/// Public reads through the read cache: the second read of a product is a hit,
-/// a write makes the next one a miss, and a deleted product is not served.
-#[tokio::test]
-async fn public_reads_are_counted_as_hits_and_misses_of_the_read_cache() {
-    use agora_platform::cache::{CacheAside, CacheStats, MemoryCache};
-    let (catalog, _db) = catalog().await;
+/// A catalog with its reads cached in memory for a minute.
+async fn cached_catalog() -> (Catalog, TestDatabase) {
+    use agora_platform::cache::{CacheAside, MemoryCache};
+    let (catalog, db) = catalog().await;
     let catalog = catalog.with_cache(
         Arc::new(CacheAside::new(Arc::new(MemoryCache::new(1 << 20)))),
         std::time::Duration::from_secs(60),
     );
+    (catalog, db)
+}
+
+/// Public reads through the read cache: the second read of a product is a hit,
+/// a write makes the next one a miss, and a deleted product is not served.
+#[tokio::test]
+async fn public_reads_are_counted_as_hits_and_misses_of_the_read_cache() {
+    use agora_platform::cache::CacheStats;
+    let (catalog, _db) = cached_catalog().await;
     let p = catalog
         .create_product(draft("HIT-1", 500, true))
         .await
@@ -193,12 +200,8 @@ async fn public_reads_are_counted_as_hits_and_misses_of_the_read_cache() {
 /// stay absent, and a price change is seen by the very next call.
 #[tokio::test]
 async fn port_snapshots_are_cached_and_forgotten_on_a_write() {
-    use agora_platform::cache::{CacheAside, CacheStats, MemoryCache};
-    let (catalog, _db) = catalog().await;
-    let catalog = catalog.with_cache(
-        Arc::new(CacheAside::new(Arc::new(MemoryCache::new(1 << 20)))),
-        std::time::Duration::from_secs(60),
-    );
+    use agora_platform::cache::CacheStats;
+    let (catalog, _db) = cached_catalog().await;
     let a = catalog
         .create_product(draft("SNAP-1", 500, true))
         .await
@@ -335,12 +338,7 @@ async fn product_writes_and_only_they_leave_a_product_changed_event() {
 #[tokio::test]
 async fn a_product_changed_event_makes_every_node_forget_its_cached_reads() {
     use agora_platform::bus::{Event, Handler};
-    use agora_platform::cache::{CacheAside, MemoryCache};
-    let (catalog, _db) = catalog().await;
-    let catalog = catalog.with_cache(
-        Arc::new(CacheAside::new(Arc::new(MemoryCache::new(1 << 20)))),
-        std::time::Duration::from_secs(60),
-    );
+    let (catalog, _db) = cached_catalog().await;
     let p = catalog
         .create_product(draft("NODE-1", 100, true))
         .await

@@ -44,16 +44,22 @@ async fn an_authorization_is_made_once_per_key() {
     assert_eq!(payload["amount"]["amount"], 1000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_identical_authorizations_make_one_payment() {
-    let f = fixture_with(
+/// A fixture whose provider takes 20 ms a call: long enough for concurrent
+/// repeats to overlap.
+async fn slow_provider() -> crate::helpers::Fixture {
+    fixture_with(
         SimulatedBehaviour {
             latency: Duration::from_millis(20),
             ..SimulatedBehaviour::default()
         },
         agora_kernel::Timestamp::from_millis(crate::helpers::START),
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_identical_authorizations_make_one_payment() {
+    let f = slow_provider().await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let payments = f.payments.clone();
@@ -205,14 +211,7 @@ async fn a_capture_takes_the_whole_amount_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_captures_with_one_key_capture_once() {
-    let f = fixture_with(
-        SimulatedBehaviour {
-            latency: Duration::from_millis(20),
-            ..SimulatedBehaviour::default()
-        },
-        agora_kernel::Timestamp::from_millis(crate::helpers::START),
-    )
-    .await;
+    let f = slow_provider().await;
     let p = f
         .payments
         .authorize("auth-1", "ord_1", "tok_visa", usd(1200))
