@@ -163,7 +163,7 @@ impl Database {
         match self.reader.connections() {
             Some(reads) => {
                 // (The pool's branch below is timed by the reader.)
-                let _timer = timing::Timer::query(timing::READ);
+                let _timer = timing::Timer::query(timing::Role::Read);
                 let read = || -> rusqlite::Result<_> {
                     let Some(conn) = reads.lease()? else {
                         return Ok(None);

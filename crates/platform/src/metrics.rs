@@ -20,7 +20,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::shutdown::Shutdown;
@@ -249,17 +249,22 @@ pub fn record_request(
 /// mid-request).
 pub struct InFlight(());
 
+/// The in-flight gauge, registered once (it moves twice a request).
+static IN_FLIGHT: LazyLock<Gauge> =
+    LazyLock::new(|| metrics::gauge!("agora_http_requests_in_flight"));
+
 impl InFlight {
-    /// Counts one more request in flight.
+    /// Counts one more request in flight. Only once [`install`] has run (the
+    /// gauge is bound to the recorder of its first use).
     pub fn start() -> Self {
-        metrics::gauge!("agora_http_requests_in_flight").increment(1.0);
+        IN_FLIGHT.increment(1.0);
         Self(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("agora_http_requests_in_flight").decrement(1.0);
+        IN_FLIGHT.decrement(1.0);
     }
 }
 

@@ -302,7 +302,7 @@ impl<'c> Executor<'c> for &'c Reader {
                 local_exec::stream_of(read_offloaded(offloaded, query, Rows::All))
             }
         };
-        timing::stream(timing::READ, stream)
+        timing::stream(timing::Role::Read, stream)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, Error>>
@@ -321,7 +321,7 @@ impl<'c> Executor<'c> for &'c Reader {
                 ))
             }),
         };
-        timing::future(timing::READ, row)
+        timing::future(timing::Role::Read, row)
     }
 
     fn prepare_with<'e>(

@@ -12,19 +12,32 @@ use futures_core::stream::BoxStream;
 use futures_util::StreamExt as _;
 use metrics::Histogram;
 
-/// A read through the reader.
-pub(super) const READ: &str = "read";
-/// A single statement through the writer.
-pub(super) const WRITE: &str = "write";
-/// A statement inside a write transaction.
-pub(super) const TRANSACTION: &str = "transaction";
+/// What a timed statement is, its label's value.
+#[derive(Clone, Copy)]
+pub(super) enum Role {
+    /// A read through the reader.
+    Read,
+    /// A single statement through the writer.
+    Write,
+    /// A statement inside a write transaction.
+    Transaction,
+}
+
+impl Role {
+    const fn label(self) -> &'static str {
+        match self {
+            Role::Read => "read",
+            Role::Write => "write",
+            Role::Transaction => "transaction",
+        }
+    }
+}
 
 /// The histograms, registered once (looking one up by name and labels on
 /// every statement would cost more than recording into it).
 struct Histograms {
-    read: Histogram,
-    write: Histogram,
-    transaction: Histogram,
+    /// By [`Role`], in its order.
+    query: [Histogram; 3],
     commit: Histogram,
 }
 
@@ -36,16 +49,11 @@ fn histograms() -> Option<&'static Histograms> {
     if !crate::metrics::enabled() {
         return None;
     }
-    Some(HISTOGRAMS.get_or_init(|| {
-        let query = |role: &'static str| {
-            ::metrics::histogram!("agora_db_query_duration_seconds", "role" => role)
-        };
-        Histograms {
-            read: query(READ),
-            write: query(WRITE),
-            transaction: query(TRANSACTION),
-            commit: ::metrics::histogram!("agora_db_commit_duration_seconds"),
-        }
+    Some(HISTOGRAMS.get_or_init(|| Histograms {
+        query: [Role::Read, Role::Write, Role::Transaction].map(
+            |role| ::metrics::histogram!("agora_db_query_duration_seconds", "role" => role.label()),
+        ),
+        commit: ::metrics::histogram!("agora_db_commit_duration_seconds"),
     }))
 }
 
@@ -57,15 +65,9 @@ pub(super) struct Timer {
 
 impl Timer {
     /// A query timer, if metrics are on.
-    pub(super) fn query(role: &'static str) -> Option<Self> {
-        let all = histograms()?;
-        let histogram = match role {
-            READ => &all.read,
-            WRITE => &all.write,
-            _ => &all.transaction,
-        };
+    pub(super) fn query(role: Role) -> Option<Self> {
         Some(Self {
-            histogram,
+            histogram: &histograms()?.query[role as usize],
             began: Instant::now(),
         })
     }
@@ -86,10 +88,7 @@ impl Drop for Timer {
 }
 
 /// `stream`, timed as a query of `role`.
-pub(super) fn stream<'e, T: Send + 'e>(
-    role: &'static str,
-    stream: BoxStream<'e, T>,
-) -> BoxStream<'e, T> {
+pub(super) fn stream<'e, T: Send + 'e>(role: Role, stream: BoxStream<'e, T>) -> BoxStream<'e, T> {
     match Timer::query(role) {
         None => stream,
         Some(timer) => stream
@@ -102,7 +101,7 @@ pub(super) fn stream<'e, T: Send + 'e>(
 }
 
 /// `future`, timed as a query of `role`.
-pub(super) fn future<'e, T: 'e>(role: &'static str, future: BoxFuture<'e, T>) -> BoxFuture<'e, T> {
+pub(super) fn future<'e, T: 'e>(role: Role, future: BoxFuture<'e, T>) -> BoxFuture<'e, T> {
     match Timer::query(role) {
         None => future,
         Some(timer) => Box::pin(async move {

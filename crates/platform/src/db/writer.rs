@@ -186,7 +186,7 @@ impl<'c> Executor<'c> for &'c mut TxConn {
             TxKind::Group { slot, .. } => local_exec::stream_of(async move { local(slot, query) }),
             TxKind::Finished => futures_util::stream::once(async { Err(closed()) }).boxed(),
         };
-        timing::stream(timing::TRANSACTION, stream)
+        timing::stream(timing::Role::Transaction, stream)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, Error>>
@@ -203,7 +203,7 @@ impl<'c> Executor<'c> for &'c mut TxConn {
             }),
             TxKind::Finished => Box::pin(async { Err(closed()) }),
         };
-        timing::future(timing::TRANSACTION, row)
+        timing::future(timing::Role::Transaction, row)
     }
 
     fn prepare_with<'e>(
@@ -720,7 +720,7 @@ impl<'c> Executor<'c> for &'c Writer {
                 tx.finish(items).await
             }),
         };
-        timing::stream(timing::WRITE, stream)
+        timing::stream(timing::Role::Write, stream)
     }
 
     fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, Error>>
@@ -736,7 +736,7 @@ impl<'c> Executor<'c> for &'c Writer {
                 tx.finish(row).await
             }),
         };
-        timing::future(timing::WRITE, row)
+        timing::future(timing::Role::Write, row)
     }
 
     fn prepare_with<'e>(
