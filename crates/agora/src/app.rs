@@ -86,12 +86,10 @@ impl Application {
         let cache = read_cache(&config)?;
         let storage = ObjectStorage::from_config(&config)?;
         let catalog = catalog(&config, &db, cache.clone(), storage.clone());
-        if config.seed.demo {
-            agora_catalog::seed::seed_demo(&catalog)
-                .await
-                .context("Failed to load the demo catalog")?;
-        }
         let inventory = inventory(&db, &catalog);
+        if config.seed.demo {
+            load_demo(&catalog, &inventory).await?;
+        }
         let carts = carts(&db, &catalog);
         let payments = payments(&config, &db);
         let orders = orders(&db, &catalog, &carts, &inventory, &payments);
@@ -651,18 +649,58 @@ pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     let db = Database::connect(config).await?;
     migrate(&db).await?;
     let storage = ObjectStorage::from_config(config)?;
-    let report =
-        agora_catalog::seed::seed_demo(&catalog(config, &db, read_cache(config)?, storage)).await?;
+    let catalog = catalog(config, &db, read_cache(config)?, storage);
+    let report = load_demo(&catalog, &inventory(&db, &catalog)).await?;
     db.close().await;
-    if report.products == 0 {
+    if report.products.is_empty() {
         println!("the catalog is not empty: nothing loaded");
     } else {
         println!(
-            "loaded {} categories and {} products",
-            report.categories, report.products
+            "loaded {} categories and {} products, {DEMO_STOCK} of each in stock",
+            report.categories,
+            report.products.len()
         );
     }
     Ok(())
+}
+
+/// Units in stock of each demo product, so a demo shop can sell (and, under
+/// `agora loadgen`, sell out).
+pub const DEMO_STOCK: i64 = 100;
+
+/// Loads the demo catalog into an empty catalog and stocks each of its
+/// products with [`DEMO_STOCK`] units. The stock follows the catalog's own
+/// transaction: a crash between the two leaves the demo products unstocked
+/// (staff stock them through the API), never a half-loaded catalog.
+async fn load_demo(
+    catalog: &Catalog,
+    inventory: &Inventory,
+) -> anyhow::Result<agora_catalog::seed::SeedReport> {
+    let report = agora_catalog::seed::seed_demo(catalog)
+        .await
+        .context("Failed to load the demo catalog")?;
+    // Concurrently, so that group commit makes them durable together; through
+    // the store, which records each in the ledger, without a log line each.
+    let mut stocking = tokio::task::JoinSet::new();
+    let now = SystemClock.now();
+    for product in report.products.iter().copied() {
+        let store = inventory.store().clone();
+        stocking.spawn(async move {
+            let set = agora_inventory::store::Change::Set(DEMO_STOCK);
+            store.change(product, set, "demo stock", "seed", now).await
+        });
+    }
+    for stocked in stocking.join_all().await {
+        stocked.context("Failed to stock the demo catalog")?;
+    }
+    if !report.products.is_empty() {
+        tracing::info!(
+            products = report.products.len(),
+            units = DEMO_STOCK,
+            "demo catalog stocked"
+        );
+    }
+    Ok(report)
 }
 
 /// `agora admin create-user`: an account with `roles`, for the first administrator.

@@ -3,7 +3,7 @@
 //! Loaded on first start of an empty database (unless `--no-demo`), or with
 //! `agora seed --demo`. Deterministic, so demos, docs and benchmarks agree.
 
-use agora_kernel::{Currency, Money};
+use agora_kernel::{Currency, Money, ProductId};
 
 use crate::domain::{CategoryDraft, ProductDraft, empty_attributes, parse_attributes, slugify};
 use crate::error::CatalogError;
@@ -70,12 +70,13 @@ const STYLES: [&str; 5] = ["Classic", "Compact", "Deluxe", "Everyday", "Pro"];
 const COLOURS: [&str; 6] = ["black", "white", "sand", "forest", "navy", "rust"];
 
 /// What a seeding run did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeedReport {
     /// Categories added.
     pub categories: usize,
-    /// Products added.
-    pub products: usize,
+    /// The products added, in the order loaded (none when the catalog was not
+    /// empty).
+    pub products: Vec<ProductId>,
 }
 
 /// Loads the demo catalog in one transaction if the catalog is empty; does nothing
@@ -92,12 +93,12 @@ pub async fn seed_demo(catalog: &Catalog) -> Result<SeedReport, CatalogError> {
         tx.rollback().await?;
         return Ok(SeedReport {
             categories: 0,
-            products: 0,
+            products: Vec::new(),
         });
     }
     let mut report = SeedReport {
         categories: 0,
-        products: 0,
+        products: Vec::new(),
     };
     for (ci, (name, prefix, nouns)) in CATEGORIES.iter().enumerate() {
         let category = new_category(
@@ -145,7 +146,7 @@ pub async fn seed_demo(catalog: &Catalog) -> Result<SeedReport, CatalogError> {
                     now,
                 );
                 store.insert_product(&mut *tx, &product).await?;
-                report.products += 1;
+                report.products.push(product.id);
             }
         }
     }
@@ -153,7 +154,7 @@ pub async fn seed_demo(catalog: &Catalog) -> Result<SeedReport, CatalogError> {
     catalog.forget_cached_reads().await;
     tracing::info!(
         categories = report.categories,
-        products = report.products,
+        products = report.products.len(),
         "demo catalog loaded"
     );
     Ok(report)
