@@ -51,6 +51,9 @@ enum Command {
     /// Administration: accounts and signing keys.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Load a running Agora with virtual customers and print a latency table
+    /// per request kind (docs/performance.md).
+    Loadgen(Box<agora_loadgen::LoadgenArgs>),
     /// Print the catalogue of error codes.
     Errors {
         /// As the Markdown page docs/errors.md.
@@ -157,6 +160,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Loadgen(args) = cli.command {
+        // A client of another process: no configuration, database or logs of its own.
+        return loadgen(*args);
+    }
     let mut overrides = Overrides {
         data_dir: cli.data_dir,
         log_format: cli.log_format,
@@ -238,9 +245,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("new signing key {kid}: restart the servers to sign with it");
                         Ok(())
                     }
-                    Command::Config | Command::Errors { .. } => Ok(()),
+                    Command::Config | Command::Errors { .. } | Command::Loadgen(_) => Ok(()),
                 }
             })
         }
     }
+}
+
+/// `agora loadgen`: runs the load, prints the table. A run in which the
+/// server answered errors other than the expected out-of-stock ones (or did
+/// not answer) fails, after the table, so that scripts notice.
+fn loadgen(args: agora_loadgen::LoadgenArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(agora_loadgen::run(args))?;
+    print!("{}", report.table());
+    let unexpected = report.total.unexpected_errors;
+    if unexpected > 0 {
+        anyhow::bail!(
+            "{unexpected} of {} requests failed unexpectedly (by code in the table above)",
+            report.total.count
+        );
+    }
+    Ok(())
 }

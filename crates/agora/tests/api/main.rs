@@ -14,6 +14,7 @@ mod helpers;
 mod identity;
 mod images;
 mod inventory;
+mod loadgen;
 mod matrix;
 mod meta;
 mod metrics;
