@@ -27,18 +27,7 @@ cargo build --release -q -p agora --bin agora --example ceiling
 bin="$target_dir/release/agora"
 ceiling="$target_dir/release/examples/ceiling"
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-wait_ready() { # url
-  for _ in $(seq 1 500); do
-    curl -fs "$1" >/dev/null 2>&1 && return 0
-    sleep 0.01
-  done
-  echo "not ready: $1" >&2; return 1
-}
+source scripts/bench-lib.sh
 
 # First start creates and seeds the database; it is not what we time.
 "$bin" serve --data-dir "$work/data" --addr "127.0.0.1:$PORT" 2>>"$work/agora.log" &
@@ -70,20 +59,14 @@ serve() { # env…
 }
 
 load() { # name url
-  local out
-  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$2")
-  local rps p50 p99 errors
-  rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  errors=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  printf '| %s | %s | %s | %s | %s |\n' "$1" "$rps" "$p50" "$p99" "${errors:-0}"
+  wrk_load "$2"
+  printf '| %s | %s | %s | %s | %s |\n' "$1" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
 }
 
 echo
-echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo); wrk -t$THREADS -c$CONNECTIONS -d$DURATION on the same machine"
+echo "machine: $(machine); wrk -t$THREADS -c$CONNECTIONS -d$DURATION on the same machine"
 echo
-echo "| load | req/s | p50 | p99 | non-2xx |"
+echo "| load | req/s | p50 | p99 | errors |"
 echo "|---|---|---|---|---|"
 load "ceiling: bare axum, same product JSON" "http://127.0.0.1:$CEILING_PORT/"
 serve AGORA_CACHE__BACKEND=none

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Benchmarks complete checkouts against the release build: virtual customers sign
-# in once, then loop "3 of 30 products into the cart, check out with tok_visa", for a
-# fixed time. Sets the result beside the database's own commit ceiling measured in
+# Benchmarks complete checkouts against the release build with `agora loadgen
+# --scenario checkout-only`: virtual customers sign in once, then loop "3 products
+# of the demo catalog into the cart, check out with tok_visa", for a fixed time,
+# after a staff account has stocked every product with a million units (nothing
+# runs out). Sets the result beside the database's own commit ceiling measured in
 # the same run: a bare one-row insert-transaction loop on SQLite (WAL,
 # synchronous=FULL, as Agora runs it), and pgbench with one insert per
 # transaction on PostgreSQL.
@@ -12,7 +14,8 @@
 #
 # Bounded: fixed durations, loopback only. PostgreSQL runs use a scratch database
 # agora_bench_checkout, dropped and recreated. Needs curl (and psql and pgbench
-# for PostgreSQL).
+# for PostgreSQL). Prints loadgen's table per database; the POST /checkout row's
+# req/s is confirmed orders per second when its errors are 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,38 +26,29 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 ADMIN_EMAIL="bench-admin@agora.test"
 ADMIN_PASSWORD="bench admin password 1"
 
-cargo build --release -q -p agora --bin agora --example checkout_bench --example commit_ceiling
+cargo build --release -q -p agora --bin agora --example commit_ceiling
 bin="$target_dir/release/agora"
-driver="$target_dir/release/examples/checkout_bench"
 ceiling="$target_dir/release/examples/commit_ceiling"
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-wait_ready() { # url
-  for _ in $(seq 1 1000); do
-    curl -fs "$1" >/dev/null 2>&1 && return 0
-    sleep 0.01
-  done
-  echo "not ready: $1" >&2; return 1
-}
+source scripts/bench-lib.sh
 
 run() { # label, then env for the server
   local label=$1; shift
   echo "$ADMIN_PASSWORD" | env "$@" "$bin" --log-format json admin create-user --data-dir "$work/data-$label" \
     --email "$ADMIN_EMAIL" --name "Bench admin" --role admin --password-stdin >/dev/null
-  env "$@" "$bin" serve --no-demo --data-dir "$work/data-$label" --addr "127.0.0.1:$PORT" \
+  env "$@" "$bin" serve --data-dir "$work/data-$label" --addr "127.0.0.1:$PORT" \
     2>>"$work/agora-$label.log" &
   local pid=$!; pids+=("$pid")
   wait_ready "http://127.0.0.1:$PORT/health/ready"
-  echo "$label: $("$driver" "http://127.0.0.1:$PORT" "$ADMIN_EMAIL" "$ADMIN_PASSWORD" "$CUSTOMERS" "$DURATION_SECS")"
+  echo "$label, $CUSTOMERS customers, ${DURATION_SECS}s:"
+  AGORA_LOADGEN_ADMIN_PASSWORD="$ADMIN_PASSWORD" "$bin" loadgen --quiet \
+    --target "http://127.0.0.1:$PORT" --scenario checkout-only --users "$CUSTOMERS" \
+    --duration "${DURATION_SECS}s" --admin-email "$ADMIN_EMAIL" --seed 1
   echo "$label: RSS after the run: $(( $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") / 1024 )) MB"
   kill -TERM "$pid"; wait "$pid" || true
 }
 
-echo "machine: $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+echo "machine: $(machine)"
 echo "sqlite commit ceiling: $("$ceiling" "$work/ceiling.db" 5000)"
 run sqlite
 

@@ -195,11 +195,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         command => {
-            telemetry::init(&config.log)?;
+            let telemetry = telemetry::init(&config.log, &config.telemetry)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(async move {
+            let outcome = runtime.block_on(async move {
                 match command {
                     Command::Serve(_) => {
                         let app = Application::build(config).await?;
@@ -247,7 +247,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     Command::Config | Command::Errors { .. } | Command::Loadgen(_) => Ok(()),
                 }
-            })
+            });
+            // Outside the runtime: the exporter's client blocks.
+            drop(runtime);
+            telemetry.shutdown();
+            outcome
         }
     }
 }

@@ -45,6 +45,20 @@ impl RequestContext {
         }
     }
 
+    /// The context of a request with this id whose own span in the trace is
+    /// `own` (made elsewhere: the exported span's), continuing `parent`.
+    pub fn with_trace(
+        request_id: Arc<str>,
+        parent: Option<TraceContext>,
+        own: TraceContext,
+    ) -> RequestContext {
+        RequestContext {
+            request_id,
+            parent,
+            trace: OnceLock::from(own),
+        }
+    }
+
     /// Runs `f` with this context as the current one.
     pub async fn scope<F: Future>(self, f: F) -> F::Output {
         CONTEXT.scope(self, f).await

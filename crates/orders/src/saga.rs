@@ -27,6 +27,7 @@ use agora_contracts::{PortError, events};
 use agora_kernel::{ErrorCode, OrderId};
 use agora_platform::bus::Event;
 use serde_json::json;
+use tracing::Instrument as _;
 
 use crate::domain::{Order, OrderStatus};
 use crate::error::OrderError;
@@ -272,9 +273,16 @@ impl Orders {
             return Err(OrderError::Unexpected(anyhow::anyhow!(INJECTED_CRASH)));
         }
         let began = std::time::Instant::now();
+        let span = tracing::debug_span!(
+            "saga.step",
+            order_id = %saga.order_id,
+            step = saga.step.as_str(),
+            compensating = saga.state == SagaState::Compensating,
+            attempt = saga.attempts + 1,
+        );
         let outcome = match saga.state {
-            SagaState::Running => self.forward(saga, order).await,
-            SagaState::Compensating => self.backward(saga, order).await,
+            SagaState::Running => self.forward(saga, order).instrument(span).await,
+            SagaState::Compensating => self.backward(saga, order).instrument(span).await,
             SagaState::Done => return Ok(Next::Stop),
         };
         metrics::histogram!("agora_saga_step_duration_seconds", "step" => saga.step.as_str())

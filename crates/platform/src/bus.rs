@@ -303,23 +303,26 @@ pub(crate) async fn run_handler(
         .as_deref()
         .and_then(agora_kernel::TraceContext::parse);
     let span = tracing::info_span!(
-        "event",
+        "bus.handle",
         kind = %event.kind,
         event_id = %event.id,
         request_id = event.request_id.as_deref().unwrap_or(""),
         trace_id = parent.map(|t| t.trace_id()).unwrap_or_default()
     );
+    let own = crate::telemetry::continue_trace(&span, parent);
     let handled = handler.handle(event).instrument(span);
     // Events the handler makes carry the same request id, and continue the
     // trace from the handler's span.
     let call = std::panic::AssertUnwindSafe(async {
-        match (&event.request_id, parent) {
-            (None, None) => handled.await,
-            (id, parent) => {
+        match (&event.request_id, parent, own) {
+            (None, None, None) => handled.await,
+            (id, parent, own) => {
                 let id = id.as_deref().map_or_else(|| Arc::from(""), Arc::from);
-                agora_kernel::RequestContext::new(id, parent)
-                    .scope(handled)
-                    .await
+                let context = match own {
+                    Some(own) => agora_kernel::RequestContext::with_trace(id, parent, own),
+                    None => agora_kernel::RequestContext::new(id, parent),
+                };
+                context.scope(handled).await
             }
         }
     })
@@ -801,6 +804,29 @@ impl Relay {
                 }
             }
         }
+        // With spans exported, one per event, continuing the trace of the
+        // request that made it; they end once the event is marked published.
+        let _spans: Vec<tracing::Span> = if crate::telemetry::exporting() {
+            events
+                .iter()
+                .map(|event| {
+                    let span = tracing::debug_span!(
+                        "bus.publish",
+                        kind = %event.kind,
+                        event_id = %event.id,
+                        outbox = table
+                    );
+                    let parent = event
+                        .traceparent
+                        .as_deref()
+                        .and_then(agora_kernel::TraceContext::parse);
+                    crate::telemetry::continue_trace(&span, parent);
+                    span
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let (sent, failed) = self.bus.publish_batch(&events).await;
         let failure = match failed {
             Some(e) => Some((e.id.to_db(), e.to_string())),

@@ -216,10 +216,33 @@ impl CacheAside {
     where
         F: Future<Output = Result<Bytes, E>>,
     {
-        if let Some(value) = self.cache.get(key).await {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(value);
+        use tracing::Instrument as _;
+        let span = tracing::debug_span!("cache.get", key, hit = tracing::field::Empty);
+        let hit = span.clone();
+        async move {
+            if let Some(value) = self.cache.get(key).await {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                hit.record("hit", true);
+                return Ok(value);
+            }
+            hit.record("hit", false);
+            self.load_missing(key, ttl, tags, load).await
         }
+        .instrument(span)
+        .await
+    }
+
+    /// The miss of [`CacheAside::get_or_load`]: joins or runs the load.
+    async fn load_missing<E, F>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        tags: &[&str],
+        load: F,
+    ) -> Result<Bytes, E>
+    where
+        F: Future<Output = Result<Bytes, E>>,
+    {
         self.misses.fetch_add(1, Ordering::Relaxed);
         let epoch = self.epoch.load(Ordering::Acquire);
         let waiting = Waiting::join(&self.inflight, (key.to_string(), epoch));

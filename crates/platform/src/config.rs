@@ -139,18 +139,32 @@ impl Default for LogConfig {
     }
 }
 
-/// Metrics.
+/// Metrics and traces.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// Whether requests, sagas, the bus and the caches are counted and timed,
     /// and served in Prometheus' text format at `/metrics` (on by default).
     pub metrics: bool,
+    /// Where to send traces over OTLP/HTTP (protobuf), e.g.
+    /// `http://127.0.0.1:4318/v1/traces`; unset (the default), no spans are
+    /// exported, nor made beyond the request's.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` the exported spans carry.
+    pub service_name: String,
+    /// The share of new traces exported, 0.0 to 1.0; a trace the caller
+    /// samples (`traceparent` flag) is followed whatever this says.
+    pub sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        Self { metrics: true }
+        Self {
+            metrics: true,
+            otlp_endpoint: None,
+            service_name: "agora".into(),
+            sample_ratio: 1.0,
+        }
     }
 }
 
@@ -742,6 +756,20 @@ impl Config {
         if !self.cache.redis_url.starts_with("redis://") {
             return fail("cache.redis_url", "must start with redis://");
         }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return fail(
+                "telemetry.otlp_endpoint",
+                "must be an http:// or https:// URL (OTLP over HTTP)",
+            );
+        }
+        if self.telemetry.service_name.is_empty() || self.telemetry.service_name.len() > 128 {
+            return fail("telemetry.service_name", "must be 1-128 characters");
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return fail("telemetry.sample_ratio", "must be between 0.0 and 1.0");
+        }
         if self.cache.redis_prefix.is_empty()
             || self.cache.redis_prefix.len() > 64
             || !self
@@ -1287,6 +1315,48 @@ mod tests {
             jail.set_env("AGORA_BUS__BACKEND", "nats");
             let config = load(&Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(config.bus.backend, BusBackend::Nats);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_telemetry_settings_name_their_key() {
+        Jail::expect_with(|jail| {
+            refused_naming_their_key(
+                jail,
+                &[
+                    (
+                        "AGORA_TELEMETRY__OTLP_ENDPOINT",
+                        "127.0.0.1:4318",
+                        "telemetry.otlp_endpoint",
+                    ),
+                    (
+                        "AGORA_TELEMETRY__SERVICE_NAME",
+                        "",
+                        "telemetry.service_name",
+                    ),
+                    (
+                        "AGORA_TELEMETRY__SAMPLE_RATIO",
+                        "1.5",
+                        "telemetry.sample_ratio",
+                    ),
+                    (
+                        "AGORA_TELEMETRY__SAMPLE_RATIO",
+                        "-0.1",
+                        "telemetry.sample_ratio",
+                    ),
+                ],
+            );
+            jail.clear_env();
+            jail.set_env(
+                "AGORA_TELEMETRY__OTLP_ENDPOINT",
+                "http://127.0.0.1:4318/v1/traces",
+            );
+            let config = load(&Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.telemetry.otlp_endpoint.as_deref(),
+                Some("http://127.0.0.1:4318/v1/traces")
+            );
             Ok(())
         });
     }

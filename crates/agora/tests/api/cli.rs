@@ -99,3 +99,107 @@ fn an_in_memory_sqlite_url_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("database.url"));
 }
+
+/// With `telemetry.otlp_endpoint` set, `agora serve` exports its spans over
+/// OTLP/HTTP (protobuf) to that URL, and sends what it still holds when
+/// stopped (SIGTERM), before the batch's schedule would have.
+#[tokio::test]
+async fn serve_exports_its_spans_over_otlp_and_flushes_them_at_shutdown() {
+    use std::sync::{Arc, Mutex};
+    /// What the collector received: each export's content type and body.
+    type Exports = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Exports = Arc::default();
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let sink_addr = sink.local_addr().expect("an address");
+    let store = received.clone();
+    let collector = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let store = store.clone();
+                    async move {
+                        let kind = headers
+                            .get("content-type")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        store.lock().expect("the sink").push((kind, body.to_vec()));
+                        ([("content-type", "application/x-protobuf")], Vec::new())
+                    }
+                },
+            ),
+        );
+        axum::serve(sink, app).await
+    });
+
+    let dir = tempfile::tempdir().expect("a directory");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut server = agora()
+        .args(["serve", "--no-demo", "--addr", &format!("127.0.0.1:{port}")])
+        .args(["--data-dir", dir.path().to_str().expect("utf-8")])
+        .env(
+            "AGORA_TELEMETRY__OTLP_ENDPOINT",
+            format!("http://{sink_addr}/v1/traces"),
+        )
+        .env("AGORA_TELEMETRY__SERVICE_NAME", "agora-otlp-test")
+        .env("AGORA_LOG__FILTER", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut ready = false;
+    for _ in 0..500 {
+        if client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ready, "the server did not become ready");
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let listed = client
+        .get(format!("{base}/api/v1/products"))
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("an answer");
+    assert!(listed.status().is_success());
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(stopped.success());
+    let status = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .expect("joined")
+        .expect("the server exits");
+    assert!(status.success(), "{status}");
+    collector.abort();
+
+    let received = received.lock().expect("the sink").clone();
+    assert!(!received.is_empty(), "nothing was exported");
+    let (kind, body) = &received[0];
+    assert_eq!(kind, "application/x-protobuf");
+    let all: Vec<u8> = received.iter().flat_map(|(_, b)| b.clone()).collect();
+    let contains = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
+    // Protobuf keeps strings and bytes as they are: the service's name, the
+    // request span's name, and the caller's trace id (16 raw bytes).
+    assert!(contains(b"agora-otlp-test"), "{} bytes", body.len());
+    assert!(contains(b"request"));
+    let trace_bytes: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    assert!(contains(&trace_bytes), "the caller's trace is exported");
+}

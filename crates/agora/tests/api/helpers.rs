@@ -50,10 +50,13 @@ pub(crate) async fn spawn_app() -> TestApp {
 pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     // `TEST_LOG=1 cargo test …` shows the application's logs (debug and up).
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = agora_platform::telemetry::init(&agora_platform::config::LogConfig {
-            filter: "debug,sqlx=warn,hyper=info".into(),
-            ..Default::default()
-        });
+        let _ = agora_platform::telemetry::init(
+            &agora_platform::config::LogConfig {
+                filter: "debug,sqlx=warn,hyper=info".into(),
+                ..Default::default()
+            },
+            &agora_platform::config::TelemetryConfig::default(),
+        );
     }
     let db = TestDatabase::new().await.expect("a fresh test database");
     let mut config = db.config.clone();

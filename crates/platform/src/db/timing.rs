@@ -1,8 +1,10 @@
 //! Query and commit latency, for the metrics (`agora_db_query_duration_seconds`
-//! by `role`, `agora_db_commit_duration_seconds`): a timer runs from a query's
-//! start until its stream or future is done with (dropped), so it covers the
-//! wait for a connection or the writer too. Nothing is timed while metrics are
-//! off.
+//! by `role`, `agora_db_commit_duration_seconds`), and the statement's span
+//! (`db.query`, when spans are exported; a write transaction has one span for
+//! all its statements, `db.transaction`, made by the writer): a timer runs
+//! from a query's start until its stream or future is done with (dropped), so
+//! it covers the wait for a connection or the writer too. Nothing is timed
+//! while metrics are off and spans are not exported.
 
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -57,33 +59,47 @@ fn histograms() -> Option<&'static Histograms> {
     }))
 }
 
-/// Records the time since its start when dropped.
+/// Records the time since its start when dropped (and ends its span).
 pub(super) struct Timer {
-    histogram: &'static Histogram,
+    histogram: Option<&'static Histogram>,
     began: Instant,
+    _span: tracing::Span,
 }
 
 impl Timer {
-    /// A query timer, if metrics are on.
+    /// A query timer, if metrics are on or spans exported. A statement of a
+    /// transaction has no span of its own: it is in the transaction's.
     pub(super) fn query(role: Role) -> Option<Self> {
+        let span = match role {
+            Role::Transaction => tracing::Span::none(),
+            Role::Read | Role::Write => tracing::debug_span!("db.query", role = role.label()),
+        };
+        let histogram = histograms().map(|h| &h.query[role as usize]);
+        if histogram.is_none() && span.is_none() {
+            return None;
+        }
         Some(Self {
-            histogram: &histograms()?.query[role as usize],
+            histogram,
             began: Instant::now(),
+            _span: span,
         })
     }
 
     /// A commit timer, if metrics are on.
     pub(super) fn commit() -> Option<Self> {
         Some(Self {
-            histogram: &histograms()?.commit,
+            histogram: Some(&histograms()?.commit),
             began: Instant::now(),
+            _span: tracing::Span::none(),
         })
     }
 }
 
 impl Drop for Timer {
     fn drop(&mut self) {
-        self.histogram.record(self.began.elapsed().as_secs_f64());
+        if let Some(histogram) = self.histogram {
+            histogram.record(self.began.elapsed().as_secs_f64());
+        }
     }
 }
 

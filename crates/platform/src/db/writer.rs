@@ -51,6 +51,9 @@ const ROLLBACK_TO: &str = "ROLLBACK TO agora_write; RELEASE agora_write";
 /// without committing undoes them.
 pub struct WriteTx {
     conn: TxConn,
+    /// `db.transaction`, from the wait for the writer to the end (when spans
+    /// are exported).
+    _span: tracing::Span,
 }
 
 /// The connection of a write transaction, as an sqlx [`Executor`]: on
@@ -370,6 +373,7 @@ impl Group {
                 slot,
                 group: Arc::clone(self),
             }),
+            _span: tracing::Span::none(),
         }
     }
 
@@ -661,12 +665,16 @@ impl Writer {
     }
 
     pub(super) async fn begin(&self) -> Result<WriteTx, Error> {
-        match &self.kind {
-            WriterKind::Pool(pool) => Ok(WriteTx {
+        let span = tracing::debug_span!("db.transaction");
+        let mut tx = match &self.kind {
+            WriterKind::Pool(pool) => WriteTx {
                 conn: TxConn(TxKind::Pool(pool.begin().await?)),
-            }),
-            WriterKind::Group(group) => group.begin().await,
-        }
+                _span: tracing::Span::none(),
+            },
+            WriterKind::Group(group) => group.begin().await?,
+        };
+        tx._span = span;
+        Ok(tx)
     }
 
     /// Runs `f` on a connection outside any transaction (migrations).

@@ -121,7 +121,11 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
         (Some(one), None) => one.to_str().ok().and_then(TraceContext::parse),
         _ => None,
     };
-    let context = RequestContext::new(request_id.clone(), parent);
+    // With spans exported, the request's own trace context is its span's.
+    let context = match crate::telemetry::continue_trace(&span, parent) {
+        Some(own) => RequestContext::with_trace(request_id.clone(), parent, own),
+        None => RequestContext::new(request_id.clone(), parent),
+    };
     let version = negotiate_version(&req);
     let client = client_address(&req, edge.trust_forwarded_for);
     req.extensions_mut().insert(client);
