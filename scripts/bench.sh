@@ -5,8 +5,11 @@
 # machine, so that each figure can be read as a ratio that survives a noisy
 # machine. Prints one Markdown table:
 #
-# - wrk on the ceiling, then on GET /api/v1/products/{id} (memory cache) with
-#   the metrics on and with them off (what recording costs);
+# - wrk on the ceiling, then on GET /api/v1/products/{id} (memory cache) as
+#   configured by default (metrics on, no trace export), with metrics and
+#   tracing both on (spans exported over OTLP to a local sink, the example
+#   otlp_sink; every trace, then 1 % of them), and with both off: what
+#   observing costs;
 # - `agora loadgen --scenario shop` with 64 customers (the issue's target: no
 #   errors but the expected out-of-stock codes, p99 < 50 ms) — all requests and
 #   the checkouts;
@@ -30,9 +33,11 @@ CEILING_PORT="${CEILING_PORT:-18172}"
 target_dir="${CARGO_TARGET_DIR:-target}"
 
 command -v wrk >/dev/null || { echo "wrk is not installed: apt-get install wrk" >&2; exit 1; }
-cargo build --release -q -p agora --bin agora --example ceiling
+cargo build --release -q -p agora --bin agora --example ceiling --example otlp_sink
 bin="$target_dir/release/agora"
 ceiling="$target_dir/release/examples/ceiling"
+sink="$target_dir/release/examples/otlp_sink"
+SINK_PORT="${SINK_PORT:-18173}"
 source scripts/bench-lib.sh
 base="http://127.0.0.1:$PORT"
 
@@ -67,7 +72,7 @@ wrk_load "http://127.0.0.1:$CEILING_PORT/"
 ceiling_rps=$wrk_rps
 row "ceiling: bare axum, the same product JSON" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
 wrk_load "$base/api/v1/products/$id"
-row "GET /api/v1/products/{id}, memory cache" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
+row "GET /api/v1/products/{id}, memory cache (metrics on, no trace export)" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
 
 # The shop: loadgen's table goes to a file, two of its rows into this table.
 set +e
@@ -84,7 +89,14 @@ shop_row() { # label, kind as printed (its words), fields before count
 shop_row "loadgen shop, every request" "all" 1 | sed 's/$/ — |/'
 shop_row "loadgen shop, POST /checkout" "POST /checkout" 2 | sed 's/$/ — |/'
 
-# Scrapes of /metrics after the shop run, which touched most routes.
+# Scrapes of /metrics after the shop run, which touched most routes, once
+# the work it left behind (the relay, the receipts) is done.
+for _ in $(seq 1 100); do
+  backlog=$(curl -fs "$base/metrics" | awk '/^agora_outbox_backlog/ {n += $2} END {print n + 0}')
+  [[ "$backlog" == 0 ]] && break
+  sleep 0.1
+done
+sleep 1
 for _ in $(seq 1 20); do
   curl -fs -o /dev/null -w '%{time_total}\n' "$base/metrics"
 done | sort -n > "$work/scrapes.txt"
@@ -94,12 +106,27 @@ slowest=$(awk 'END {printf "%.2f", $1 * 1000}' "$work/scrapes.txt")
 row "GET /metrics ($series series), 20 scrapes" "—" "$median ms" "max $slowest ms" 0
 stop
 
-# What recording costs: the product read again with the metrics off.
+# What observing costs: the product read again with metrics and spans
+# exported, then with neither.
+"$sink" "127.0.0.1:$SINK_PORT" &
+pids+=("$!")
+wait_ready "http://127.0.0.1:$SINK_PORT/stats"
+serve AGORA_TELEMETRY__OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT/v1/traces"
+wrk_load "$base/api/v1/products/$id"
+row "GET /api/v1/products/{id}, memory cache, metrics and tracing on" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
+stop
+exported=$(curl -fs "http://127.0.0.1:$SINK_PORT/stats")
+serve AGORA_TELEMETRY__OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT/v1/traces" AGORA_TELEMETRY__SAMPLE_RATIO=0.01
+wrk_load "$base/api/v1/products/$id"
+row "GET /api/v1/products/{id}, memory cache, metrics and tracing on, 1 % of traces sampled" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
+stop
 serve AGORA_TELEMETRY__METRICS=false
 wrk_load "$base/api/v1/products/$id"
-row "GET /api/v1/products/{id}, memory cache, metrics off" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
+row "GET /api/v1/products/{id}, memory cache, metrics and tracing off" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
 stop
 
+echo
+echo "spans exported to the sink while tracing was on: $exported"
 echo
 echo "loadgen shop, every error by code (exit status $shop_status):"
 sed -n '/^errors by code:/,$p; /^no errors/p' "$work/shop.txt"

@@ -226,48 +226,34 @@ impl CacheAside {
                 return Ok(value);
             }
             hit.record("hit", false);
-            self.load_missing(key, ttl, tags, load).await
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            let epoch = self.epoch.load(Ordering::Acquire);
+            let waiting = Waiting::join(&self.inflight, (key.to_string(), epoch));
+            let mut ran = false;
+            let loaded = waiting
+                .cell
+                .get_or_try_init(|| async {
+                    // A load that finished between the miss above and joining
+                    // stored its value before leaving the cell (unless an
+                    // invalidation came first, or the cache has already evicted
+                    // it): a value found now is that one, or newer, so use it.
+                    if let Some(value) = self.cache.get(key).await {
+                        return Ok(value);
+                    }
+                    ran = true;
+                    self.loads.fetch_add(1, Ordering::Relaxed);
+                    load.await
+                })
+                .await
+                .cloned();
+            if ran && let Ok(value) = &loaded {
+                self.store_unless_invalidated(epoch, &[(key, value.clone())], ttl, tags)
+                    .await;
+            }
+            loaded
         }
         .instrument(span)
         .await
-    }
-
-    /// The miss of [`CacheAside::get_or_load`]: joins or runs the load.
-    async fn load_missing<E, F>(
-        &self,
-        key: &str,
-        ttl: Duration,
-        tags: &[&str],
-        load: F,
-    ) -> Result<Bytes, E>
-    where
-        F: Future<Output = Result<Bytes, E>>,
-    {
-        self.misses.fetch_add(1, Ordering::Relaxed);
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let waiting = Waiting::join(&self.inflight, (key.to_string(), epoch));
-        let mut ran = false;
-        let loaded = waiting
-            .cell
-            .get_or_try_init(|| async {
-                // A load that finished between the miss above and joining
-                // stored its value before leaving the cell (unless an
-                // invalidation came first, or the cache has already evicted
-                // it): a value found now is that one, or newer, so use it.
-                if let Some(value) = self.cache.get(key).await {
-                    return Ok(value);
-                }
-                ran = true;
-                self.loads.fetch_add(1, Ordering::Relaxed);
-                load.await
-            })
-            .await
-            .cloned();
-        if ran && let Ok(value) = &loaded {
-            self.store_unless_invalidated(epoch, &[(key, value.clone())], ttl, tags)
-                .await;
-        }
-        loaded
     }
 
     /// The values under `keys`, in their order: those the cache holds, and the

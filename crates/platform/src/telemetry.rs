@@ -26,7 +26,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanExporter};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::filter::{LevelFilter, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
@@ -128,15 +128,28 @@ fn install(log: &LogConfig, provider: Option<SdkTracerProvider>) -> anyhow::Resu
             .boxed(),
     };
     // The spans are Agora's own (at `debug` and up, whatever the log filter
-    // says): those of the libraries below would only repeat them.
+    // says): those of the libraries below would only repeat them. Of the log
+    // events, only warnings and errors go on the spans (the request's
+    // `debug` line would double each span's size). What a span records is
+    // its name, fields, timing and parent: no source location, thread, target
+    // or busy/idle times (each costs on every span, and says little the name
+    // does not), and entering a span does not make its context current for
+    // other OpenTelemetry instrumentation (there is none).
     let spans = provider.as_ref().map(|provider| {
+        let ours = Targets::new()
+            .with_default(LevelFilter::OFF)
+            .with_target("agora", LevelFilter::DEBUG);
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("agora"))
-            .with_filter(
-                Targets::new()
-                    .with_default(LevelFilter::OFF)
-                    .with_target("agora", LevelFilter::DEBUG),
-            )
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_filter(ours)
+            .with_filter(filter_fn(|meta| {
+                meta.is_span() || *meta.level() <= tracing::Level::WARN
+            }))
     });
     let installed = tracing_subscriber::registry()
         .with(lines.with_filter(filter))

@@ -21,6 +21,13 @@ fn args(app: &TestApp, flags: &[&str]) -> LoadgenArgs {
         .args
 }
 
+/// Runs loadgen against `app` with these flags, to the end.
+async fn run(app: &TestApp, flags: &[&str]) -> agora_loadgen::report::Report {
+    agora_loadgen::run(args(app, flags))
+        .await
+        .expect("the run completes")
+}
+
 /// A freshly started server with the demo catalog (and its demo stock).
 async fn demo_app() -> TestApp {
     spawn_app_with(|c| c.seed.demo = true).await
@@ -56,7 +63,7 @@ async fn the_demo_catalog_is_stocked_so_a_fresh_server_can_sell() {
 #[tokio::test]
 async fn shop_on_a_fresh_server_confirms_orders_with_no_unexpected_errors() {
     let app = demo_app().await;
-    let report = agora_loadgen::run(args(
+    let report = run(
         &app,
         &[
             "--scenario",
@@ -68,9 +75,8 @@ async fn shop_on_a_fresh_server_confirms_orders_with_no_unexpected_errors() {
             "--seed",
             "7",
         ],
-    ))
-    .await
-    .expect("the run completes");
+    )
+    .await;
     let table = report.table();
     assert_eq!(report.total.unexpected_errors, 0, "{table}");
     for kind in [
@@ -162,7 +168,7 @@ async fn checkout_only_with_a_staff_account_stocks_first_and_stops_at_the_reques
 #[tokio::test]
 async fn an_open_loop_run_keeps_its_rate_and_counts_latency_from_the_due_time() {
     let app = demo_app().await;
-    let report = agora_loadgen::run(args(
+    let report = run(
         &app,
         &[
             "--scenario",
@@ -174,9 +180,8 @@ async fn an_open_loop_run_keeps_its_rate_and_counts_latency_from_the_due_time() 
             "--duration",
             "2s",
         ],
-    ))
-    .await
-    .expect("the run completes");
+    )
+    .await;
     let table = report.table();
     assert_eq!(report.total.error_count(), 0, "{table}");
     assert_eq!(report.run.rate, Some(20.0));
@@ -195,7 +200,7 @@ async fn a_server_error_during_the_run_is_counted_by_its_code() {
         c.payments.simulated.error_rate = 1.0;
     })
     .await;
-    let report = agora_loadgen::run(args(
+    let report = run(
         &app,
         &[
             "--scenario",
@@ -207,9 +212,8 @@ async fn a_server_error_during_the_run_is_counted_by_its_code() {
             "--timeout",
             "30s",
         ],
-    ))
-    .await
-    .expect("the run completes");
+    )
+    .await;
     let table = report.table();
     let checkout = row(&report, "POST /checkout");
     assert!(checkout.error_count() > 0, "{table}");
@@ -256,7 +260,7 @@ async fn json_output_holds_the_same_rows() {
     let dir = tempfile::tempdir().expect("a directory");
     let file = dir.path().join("run.json");
     let path = file.to_str().expect("a path");
-    let report = agora_loadgen::run(args(
+    let report = run(
         &app,
         &[
             "--scenario",
@@ -268,9 +272,8 @@ async fn json_output_holds_the_same_rows() {
             "--json",
             path,
         ],
-    ))
-    .await
-    .expect("the run completes");
+    )
+    .await;
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).expect("written")).expect("JSON");
     assert_eq!(json["total"]["count"], 30);
