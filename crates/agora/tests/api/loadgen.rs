@@ -13,16 +13,17 @@ struct Cli {
     args: LoadgenArgs,
 }
 
-/// Loadgen's arguments against `app`, from these flags (quiet: no progress bar).
-fn args(app: &TestApp, flags: &[&str]) -> LoadgenArgs {
+/// Loadgen's arguments against `app`, from these flags, separated by spaces
+/// (quiet: no progress bar).
+fn args(app: &TestApp, flags: &str) -> LoadgenArgs {
     let target = ["loadgen", "--target", &app.base, "--quiet"];
-    Cli::try_parse_from(target.iter().chain(flags))
+    Cli::try_parse_from(target.into_iter().chain(flags.split_whitespace()))
         .expect("valid flags")
         .args
 }
 
 /// Runs loadgen against `app` with these flags, to the end.
-async fn run(app: &TestApp, flags: &[&str]) -> agora_loadgen::report::Report {
+async fn run(app: &TestApp, flags: &str) -> agora_loadgen::report::Report {
     agora_loadgen::run(args(app, flags))
         .await
         .expect("the run completes")
@@ -63,20 +64,7 @@ async fn the_demo_catalog_is_stocked_so_a_fresh_server_can_sell() {
 #[tokio::test]
 async fn shop_on_a_fresh_server_confirms_orders_with_no_unexpected_errors() {
     let app = demo_app().await;
-    let report = run(
-        &app,
-        &[
-            "--scenario",
-            "shop",
-            "--users",
-            "4",
-            "--duration",
-            "3s",
-            "--seed",
-            "7",
-        ],
-    )
-    .await;
+    let report = run(&app, "--scenario shop --users 4 --duration 3s --seed 7").await;
     let table = report.table();
     assert_eq!(report.total.unexpected_errors, 0, "{table}");
     for kind in [
@@ -109,21 +97,10 @@ async fn checkout_only_with_a_staff_account_stocks_first_and_stops_at_the_reques
     let admin = "loadgen-admin@agora.test";
     app.create_user_and_login(admin, &[agora_kernel::Role::Admin])
         .await;
-    let mut a = args(
-        &app,
-        &[
-            "--scenario",
-            "checkout-only",
-            "--users",
-            "3",
-            "--requests",
-            "40",
-            "--admin-email",
-            admin,
-            "--stock",
-            "5000",
-        ],
+    let flags = format!(
+        "--scenario checkout-only --users 3 --requests 40 --admin-email {admin} --stock 5000"
     );
+    let mut a = args(&app, &flags);
     a.admin_password = Some(PASSWORD.to_string());
     let report = agora_loadgen::run(a).await.expect("the run completes");
     let table = report.table();
@@ -168,20 +145,7 @@ async fn checkout_only_with_a_staff_account_stocks_first_and_stops_at_the_reques
 #[tokio::test]
 async fn an_open_loop_run_keeps_its_rate_and_counts_latency_from_the_due_time() {
     let app = demo_app().await;
-    let report = run(
-        &app,
-        &[
-            "--scenario",
-            "browse",
-            "--users",
-            "2",
-            "--rate",
-            "20",
-            "--duration",
-            "2s",
-        ],
-    )
-    .await;
+    let report = run(&app, "--scenario browse --users 2 --rate 20 --duration 2s").await;
     let table = report.table();
     assert_eq!(report.total.error_count(), 0, "{table}");
     assert_eq!(report.run.rate, Some(20.0));
@@ -202,16 +166,7 @@ async fn a_server_error_during_the_run_is_counted_by_its_code() {
     .await;
     let report = run(
         &app,
-        &[
-            "--scenario",
-            "checkout-only",
-            "--users",
-            "2",
-            "--requests",
-            "8",
-            "--timeout",
-            "30s",
-        ],
+        "--scenario checkout-only --users 2 --requests 8 --timeout 30s",
     )
     .await;
     let table = report.table();
@@ -259,21 +214,9 @@ async fn json_output_holds_the_same_rows() {
     let app = demo_app().await;
     let dir = tempfile::tempdir().expect("a directory");
     let file = dir.path().join("run.json");
-    let path = file.to_str().expect("a path");
-    let report = run(
-        &app,
-        &[
-            "--scenario",
-            "browse",
-            "--users",
-            "2",
-            "--requests",
-            "30",
-            "--json",
-            path,
-        ],
-    )
-    .await;
+    let mut a = args(&app, "--scenario browse --users 2 --requests 30");
+    a.json = Some(file.clone());
+    let report = agora_loadgen::run(a).await.expect("the run completes");
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&file).expect("written")).expect("JSON");
     assert_eq!(json["total"]["count"], 30);
