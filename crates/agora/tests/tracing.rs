@@ -286,6 +286,28 @@ async fn one_checkout_is_one_trace_across_the_relay_and_the_consumers() {
         assert_eq!(parent.parent_span_id, SpanId::INVALID, "a root span");
     }
 
+    // A caller that does not sample its trace: nothing of it is exported.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let header = format!("00-{unsampled}-b7ad6b7169203331-00");
+    let path = format!("/api/v1/products/{product}");
+    client
+        .send(
+            reqwest::Method::GET,
+            &path,
+            None,
+            None,
+            &[("traceparent", &header)],
+        )
+        .await;
+    let unsampled = TraceId::from_hex(unsampled).expect("a trace id");
+    let exported = exporter.get_finished_spans().expect("the spans");
+    assert!(
+        exported
+            .iter()
+            .all(|s| s.span_context.trace_id() != unsampled),
+        "an unsampled trace is not exported"
+    );
+
     shutdown.trigger();
     let _ = server.await;
     telemetry.shutdown();

@@ -273,13 +273,17 @@ impl Orders {
             return Err(OrderError::Unexpected(anyhow::anyhow!(INJECTED_CRASH)));
         }
         let began = std::time::Instant::now();
-        let span = tracing::debug_span!(
-            "saga.step",
-            order_id = %saga.order_id,
-            step = saga.step.as_str(),
-            compensating = saga.state == SagaState::Compensating,
-            attempt = saga.attempts + 1,
-        );
+        let span = if agora_platform::telemetry::tracing_here() {
+            tracing::debug_span!(
+                "saga.step",
+                order_id = %saga.order_id,
+                step = saga.step.as_str(),
+                compensating = saga.state == SagaState::Compensating,
+                attempt = saga.attempts + 1,
+            )
+        } else {
+            tracing::Span::none()
+        };
         let outcome = match saga.state {
             SagaState::Running => self.forward(saga, order).instrument(span).await,
             SagaState::Compensating => self.backward(saga, order).instrument(span).await,

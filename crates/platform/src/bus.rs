@@ -809,19 +809,22 @@ impl Relay {
         let _spans: Vec<tracing::Span> = if crate::telemetry::exporting() {
             events
                 .iter()
-                .map(|event| {
+                .filter_map(|event| {
+                    let parent = event
+                        .traceparent
+                        .as_deref()
+                        .and_then(agora_kernel::TraceContext::parse);
+                    if parent.is_some_and(|p| !p.sampled()) {
+                        return None;
+                    }
                     let span = tracing::debug_span!(
                         "bus.publish",
                         kind = %event.kind,
                         event_id = %event.id,
                         outbox = table
                     );
-                    let parent = event
-                        .traceparent
-                        .as_deref()
-                        .and_then(agora_kernel::TraceContext::parse);
                     crate::telemetry::continue_trace(&span, parent);
-                    span
+                    Some(span)
                 })
                 .collect()
         } else {

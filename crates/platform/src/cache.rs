@@ -217,7 +217,11 @@ impl CacheAside {
         F: Future<Output = Result<Bytes, E>>,
     {
         use tracing::Instrument as _;
-        let span = tracing::debug_span!("cache.get", key, hit = tracing::field::Empty);
+        let span = if crate::telemetry::tracing_here() {
+            tracing::debug_span!("cache.get", key, hit = tracing::field::Empty)
+        } else {
+            tracing::Span::none()
+        };
         let hit = span.clone();
         async move {
             if let Some(value) = self.cache.get(key).await {

@@ -13,9 +13,10 @@
 //! `traceparent`, the events it writes carry the request span's own context
 //! through the outbox into the bus messages, and the relay's and consumers'
 //! spans continue from it — one checkout is one trace. Without an endpoint
-//! only the request's span is made (for the logs), the others are disabled
-//! callsites that cost a load and a branch, and the trace context still
-//! travels with the events.
+//! only the request's span is made (for the logs), the others are not made
+//! (a load and a branch), and the trace context still travels with the
+//! events; with one, the finer spans are made only in sampled traces
+//! ([`tracing_here`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -167,6 +168,15 @@ fn install(log: &LogConfig, provider: Option<SdkTracerProvider>) -> anyhow::Resu
 /// Whether spans are exported.
 pub fn exporting() -> bool {
     EXPORTING.load(Ordering::Acquire)
+}
+
+/// Whether the finer spans (database, cache, saga step, publication) of the
+/// work being done now are worth making: spans are exported and the current
+/// request's or event's trace is sampled (work outside one, such as the
+/// relay's own reads, starts a trace the sampler decides on). An unsampled
+/// request's spans would only be made to be dropped.
+pub fn tracing_here() -> bool {
+    exporting() && agora_kernel::RequestContext::current_trace().is_none_or(|t| t.sampled())
 }
 
 /// Makes `span` (not yet entered) continue `parent`, a trace context from

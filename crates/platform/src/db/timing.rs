@@ -71,8 +71,10 @@ impl Timer {
     /// transaction has no span of its own: it is in the transaction's.
     pub(super) fn query(role: Role) -> Option<Self> {
         let span = match role {
-            Role::Transaction => tracing::Span::none(),
-            Role::Read | Role::Write => tracing::debug_span!("db.query", role = role.label()),
+            Role::Read | Role::Write if crate::telemetry::tracing_here() => {
+                tracing::debug_span!("db.query", role = role.label())
+            }
+            _ => tracing::Span::none(),
         };
         let histogram = histograms().map(|h| &h.query[role as usize]);
         if histogram.is_none() && span.is_none() {

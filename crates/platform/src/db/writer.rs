@@ -665,7 +665,11 @@ impl Writer {
     }
 
     pub(super) async fn begin(&self) -> Result<WriteTx, Error> {
-        let span = tracing::debug_span!("db.transaction");
+        let span = if crate::telemetry::tracing_here() {
+            tracing::debug_span!("db.transaction")
+        } else {
+            tracing::Span::none()
+        };
         let mut tx = match &self.kind {
             WriterKind::Pool(pool) => WriteTx {
                 conn: TxConn(TxKind::Pool(pool.begin().await?)),
