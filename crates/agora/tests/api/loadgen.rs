@@ -45,19 +45,26 @@ fn row<'r>(
         .unwrap_or_else(|| panic!("no {kind} row in {}", report.table()))
 }
 
+/// The units of `product` (a catalog entry) on hand, as staff see them.
+async fn on_hand(app: &TestApp, product: &serde_json::Value) -> i64 {
+    let id = product["id"].as_str().expect("an id");
+    let stock = app
+        .get_as(
+            &format!("/api/v1/inventory/{id}"),
+            crate::helpers::As::Staff,
+        )
+        .await;
+    stock.data()["on_hand"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("on hand: {stock:?}"))
+}
+
 #[tokio::test]
 async fn the_demo_catalog_is_stocked_so_a_fresh_server_can_sell() {
     let app = demo_app().await;
     let products = app.all_products("").await;
     for product in products.iter().take(5) {
-        let id = product["id"].as_str().expect("an id");
-        let stock = app
-            .get_as(
-                &format!("/api/v1/inventory/{id}"),
-                crate::helpers::As::Staff,
-            )
-            .await;
-        assert_eq!(stock.data()["on_hand"], agora::app::DEMO_STOCK, "{stock:?}");
+        assert_eq!(on_hand(&app, product).await, agora::app::DEMO_STOCK);
     }
 }
 
@@ -122,16 +129,9 @@ async fn checkout_only_with_a_staff_account_stocks_first_and_stops_at_the_reques
     let products = app.all_products("").await;
     let mut sold = 0;
     for product in &products {
-        let id = product["id"].as_str().expect("an id");
-        let stock = app
-            .get_as(
-                &format!("/api/v1/inventory/{id}"),
-                crate::helpers::As::Staff,
-            )
-            .await;
         if product["active"] == true {
-            let on_hand = stock.data()["on_hand"].as_i64().expect("on hand");
-            assert!(on_hand <= 5000, "{stock:?}");
+            let on_hand = on_hand(&app, product).await;
+            assert!(on_hand <= 5000, "{on_hand} of {product}");
             sold += 5000 - on_hand;
         }
     }
