@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use reqwest::Method;
 use serde_json::json;
@@ -370,24 +371,14 @@ async fn stock(
                 .unwrap_or("no access token in the answer")
         );
     };
-    let token = Arc::new(token);
-    let mut pending = products.iter();
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        while tasks.len() < PREPARATION_CONCURRENCY {
-            let Some(product) = pending.next() else { break };
-            let (client, token) = (client.clone(), token.clone());
+    let mut answers = futures_util::stream::iter(products)
+        .map(|product| {
             let path = format!("/api/v1/inventory/{product}");
-            tasks.spawn(async move {
-                let body = json!({ "on_hand": units, "reason": "agora loadgen" });
-                let request = Request::new(Method::PUT, path).token(&token).json(body);
-                client.send(request).await
-            });
-        }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        let answer = done.context("a stocking task")?;
+            let body = json!({ "on_hand": units, "reason": "agora loadgen" });
+            client.send(Request::new(Method::PUT, path).token(&token).json(body))
+        })
+        .buffer_unordered(PREPARATION_CONCURRENCY);
+    while let Some(answer) = answers.next().await {
         if let Some(e) = answer.error {
             bail!(
                 "stocking a product as {email} failed: {e} (does the account have staff rights?)"
@@ -409,21 +400,15 @@ async fn register(client: &Client, n: usize, seed: u64, quiet: bool) -> anyhow::
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let run = uuid::Uuid::now_v7().simple().to_string();
-    let mut users = Vec::with_capacity(n);
-    let mut next = 0..n;
-    let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        while tasks.len() < PREPARATION_CONCURRENCY {
-            let Some(i) = next.next() else { break };
-            let client = client.clone();
+    let mut signed_up = futures_util::stream::iter(0..n)
+        .map(|i| {
             let email = format!("loadgen-{run}-{i}@example.com");
-            let user_seed = seed.wrapping_add(i as u64);
-            tasks.spawn(async move { sign_up(&client, email, user_seed).await });
-        }
-        let Some(done) = tasks.join_next().await else {
-            break;
-        };
-        users.push(done.context("a registration task")??);
+            sign_up(client, email, seed.wrapping_add(i as u64))
+        })
+        .buffer_unordered(PREPARATION_CONCURRENCY);
+    let mut users = Vec::with_capacity(n);
+    while let Some(user) = signed_up.next().await {
+        users.push(user?);
         bar.inc(1);
     }
     bar.finish_and_clear();
