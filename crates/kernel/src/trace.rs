@@ -80,6 +80,29 @@ impl TraceContext {
         })
     }
 
+    /// A context from its parts (as a tracing library holds them), or `None`
+    /// when either id is all zeros (invalid). Only the sampled flag is kept.
+    pub fn from_parts(trace_id: [u8; 16], span_id: [u8; 8], sampled: bool) -> Option<TraceContext> {
+        if trace_id == [0; 16] || span_id == [0; 8] {
+            return None;
+        }
+        Some(TraceContext {
+            trace_id,
+            span_id,
+            flags: if sampled { SAMPLED } else { 0 },
+        })
+    }
+
+    /// The trace id's 16 bytes.
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        self.trace_id
+    }
+
+    /// The current span's id's 8 bytes.
+    pub fn span_id_bytes(&self) -> [u8; 8] {
+        self.span_id
+    }
+
     /// The trace id, as 32 lower-case hex digits.
     pub fn trace_id(&self) -> String {
         hex(&self.trace_id)
@@ -156,6 +179,18 @@ fn decode(digits: &[u8], out: &mut [u8]) -> Option<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_context_from_its_parts_round_trips_and_refuses_zero_ids() {
+        let t = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("valid");
+        let again = TraceContext::from_parts(t.trace_id_bytes(), t.span_id_bytes(), t.sampled());
+        assert_eq!(again, Some(t));
+        assert_eq!(TraceContext::from_parts([0; 16], [1; 8], true), None);
+        assert_eq!(TraceContext::from_parts([1; 16], [0; 8], true), None);
+        let unsampled = TraceContext::from_parts([1; 16], [2; 8], false).expect("valid");
+        assert!(!unsampled.sampled());
+    }
 
     const EXAMPLE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

@@ -189,8 +189,8 @@ pub fn continue_trace(span: &tracing::Span, parent: Option<TraceContext>) -> Opt
     }
     if let Some(parent) = parent {
         let remote = SpanContext::new(
-            TraceId::from_hex(&parent.trace_id()).ok()?,
-            SpanId::from_hex(&parent.span_id()).ok()?,
+            TraceId::from_bytes(parent.trace_id_bytes()),
+            SpanId::from_bytes(parent.span_id_bytes()),
             if parent.sampled() {
                 TraceFlags::SAMPLED
             } else {
@@ -205,13 +205,9 @@ pub fn continue_trace(span: &tracing::Span, parent: Option<TraceContext>) -> Opt
     let own = span.context();
     let own = own.span();
     let own = own.span_context();
-    if !own.is_valid() {
-        return None;
-    }
-    TraceContext::parse(&format!(
-        "00-{}-{}-{:02x}",
-        own.trace_id(),
-        own.span_id(),
-        own.trace_flags().to_u8()
-    ))
+    TraceContext::from_parts(
+        own.trace_id().to_bytes(),
+        own.span_id().to_bytes(),
+        own.is_sampled(),
+    )
 }
