@@ -95,11 +95,7 @@ async fn one_checkout_is_one_trace_across_the_relay_and_the_consumers() {
     .expect("the exporter is installed");
 
     let db = TestDatabase::new().await.expect("a test database");
-    let mut config = db.config.clone();
-    config.server.addr = "127.0.0.1:0".parse().expect("an address");
-    config.seed.demo = false;
-    config.auth.argon2.memory_kib = 64;
-    config.auth.argon2.iterations = 1;
+    let config = db.app_config();
     let app = Application::build(config.clone())
         .await
         .expect("the application builds");

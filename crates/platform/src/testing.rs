@@ -47,6 +47,19 @@ impl TestDatabase {
         Ok(TestDatabase { config, db, dir })
     }
 
+    /// The configuration of an application under test on this database: it
+    /// listens on a free loopback port, loads no demo catalog, and hashes
+    /// passwords cheaply (suites log in hundreds of times; the real cost is
+    /// measured in docs/security.md).
+    pub fn app_config(&self) -> Config {
+        let mut config = self.config.clone();
+        config.server.addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        config.seed.demo = false;
+        config.auth.argon2.memory_kib = 64;
+        config.auth.argon2.iterations = 1;
+        config
+    }
+
     /// The test's own directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -59,13 +59,7 @@ pub(crate) async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestA
         );
     }
     let db = TestDatabase::new().await.expect("a fresh test database");
-    let mut config = db.config.clone();
-    config.server.addr = "127.0.0.1:0".parse().expect("an address");
-    config.seed.demo = false;
-    // Cheap hashes: the suites log in hundreds of times. The real cost is measured
-    // in docs/security.md.
-    config.auth.argon2.memory_kib = 64;
-    config.auth.argon2.iterations = 1;
+    let mut config = db.app_config();
     configure(&mut config);
     let app = Application::build(config.clone())
         .await
