@@ -59,6 +59,24 @@ impl RequestContext {
         }
     }
 
+    /// The request id to use for a caller that sent `given`: kept when sane (1–128
+    /// characters of `[A-Za-z0-9._:-]`), otherwise a new one (a time-ordered
+    /// UUID). The same rule at every entry point (HTTP, gRPC).
+    pub fn accept_request_id(given: Option<&str>) -> Arc<str> {
+        let given = given.filter(|s| {
+            (1..=128).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        });
+        match given {
+            Some(id) => Arc::from(id),
+            None => {
+                let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+                Arc::from(&*uuid::Uuid::now_v7().simple().encode_lower(&mut buf))
+            }
+        }
+    }
+
     /// Runs `f` with this context as the current one.
     pub async fn scope<F: Future>(self, f: F) -> F::Output {
         CONTEXT.scope(self, f).await

@@ -173,22 +173,11 @@ pub async fn edge(State(edge): State<Arc<Edge>>, mut req: Request, next: Next) -
 }
 
 fn request_id(req: &Request) -> Arc<str> {
-    let given = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| {
-            (1..=128).contains(&s.len())
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        });
-    match given {
-        Some(id) => Arc::from(id),
-        None => {
-            let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
-            Arc::from(&*uuid::Uuid::now_v7().simple().encode_lower(&mut buf))
-        }
-    }
+    RequestContext::accept_request_id(
+        req.headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 fn negotiate_version(req: &Request) -> Result<(), ApiError> {
