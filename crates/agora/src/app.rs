@@ -12,19 +12,26 @@ use agora_cart::Carts;
 use agora_cart::store::CartStore;
 use agora_catalog::Catalog;
 use agora_catalog::store::CatalogStore;
+use agora_contracts::cart::CartPort;
 use agora_contracts::catalog::CatalogPort;
 use agora_contracts::identity::AccountsPort;
+use agora_contracts::inventory::InventoryPort;
 use agora_contracts::orders::OrdersPort;
+use agora_contracts::payments::PaymentsPort;
 use agora_functions::{Export, Receipts, Thumbnails};
+use agora_grpc::PortServer;
+use agora_grpc::client::{
+    CartClient, CatalogClient, InventoryClient, PaymentsClient, RemoteSettings, Replicas,
+};
 use agora_identity::Identity;
 use agora_identity::keys::KeyRing;
 use agora_identity::store::IdentityStore;
 use agora_inventory::Inventory;
 use agora_inventory::store::InventoryStore;
 use agora_kernel::{Clock, SystemClock};
-use agora_orders::Orders;
 use agora_orders::saga::SagaSettings;
 use agora_orders::store::OrdersStore;
+use agora_orders::{Orders, Participants};
 use agora_payments::Payments;
 use agora_payments::provider::{SimulatedBehaviour, SimulatedProvider};
 use agora_payments::store::PaymentStore;
@@ -33,7 +40,7 @@ use agora_platform::bus::nats::{NatsBus, NatsSettings};
 use agora_platform::bus::rabbit::{RabbitBus, RabbitSettings};
 use agora_platform::bus::{Bus, EventLog, InProcessBus, Outbox, OutboxBacklog, Relay};
 use agora_platform::cache::{Cache, CacheAside, MemoryCache, RedisCache, TwoTierCache};
-use agora_platform::config::{BusBackend, CacheBackend};
+use agora_platform::config::{BusBackend, CacheBackend, ServiceConfig};
 use agora_platform::http::edge::Edge;
 use agora_platform::http::{build_router, health};
 use agora_platform::mail::Mailer;
@@ -46,16 +53,76 @@ use tokio::net::TcpListener;
 
 use crate::api;
 
-/// The monolith, built and bound to its port, not yet serving.
+/// A module of Agora, as `agora service <module>` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Module {
+    /// Accounts, sign-in, tokens.
+    Identity,
+    /// Products, categories, images.
+    Catalog,
+    /// Stock levels and reservations.
+    Inventory,
+    /// Carts.
+    Cart,
+    /// Orders and the checkout saga.
+    Orders,
+    /// Payments and the provider's webhooks.
+    Payments,
+}
+
+impl Module {
+    /// Every module.
+    pub const ALL: [Module; 6] = [
+        Module::Identity,
+        Module::Catalog,
+        Module::Inventory,
+        Module::Cart,
+        Module::Orders,
+        Module::Payments,
+    ];
+
+    /// Its name, as in `services.<name>` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Module::Identity => "identity",
+            Module::Catalog => "catalog",
+            Module::Inventory => "inventory",
+            Module::Cart => "cart",
+            Module::Orders => "orders",
+            Module::Payments => "payments",
+        }
+    }
+}
+
+/// What a process runs: every module (`agora serve`) or one (`agora service`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Monolith,
+    Service(Module),
+}
+
+impl Shape {
+    fn runs(self, module: Module) -> bool {
+        match self {
+            Shape::Monolith => true,
+            Shape::Service(only) => only == module,
+        }
+    }
+}
+
+/// An Agora process (the monolith, or one module as a service), built and
+/// bound to its ports, not yet serving.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     router: Router,
+    grpc: Option<(TcpListener, PortServer)>,
+    grpc_addr: Option<SocketAddr>,
     db: Database,
-    inventory: Inventory,
-    carts: Carts,
-    orders: Orders,
-    payments: Payments,
+    inventory: Option<Inventory>,
+    carts: Option<Carts>,
+    orders: Option<Orders>,
+    payments: Option<Payments>,
     relays: Vec<Relay>,
     export: Option<Export>,
     metrics: Option<metrics::Endpoint>,
@@ -75,82 +142,204 @@ const SAGA_RECOVERY: Duration = Duration::from_secs(1);
 const PAYMENT_RESOLVER: Duration = Duration::from_secs(30);
 
 impl Application {
-    /// Connects the database, runs migrations, seeds the demo catalog into an empty
-    /// database (unless `seed.demo` is off), wires the modules and binds the port.
+    /// The monolith: connects the database, runs migrations, seeds the demo
+    /// catalog into an empty database (unless `seed.demo` is off), wires the
+    /// modules and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let started = Instant::now();
-        let db = Database::connect(&config).await?;
-        migrate(&db).await?;
-        let authenticator = Authenticator::new(&config.auth);
-        let identity = identity(&config, &db, authenticator.clone()).await?;
-        let cache = read_cache(&config)?;
-        let storage = ObjectStorage::from_config(&config)?;
-        let catalog = catalog(&config, &db, cache.clone(), storage.clone());
-        let inventory = inventory(&db, &catalog);
-        if config.seed.demo {
-            load_demo(&catalog, &inventory).await?;
+        Self::assemble(config, Shape::Monolith).await
+    }
+
+    /// One module as its own service (`agora service <module>`): its own
+    /// database (`services.<module>.database_url`, else `database.url`) with
+    /// only its migrations, its REST routes on `server.addr`, its port over
+    /// gRPC on `server.grpc_addr`, its loops and consumers; the modules it calls
+    /// are reached at `services.<module>.grpc`. Needs a shared bus (events
+    /// cross processes) and `auth.signing_key` (every service verifies the
+    /// tokens identity signs with it).
+    pub async fn service(config: Config, module: Module) -> anyhow::Result<Application> {
+        if !config.bus.backend.is_shared() {
+            anyhow::bail!(
+                "`agora service` needs a shared bus: set `bus.backend` to `nats` or `rabbitmq` \
+                 (events cross processes)"
+            );
         }
-        let carts = carts(&db, &catalog);
-        let payments = payments(&config, &db);
-        let orders = orders(&db, &catalog, &carts, &inventory, &payments);
-        let (bus, relays) =
-            messaging(&config, &db, &catalog, &inventory, &payments, &orders).await?;
-        let export = if config.functions.in_process {
-            let ports = FunctionPorts {
-                catalog: Arc::new(catalog.clone()),
-                orders: Arc::new(orders.clone()),
-                accounts: Arc::new(IdentityStore::new(db.clone())),
-                storage: storage.clone(),
-                mailer: Mailer::from_config(&config)?,
-            };
-            Some(functions(&*bus, &db, ports))
+        if config.auth.signing_key.is_none() {
+            anyhow::bail!(
+                "`agora service` needs `auth.signing_key`, the same in every service: identity \
+                 signs tokens with it and the others verify them"
+            );
+        }
+        Self::assemble(config, Shape::Service(module)).await
+    }
+
+    async fn assemble(config: Config, shape: Shape) -> anyhow::Result<Application> {
+        let started = Instant::now();
+        let db = match shape {
+            Shape::Monolith => Database::connect(&config).await?,
+            Shape::Service(module) => {
+                let own = service_config(&config, module).database_url.clone();
+                let mut config = config.clone();
+                if own.is_some() {
+                    config.database.url = own;
+                }
+                Database::connect(&config).await?
+            }
+        };
+        match shape {
+            Shape::Monolith => migrate(&db).await?,
+            Shape::Service(module) => migrate_module(&db, module).await?,
+        }
+        let authenticator = Authenticator::new(&config.auth);
+        let remote = Remote { config: &config };
+        let identity = if shape.runs(Module::Identity) {
+            Some(identity(&config, &db, authenticator.clone()).await?)
         } else {
-            // `agora functions` workers run them: their events wait for them
-            // even while none runs.
-            bus.retain_for(
-                agora_functions::thumbnails::CONSUMER,
-                &agora_functions::thumbnails::KINDS,
-            );
-            bus.retain_for(
-                agora_functions::receipts::CONSUMER,
-                &agora_functions::receipts::KINDS,
-            );
+            verify_with_signing_key(&config, &authenticator)?;
             None
         };
-        let modules = Modules {
-            carts: carts.clone(),
+        let cache = read_cache(&config)?;
+        let storage = ObjectStorage::from_config(&config)?;
+        let catalog = shape
+            .runs(Module::Catalog)
+            .then(|| catalog(&config, &db, cache.clone(), storage.clone()));
+        let catalog_port = || -> anyhow::Result<Arc<dyn CatalogPort>> {
+            match &catalog {
+                Some(catalog) => Ok(Arc::new(catalog.clone())),
+                None => remote.catalog(),
+            }
+        };
+        let inventory = match shape.runs(Module::Inventory) {
+            true => Some(inventory(&db, catalog_port()?)),
+            false => None,
+        };
+        if config.seed.demo {
+            match (&catalog, &inventory) {
+                (Some(catalog), Some(inventory)) => {
+                    load_demo(catalog, inventory).await?;
+                }
+                // As a service the catalog loads its demo products; their
+                // stock lives in the inventory's database (set it through the
+                // API, as `agora up` does).
+                (Some(catalog), None) => {
+                    agora_catalog::seed::seed_demo(catalog)
+                        .await
+                        .context("Failed to load the demo catalog")?;
+                }
+                _ => {}
+            }
+        }
+        let carts = match shape.runs(Module::Cart) {
+            true => Some(carts(&db, catalog_port()?)),
+            false => None,
+        };
+        let payments = shape.runs(Module::Payments).then(|| payments(&config, &db));
+        let orders = match shape.runs(Module::Orders) {
+            true => Some(orders(
+                &db,
+                Participants {
+                    catalog: catalog_port()?,
+                    cart: match &carts {
+                        Some(carts) => Arc::new(carts.clone()),
+                        None => remote.cart()?,
+                    },
+                    inventory: match &inventory {
+                        Some(inventory) => Arc::new(inventory.clone()),
+                        None => remote.inventory()?,
+                    },
+                    payments: match &payments {
+                        Some(payments) => Arc::new(payments.clone()),
+                        None => remote.payments()?,
+                    },
+                },
+            )),
+            false => None,
+        };
+        let local = LocalModules {
             identity,
             catalog,
-            inventory: inventory.clone(),
-            orders: orders.clone(),
-            payments: payments.clone(),
+            inventory,
+            carts,
+            orders,
+            payments,
+        };
+        let (bus, relays) = messaging(&config, &db, &local).await?;
+        let export = match (shape, &local) {
+            (
+                Shape::Monolith,
+                LocalModules {
+                    catalog: Some(catalog),
+                    orders: Some(orders),
+                    ..
+                },
+            ) if config.functions.in_process => {
+                let ports = FunctionPorts {
+                    catalog: Arc::new(catalog.clone()),
+                    orders: Arc::new(orders.clone()),
+                    accounts: Arc::new(IdentityStore::new(db.clone())),
+                    storage: storage.clone(),
+                    mailer: Mailer::from_config(&config)?,
+                };
+                Some(functions(&*bus, &db, ports))
+            }
+            _ => {
+                // `agora functions` workers run them: their events wait for
+                // them even while none runs.
+                bus.retain_for(
+                    agora_functions::thumbnails::CONSUMER,
+                    &agora_functions::thumbnails::KINDS,
+                );
+                bus.retain_for(
+                    agora_functions::receipts::CONSUMER,
+                    &agora_functions::receipts::KINDS,
+                );
+                None
+            }
         };
         let metrics = if config.telemetry.metrics {
-            let outboxes = [
-                modules.catalog.store().outbox(),
-                modules.inventory.store().outbox(),
-                modules.payments.store().outbox(),
-                modules.orders.outbox(),
-            ];
-            let gauges: Vec<Arc<dyn Gauges>> = vec![
+            let outboxes = local.outboxes();
+            let mut gauges: Vec<Arc<dyn Gauges>> = vec![
                 Arc::new(OutboxBacklog::new(
                     db.clone(),
-                    &outboxes.map(|o| &**o),
+                    &outboxes.iter().map(|o| &**o).collect::<Vec<_>>(),
                     Arc::new(SystemClock),
                 )),
-                Arc::new(CatalogCacheGauges(modules.catalog.clone())),
                 Arc::new(db.clone()),
             ];
+            if let Some(catalog) = &local.catalog {
+                gauges.push(Arc::new(CatalogCacheGauges(catalog.clone())));
+            }
             Some(metrics::Endpoint::new(metrics::install()?, gauges))
         } else {
             None
         };
+        let grpc = match shape {
+            Shape::Monolith => None,
+            Shape::Service(_) => {
+                let listener = TcpListener::bind(config.server.grpc_addr)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "Failed to listen on {} (`server.grpc_addr`)",
+                            config.server.grpc_addr
+                        )
+                    })?;
+                Some((listener, local.port_server(&db)))
+            }
+        };
+        let grpc_addr = match &grpc {
+            Some((listener, _)) => Some(listener.local_addr()?),
+            None => None,
+        };
+        let inventory = local.inventory.clone();
+        let carts = local.carts.clone();
+        let orders = local.orders.clone();
+        let payments = local.payments.clone();
         let router = router(
             &config,
             &db,
             cache,
             authenticator,
-            modules,
+            local,
             bus,
             metrics.as_ref(),
         );
@@ -160,16 +349,30 @@ impl Application {
                 format!("Failed to listen on {} (`server.addr`)", config.server.addr)
             })?;
         let local_addr = listener.local_addr()?;
-        tracing::info!(
-            addr = %local_addr,
-            database = ?db.backend(),
-            startup_ms = started.elapsed().as_millis() as u64,
-            "agora is ready: http://{local_addr}/api/v1/products — API docs at http://{local_addr}/docs"
-        );
+        match shape {
+            Shape::Monolith => tracing::info!(
+                addr = %local_addr,
+                database = ?db.backend(),
+                startup_ms = started.elapsed().as_millis() as u64,
+                "agora is ready: http://{local_addr}/api/v1/products — API docs at http://{local_addr}/docs"
+            ),
+            Shape::Service(module) => tracing::info!(
+                module = module.name(),
+                addr = %local_addr,
+                grpc_addr = ?grpc_addr,
+                database = ?db.backend(),
+                startup_ms = started.elapsed().as_millis() as u64,
+                "agora service {} is ready: REST on http://{local_addr}, gRPC on {}",
+                module.name(),
+                grpc_addr.map_or_else(String::new, |a| format!("http://{a}"))
+            ),
+        }
         Ok(Application {
             listener,
             local_addr,
             router,
+            grpc,
+            grpc_addr,
             db,
             inventory,
             carts,
@@ -188,6 +391,11 @@ impl Application {
         self.local_addr
     }
 
+    /// The gRPC address actually bound, for a service.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
+    }
+
     /// The signal that stops the application.
     pub fn shutdown_handle(&self) -> Shutdown {
         self.shutdown.clone()
@@ -197,26 +405,22 @@ impl Application {
     /// `server.shutdown_timeout_ms`), then closes the database.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let mut sweepers = tokio::task::JoinSet::new();
-        sweepers.spawn(
-            self.inventory
-                .clone()
-                .run_sweeper(RESERVATION_SWEEP, self.shutdown.clone()),
-        );
-        sweepers.spawn(self.carts.clone().run_sweeper(
-            CART_SWEEP,
-            ABANDONED_CART_AGE,
-            self.shutdown.clone(),
-        ));
-        sweepers.spawn(
-            self.orders
-                .clone()
-                .run_recovery(SAGA_RECOVERY, self.shutdown.clone()),
-        );
-        sweepers.spawn(
-            self.payments
-                .clone()
-                .run_resolver(PAYMENT_RESOLVER, self.shutdown.clone()),
-        );
+        if let Some(inventory) = self.inventory {
+            sweepers.spawn(inventory.run_sweeper(RESERVATION_SWEEP, self.shutdown.clone()));
+        }
+        if let Some(carts) = self.carts {
+            sweepers.spawn(carts.run_sweeper(
+                CART_SWEEP,
+                ABANDONED_CART_AGE,
+                self.shutdown.clone(),
+            ));
+        }
+        if let Some(orders) = self.orders {
+            sweepers.spawn(orders.run_recovery(SAGA_RECOVERY, self.shutdown.clone()));
+        }
+        if let Some(payments) = self.payments {
+            sweepers.spawn(payments.run_resolver(PAYMENT_RESOLVER, self.shutdown.clone()));
+        }
         for relay in self.relays {
             sweepers.spawn(relay.run(self.shutdown.clone()));
         }
@@ -230,6 +434,15 @@ impl Application {
                 self.shutdown.clone(),
             ));
         }
+        let grpc = self.grpc.map(|(listener, server)| {
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let outcome = server.serve(listener, shutdown.clone()).await;
+                // A gRPC server that fails stops the service, as the HTTP one does.
+                shutdown.trigger();
+                outcome
+            })
+        });
         let outcome = agora_platform::http::serve(
             self.listener,
             self.router,
@@ -239,11 +452,94 @@ impl Application {
         .await;
         // The server stops only once shutdown fired, which also ends the sweepers.
         self.shutdown.trigger();
+        let grpc_outcome = match grpc {
+            Some(task) => task.await.map_err(anyhow::Error::from).and_then(|r| r),
+            None => Ok(()),
+        };
         sweepers.join_all().await;
         self.db.close().await;
         tracing::info!("agora stopped");
-        outcome
+        outcome.and(grpc_outcome)
     }
+}
+
+/// The configuration of `module` as a service.
+fn service_config(config: &Config, module: Module) -> &ServiceConfig {
+    let services = &config.services;
+    match module {
+        Module::Identity => &services.identity,
+        Module::Catalog => &services.catalog,
+        Module::Inventory => &services.inventory,
+        Module::Cart => &services.cart,
+        Module::Orders => &services.orders,
+        Module::Payments => &services.payments,
+    }
+}
+
+/// The modules that run elsewhere, reached over gRPC at
+/// `services.<module>.grpc`.
+struct Remote<'a> {
+    config: &'a Config,
+}
+
+impl Remote<'_> {
+    fn replicas(&self, module: Module) -> anyhow::Result<Replicas> {
+        let addresses = &service_config(self.config, module).grpc;
+        let name = module.name();
+        if addresses.is_empty() {
+            anyhow::bail!(
+                "`services.{name}.grpc` is not set: this service calls the {name} module, which \
+                 runs elsewhere; give the gRPC addresses of its replicas"
+            );
+        }
+        let services = &self.config.services;
+        let defaults = RemoteSettings::default();
+        let settings = RemoteSettings {
+            deadline: match services.deadline_ms {
+                0 => defaults.deadline,
+                ms => Duration::from_millis(ms),
+            },
+            connect_timeout: match services.connect_timeout_ms {
+                0 => defaults.connect_timeout,
+                ms => Duration::from_millis(ms),
+            },
+            ..defaults
+        };
+        Replicas::new(name, addresses, settings).with_context(|| format!("`services.{name}.grpc`"))
+    }
+
+    fn catalog(&self) -> anyhow::Result<Arc<dyn CatalogPort>> {
+        Ok(Arc::new(CatalogClient::new(
+            self.replicas(Module::Catalog)?,
+        )))
+    }
+
+    fn cart(&self) -> anyhow::Result<Arc<dyn CartPort>> {
+        Ok(Arc::new(CartClient::new(self.replicas(Module::Cart)?)))
+    }
+
+    fn inventory(&self) -> anyhow::Result<Arc<dyn InventoryPort>> {
+        Ok(Arc::new(InventoryClient::new(
+            self.replicas(Module::Inventory)?,
+        )))
+    }
+
+    fn payments(&self) -> anyhow::Result<Arc<dyn PaymentsPort>> {
+        Ok(Arc::new(PaymentsClient::new(
+            self.replicas(Module::Payments)?,
+        )))
+    }
+}
+
+/// A service other than identity verifies the access tokens identity signs
+/// with the public half of `auth.signing_key`.
+fn verify_with_signing_key(config: &Config, authenticator: &Authenticator) -> anyhow::Result<()> {
+    let Some(key) = &config.auth.signing_key else {
+        anyhow::bail!("`auth.signing_key` is not set");
+    };
+    let keys = KeyRing::from_config(key.expose()).context("`auth.signing_key`")?;
+    authenticator.set_keys(keys.verification_keys()?);
+    Ok(())
 }
 
 /// The identity module over `db`, with its signing keys, on the system clock. It
@@ -315,21 +611,17 @@ pub fn catalog(
 }
 
 /// The inventory over `db`, checking products with `catalog`, on the system clock.
-pub fn inventory(db: &Database, catalog: &Catalog) -> Inventory {
+pub fn inventory(db: &Database, catalog: Arc<dyn CatalogPort>) -> Inventory {
     Inventory::new(
         InventoryStore::new(db.clone()),
-        Arc::new(catalog.clone()),
+        catalog,
         Arc::new(SystemClock),
     )
 }
 
 /// The carts over `db`, priced by `catalog`, on the system clock.
-pub fn carts(db: &Database, catalog: &Catalog) -> Carts {
-    Carts::new(
-        CartStore::new(db.clone()),
-        Arc::new(catalog.clone()),
-        Arc::new(SystemClock),
-    )
+pub fn carts(db: &Database, catalog: Arc<dyn CatalogPort>) -> Carts {
+    Carts::new(CartStore::new(db.clone()), catalog, Arc::new(SystemClock))
 }
 
 /// The payments over `db`, with the simulated provider as configured, on the
@@ -348,64 +640,66 @@ pub fn payments(config: &Config, db: &Database) -> Payments {
     )
 }
 
-/// The orders over `db`, calling the other modules in this process.
-pub fn orders(
-    db: &Database,
-    catalog: &Catalog,
-    carts: &Carts,
-    inventory: &Inventory,
-    payments: &Payments,
-) -> Orders {
+/// The orders over `db`, calling `participants` (in this process or over gRPC).
+pub fn orders(db: &Database, participants: Participants) -> Orders {
     Orders::new(
         OrdersStore::new(db.clone()),
-        agora_orders::Participants {
-            catalog: Arc::new(catalog.clone()),
-            cart: Arc::new(carts.clone()),
-            inventory: Arc::new(inventory.clone()),
-            payments: Arc::new(payments.clone()),
-        },
+        participants,
         Arc::new(Outbox::new(agora_orders::service::OUTBOX)),
         Arc::new(SystemClock),
         SagaSettings::default(),
     )
 }
 
-/// The bus (in-process or NATS JetStream) with its consumers, and one outbox
-/// relay per module that publishes events.
+/// The participants of the checkout when they all run in this process.
+pub fn local_participants(
+    catalog: &Catalog,
+    carts: &Carts,
+    inventory: &Inventory,
+    payments: &Payments,
+) -> Participants {
+    Participants {
+        catalog: Arc::new(catalog.clone()),
+        cart: Arc::new(carts.clone()),
+        inventory: Arc::new(inventory.clone()),
+        payments: Arc::new(payments.clone()),
+    }
+}
+
+/// The bus (in-process, NATS JetStream or RabbitMQ) with the consumers of
+/// the modules in this process, and one outbox relay per module here that
+/// publishes events.
 async fn messaging(
     config: &Config,
     db: &Database,
-    catalog: &Catalog,
-    inventory: &Inventory,
-    payments: &Payments,
-    orders: &Orders,
+    local: &LocalModules,
 ) -> anyhow::Result<(Arc<dyn Bus>, Vec<Relay>)> {
     use agora_contracts::events::{EventPayload, PaymentRefunded};
     let bus = bus(config, db).await?;
-    bus.subscribe(
-        agora_orders::service::PAYMENT_EVENTS_CONSUMER,
-        &[PaymentRefunded::KIND],
-        Arc::new(orders.clone()),
-    );
+    if let Some(orders) = &local.orders {
+        bus.subscribe(
+            agora_orders::service::PAYMENT_EVENTS_CONSUMER,
+            &[PaymentRefunded::KIND],
+            Arc::new(orders.clone()),
+        );
+    }
     // Every node forgets its cached catalog reads when another node changes the
     // catalog. (With the in-process bus there is no other node, and this one
     // forgot them as it wrote.)
-    if config.bus.backend.is_shared() {
+    if let Some(catalog) = &local.catalog
+        && config.bus.backend.is_shared()
+    {
         bus.subscribe_each_node(
             agora_catalog::service::CACHE_CONSUMER,
             &agora_catalog::service::CHANGE_EVENTS,
             Arc::new(catalog.clone()),
         );
     }
-    let relays = [
-        catalog.store().outbox().clone(),
-        inventory.store().outbox().clone(),
-        payments.store().outbox().clone(),
-        orders.outbox().clone(),
-    ]
-    .into_iter()
-    .map(|outbox| Relay::new(db.clone(), outbox, bus.clone(), Arc::new(SystemClock)))
-    .collect();
+    let relays = local
+        .outboxes()
+        .into_iter()
+        .map(|outbox| Relay::new(db.clone(), outbox, bus.clone(), Arc::new(SystemClock)))
+        .collect();
     Ok((bus, relays))
 }
 
@@ -547,12 +841,11 @@ pub async fn export_day(
 /// its port (a functions worker): its participants are built but never
 /// called, and none of its loops runs.
 fn orders_reader(config: &Config, db: &Database, catalog: &Catalog) -> Orders {
+    let carts = carts(db, Arc::new(catalog.clone()));
+    let inventory = inventory(db, Arc::new(catalog.clone()));
     orders(
         db,
-        catalog,
-        &carts(db, catalog),
-        &inventory(db, catalog),
-        &payments(config, db),
+        local_participants(catalog, &carts, &inventory, &payments(config, db)),
     )
 }
 
@@ -568,14 +861,74 @@ async fn migrate(db: &Database) -> anyhow::Result<()> {
     db.migrate(&agora_functions::MIGRATIONS).await
 }
 
-/// The modules this process runs.
-struct Modules {
-    identity: Identity,
-    catalog: Catalog,
-    inventory: Inventory,
-    carts: Carts,
-    orders: Orders,
-    payments: Payments,
+/// The migrations of the one module that a service runs, after the
+/// platform's (outbox, inbox, event log).
+async fn migrate_module(db: &Database, module: Module) -> anyhow::Result<()> {
+    db.migrate(&agora_platform::bus::MIGRATIONS).await?;
+    db.migrate(match module {
+        Module::Identity => &agora_identity::MIGRATIONS,
+        Module::Catalog => &agora_catalog::MIGRATIONS,
+        Module::Inventory => &agora_inventory::MIGRATIONS,
+        Module::Cart => &agora_cart::MIGRATIONS,
+        Module::Orders => &agora_orders::MIGRATIONS,
+        Module::Payments => &agora_payments::MIGRATIONS,
+    })
+    .await
+}
+
+/// The modules this process runs: all of them in the monolith, one in a
+/// service.
+struct LocalModules {
+    identity: Option<Identity>,
+    catalog: Option<Catalog>,
+    inventory: Option<Inventory>,
+    carts: Option<Carts>,
+    orders: Option<Orders>,
+    payments: Option<Payments>,
+}
+
+impl LocalModules {
+    /// The outboxes of the modules here that publish events.
+    fn outboxes(&self) -> Vec<Arc<Outbox>> {
+        let mut outboxes = Vec::new();
+        if let Some(catalog) = &self.catalog {
+            outboxes.push(catalog.store().outbox().clone());
+        }
+        if let Some(inventory) = &self.inventory {
+            outboxes.push(inventory.store().outbox().clone());
+        }
+        if let Some(payments) = &self.payments {
+            outboxes.push(payments.store().outbox().clone());
+        }
+        if let Some(orders) = &self.orders {
+            outboxes.push(orders.outbox().clone());
+        }
+        outboxes
+    }
+
+    /// A gRPC server of the ports of the modules here.
+    fn port_server(&self, db: &Database) -> PortServer {
+        let mut server = PortServer::new();
+        if self.identity.is_some() {
+            server = server.accounts(Arc::new(IdentityStore::new(db.clone())));
+        }
+        if let Some(catalog) = &self.catalog {
+            server = server.catalog(Arc::new(catalog.clone()));
+        }
+        if let Some(inventory) = &self.inventory {
+            server = server.inventory(Arc::new(inventory.clone()));
+        }
+        if let Some(carts) = &self.carts {
+            server = server.cart(Arc::new(carts.clone()));
+        }
+        if let Some(orders) = &self.orders {
+            server = server.orders(Arc::new(orders.clone()));
+        }
+        if let Some(payments) = &self.payments {
+            server = server.payments(Arc::new(payments.clone()));
+        }
+        server
+    }
 }
 
 /// The catalog read cache's counts, for `/metrics`.
@@ -590,40 +943,52 @@ impl Gauges for CatalogCacheGauges {
     }
 }
 
-/// Builds the full router of the monolith.
+/// Builds the router of the modules here (every module in the monolith).
 fn router(
     config: &Config,
     db: &Database,
     cache: Option<Arc<dyn Cache>>,
     authenticator: Authenticator,
-    modules: Modules,
+    local: LocalModules,
     bus: Arc<dyn Bus>,
     metrics: Option<&metrics::Endpoint>,
 ) -> Router {
-    let Modules {
+    let LocalModules {
         identity,
         catalog,
         inventory,
         carts,
         orders,
         payments,
-    } = modules;
-    let api = Router::new()
-        .merge(api::router())
-        .merge(agora_identity::http::router(identity.clone()))
-        .merge(agora_catalog::http::router(catalog.clone()))
-        .merge(agora_inventory::http::router(inventory))
-        .merge(agora_cart::http::router(carts))
-        .merge(agora_orders::http::router(orders))
-        .merge(agora_payments::http::router(payments))
-        .merge(admin::router(admin::Operations {
-            log: EventLog::new(db.clone()),
-            bus,
-        }));
-    let mut root = health::routes(db.clone(), cache)
-        .merge(agora_catalog::http::media_router(catalog))
-        .merge(agora_identity::http::well_known_router(identity))
-        .merge(api::docs_router());
+    } = local;
+    let mut api = Router::new().merge(api::router());
+    let mut root = health::routes(db.clone(), cache).merge(api::docs_router());
+    if let Some(identity) = identity {
+        api = api.merge(agora_identity::http::router(identity.clone()));
+        root = root.merge(agora_identity::http::well_known_router(identity));
+    }
+    if let Some(catalog) = catalog {
+        api = api.merge(agora_catalog::http::router(catalog.clone()));
+        root = root.merge(agora_catalog::http::media_router(catalog));
+    }
+    if let Some(inventory) = inventory {
+        api = api.merge(agora_inventory::http::router(inventory));
+    }
+    if let Some(carts) = carts {
+        api = api.merge(agora_cart::http::router(carts));
+    }
+    if let Some(orders) = orders {
+        api = api.merge(agora_orders::http::router(orders));
+    }
+    if let Some(payments) = payments {
+        api = api.merge(agora_payments::http::router(payments));
+    }
+    // Each process's own event log and dead letters (in a service, those of
+    // its own database).
+    api = api.merge(admin::router(admin::Operations {
+        log: EventLog::new(db.clone()),
+        bus,
+    }));
     if let Some(metrics) = metrics {
         root = root.merge(metrics.routes());
     }
@@ -650,7 +1015,7 @@ pub async fn seed_demo(config: &Config) -> anyhow::Result<()> {
     migrate(&db).await?;
     let storage = ObjectStorage::from_config(config)?;
     let catalog = catalog(config, &db, read_cache(config)?, storage);
-    let report = load_demo(&catalog, &inventory(&db, &catalog)).await?;
+    let report = load_demo(&catalog, &inventory(&db, Arc::new(catalog.clone()))).await?;
     db.close().await;
     if report.products.is_empty() {
         println!("the catalog is not empty: nothing loaded");

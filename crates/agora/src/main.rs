@@ -38,6 +38,10 @@ struct Cli {
 enum Command {
     /// Run the monolith: every module in one process.
     Serve(ServeArgs),
+    /// Run one module as its own service: its REST routes, its port over gRPC,
+    /// its loops and consumers; the modules it calls are reached at
+    /// `services.<module>.grpc` (docs/deployment.md).
+    Service(ServiceArgs),
     /// Run pending database migrations, then exit.
     Migrate,
     /// Load data into the database.
@@ -94,6 +98,18 @@ struct ServeArgs {
     /// Do not load the demo catalog into an empty database.
     #[arg(long)]
     no_demo: bool,
+}
+
+#[derive(Debug, Args)]
+struct ServiceArgs {
+    /// The module to run.
+    module: agora::app::Module,
+    /// The address of its REST routes [default: `server.addr`].
+    #[arg(long, value_name = "ADDR")]
+    addr: Option<std::net::SocketAddr>,
+    /// The address of its gRPC port [default: `server.grpc_addr`, 127.0.0.1:50051].
+    #[arg(long, value_name = "ADDR")]
+    grpc_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,9 +185,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         log_format: cli.log_format,
         ..Overrides::default()
     };
-    if let Command::Serve(args) = &cli.command {
-        overrides.addr = args.addr;
-        overrides.no_demo = args.no_demo;
+    match &cli.command {
+        Command::Serve(args) => {
+            overrides.addr = args.addr;
+            overrides.no_demo = args.no_demo;
+        }
+        Command::Service(args) => {
+            overrides.addr = args.addr;
+            overrides.grpc_addr = args.grpc_addr;
+        }
+        _ => {}
     }
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     match cli.command {
@@ -203,6 +226,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 match command {
                     Command::Serve(_) => {
                         let app = Application::build(config).await?;
+                        app.shutdown_handle().trigger_on_os_signals();
+                        app.run_until_stopped().await
+                    }
+                    Command::Service(args) => {
+                        let app = Application::service(config, args.module).await?;
                         app.shutdown_handle().trigger_on_os_signals();
                         app.run_until_stopped().await
                     }

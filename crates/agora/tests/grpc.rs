@@ -35,7 +35,6 @@ use agora_kernel::{
 use agora_orders::Orders;
 use agora_payments::Payments;
 use agora_platform::Shutdown;
-use agora_platform::bus::Outbox;
 use agora_platform::storage::ObjectStorage;
 use agora_platform::testing::TestDatabase;
 use async_trait::async_trait;
@@ -64,10 +63,13 @@ async fn fleet() -> Fleet {
     let db = test.db.clone();
     let storage = ObjectStorage::from_config(&config).expect("storage");
     let catalog = app::catalog(&config, &db, None, storage);
-    let inventory = app::inventory(&db, &catalog);
-    let carts = app::carts(&db, &catalog);
+    let inventory = app::inventory(&db, Arc::new(catalog.clone()));
+    let carts = app::carts(&db, Arc::new(catalog.clone()));
     let payments = app::payments(&config, &db);
-    let orders = app::orders(&db, &catalog, &carts, &inventory, &payments);
+    let orders = app::orders(
+        &db,
+        app::local_participants(&catalog, &carts, &inventory, &payments),
+    );
     let products = agora_catalog::seed::seed_demo(&catalog)
         .await
         .expect("the demo catalog")
@@ -298,24 +300,17 @@ async fn a_checkout_whose_participants_are_all_remote_confirms_the_order() {
     let cart: Arc<dyn CartPort> = Arc::new(CartClient::new(fleet.replicas("cart")));
     // The orders module as its own service would have it: every participant
     // over gRPC, its own tables local.
-    let orders = Orders::new(
-        agora_orders::store::OrdersStore::new(fleet.test.db.clone()),
+    let orders = app::orders(
+        &fleet.test.db,
         agora_orders::Participants {
             catalog: catalog.clone(),
             cart: cart.clone(),
             inventory: Arc::new(InventoryClient::new(fleet.replicas("inventory"))),
             payments: Arc::new(PaymentsClient::new(fleet.replicas("payments"))),
         },
-        Arc::new(Outbox::new(agora_orders::service::OUTBOX)),
-        Arc::new(SystemClock),
-        agora_orders::saga::SagaSettings::default(),
     );
     // And a cart module that checks products with the remote catalog.
-    let carts = Carts::new(
-        agora_cart::store::CartStore::new(fleet.test.db.clone()),
-        catalog,
-        Arc::new(SystemClock),
-    );
+    let carts = app::carts(&fleet.test.db, catalog);
     let user = UserId::new();
     let holder = Holder::Customer(user, None);
     carts

@@ -91,6 +91,12 @@ struct StoredKey {
 }
 
 impl KeyRing {
+    /// A new key in the form `auth.signing_key` takes (base64 of PKCS#8 DER):
+    /// what `agora up` gives every service of a development fleet.
+    pub fn new_config_key() -> anyhow::Result<String> {
+        Ok(STANDARD.encode(generate()?))
+    }
+
     /// One configured key (`auth.signing_key`: base64 of PKCS#8 DER).
     pub fn from_config(base64_pkcs8: &str) -> anyhow::Result<KeyRing> {
         let der = STANDARD

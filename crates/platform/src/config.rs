@@ -44,6 +44,9 @@ pub struct Config {
     pub functions: FunctionsConfig,
     /// Outgoing mail (receipts).
     pub mail: MailConfig,
+    /// Where each module runs when this process runs only one of them
+    /// (`agora service`), and its own database.
+    pub services: ServicesConfig,
 }
 
 impl Default for Config {
@@ -62,6 +65,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             functions: FunctionsConfig::default(),
             mail: MailConfig::default(),
+            services: ServicesConfig::default(),
         }
     }
 }
@@ -82,12 +86,16 @@ pub struct ServerConfig {
     /// trusted proxy in front (the gateway, a load balancer) appends it. Off: the
     /// TCP peer's address, which is the only one a client cannot forge.
     pub trust_forwarded_for: bool,
+    /// Where `agora service` serves its module's port over gRPC (the monolith
+    /// serves none).
+    pub grpc_addr: SocketAddr,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             request_timeout_ms: 15_000,
             body_limit_bytes: 1024 * 1024,
             shutdown_timeout_ms: 10_000,
@@ -640,17 +648,84 @@ impl Serialize for Secret {
     }
 }
 
+/// The modules, as `agora service` processes see each other.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    /// The identity module (accounts).
+    pub identity: ServiceConfig,
+    /// The catalog.
+    pub catalog: ServiceConfig,
+    /// The inventory.
+    pub inventory: ServiceConfig,
+    /// The carts.
+    pub cart: ServiceConfig,
+    /// The orders (and the checkout saga).
+    pub orders: ServiceConfig,
+    /// The payments.
+    pub payments: ServiceConfig,
+    /// How long a call to another module's service may take, retries on
+    /// other replicas included; it travels as the call's deadline. 0: 10 s.
+    pub deadline_ms: u64,
+    /// How long connecting to a replica may take. 0: 1 s.
+    pub connect_timeout_ms: u64,
+}
+
+/// One module as a service.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// The gRPC addresses (`http://host:port`) of its replicas, for the
+    /// services that call it. Needed where another module depends on it.
+    pub grpc: Vec<String>,
+    /// Its own database (`postgres://…/agora_catalog`, or a schema through
+    /// `?options=-csearch_path%3D…`), used instead of `database.url` when it
+    /// runs as a service; it runs only its own migrations there.
+    pub database_url: Option<String>,
+}
+
+impl ServicesConfig {
+    /// Each module's name and settings, in the order of the configuration.
+    pub fn each(&self) -> [(&'static str, &ServiceConfig); 6] {
+        [
+            ("identity", &self.identity),
+            ("catalog", &self.catalog),
+            ("inventory", &self.inventory),
+            ("cart", &self.cart),
+            ("orders", &self.orders),
+            ("payments", &self.payments),
+        ]
+    }
+}
+
 /// Values given on the command line; they override every other source.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     /// `--addr`
     pub addr: Option<SocketAddr>,
+    /// `--grpc-addr` (`agora service`)
+    pub grpc_addr: Option<SocketAddr>,
     /// `--data-dir`
     pub data_dir: Option<PathBuf>,
     /// `--log-format`
     pub log_format: Option<LogFormat>,
     /// `--no-demo`
     pub no_demo: bool,
+}
+
+/// The rules for a database URL, wherever it is given.
+fn check_database_url(url: &str) -> Result<(), &'static str> {
+    if !(url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://"))
+    {
+        return Err("must start with sqlite:, postgres:// or postgresql://");
+    }
+    if url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory")) {
+        // The writer and the read connections would each get a separate empty database.
+        return Err("an in-memory SQLite database is not supported: give a file");
+    }
+    Ok(())
 }
 
 /// Why the configuration could not be loaded; the message names the key.
@@ -682,6 +757,9 @@ impl Config {
         figment = figment.merge(env.filter(|key| !key.starts_with("test_")).split("__"));
         if let Some(addr) = overrides.addr {
             figment = figment.merge(Serialized::default("server.addr", addr));
+        }
+        if let Some(addr) = overrides.grpc_addr {
+            figment = figment.merge(Serialized::default("server.grpc_addr", addr));
         }
         if let Some(dir) = &overrides.data_dir {
             figment = figment.merge(Serialized::default("data_dir", dir));
@@ -733,25 +811,31 @@ impl Config {
         if self.server.shutdown_timeout_ms > 600_000 {
             return fail("server.shutdown_timeout_ms", "must be at most 600000");
         }
-        if let Some(url) = &self.database.url
-            && !(url.starts_with("sqlite:")
-                || url.starts_with("postgres://")
-                || url.starts_with("postgresql://"))
-        {
-            return fail(
-                "database.url",
-                "must start with sqlite:, postgres:// or postgresql://",
-            );
+        if let Some(url) = &self.database.url {
+            check_database_url(url).map_err(|why| ConfigError(format!("`database.url`: {why}")))?;
         }
-        if let Some(url) = &self.database.url
-            && url.starts_with("sqlite:")
-            && (url.contains(":memory:") || url.contains("mode=memory"))
-        {
-            // The writer and the read connections would each get a separate empty database.
-            return fail(
-                "database.url",
-                "an in-memory SQLite database is not supported: give a file",
-            );
+        for (module, service) in self.services.each() {
+            if let Some(url) = &service.database_url {
+                check_database_url(url).map_err(|why| {
+                    ConfigError(format!("`services.{module}.database_url`: {why}"))
+                })?;
+            }
+            for address in &service.grpc {
+                let valid = address
+                    .strip_prefix("http://")
+                    .is_some_and(|rest| !rest.is_empty() && address.parse::<http::Uri>().is_ok());
+                if !valid {
+                    return Err(ConfigError(format!(
+                        "`services.{module}.grpc`: `{address}` is not an http://host:port address"
+                    )));
+                }
+            }
+        }
+        if self.services.deadline_ms > 600_000 {
+            return fail("services.deadline_ms", "must be at most 600000");
+        }
+        if self.services.connect_timeout_ms > 60_000 {
+            return fail("services.connect_timeout_ms", "must be at most 60000");
         }
         if !self.cache.redis_url.starts_with("redis://") {
             return fail("cache.redis_url", "must start with redis://");
@@ -1126,6 +1210,49 @@ mod tests {
             assert_eq!(c.server.request_timeout_ms, 3000);
             assert!(!c.seed.demo);
             assert_eq!(c.database_url(), "postgres://u:pw@localhost/agora");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn services_take_replica_lists_and_their_own_databases() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "agora.toml",
+                "[services.catalog]\ngrpc = [\"http://10.0.0.1:50051\", \"http://10.0.0.2:50051\"]\n\
+                 database_url = \"postgres://db/agora_catalog\"\n",
+            )?;
+            jail.set_env(
+                "AGORA_SERVICES__INVENTORY__GRPC",
+                "[\"http://127.0.0.1:50053\"]",
+            );
+            let c = Config::load_from_env(
+                Some(Path::new("agora.toml")),
+                &Overrides::default(),
+                Env::prefixed("AGORA_"),
+            )
+            .map_err(|e| e.to_string())?;
+            assert_eq!(c.services.catalog.grpc.len(), 2);
+            assert_eq!(
+                c.services.catalog.database_url.as_deref(),
+                Some("postgres://db/agora_catalog")
+            );
+            assert_eq!(c.services.inventory.grpc, ["http://127.0.0.1:50053"]);
+            assert!(c.services.orders.grpc.is_empty());
+
+            jail.set_env("AGORA_SERVICES__ORDERS__GRPC", "[\"10.0.0.3:50051\"]");
+            let err = load(&Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("services.orders.grpc"), "{err}");
+            jail.set_env("AGORA_SERVICES__ORDERS__GRPC", "[]");
+            jail.set_env("AGORA_SERVICES__CART__DATABASE_URL", "mysql://nope");
+            let err = load(&Overrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("services.cart.database_url"), "{err}");
             Ok(())
         });
     }

@@ -320,12 +320,15 @@ async fn the_export_of_a_day_lists_its_order_lines() {
 
 fn orders_of(app: &TestApp, db: &Database, storage: &ObjectStorage) -> agora_orders::Orders {
     let catalog = agora::app::catalog(&app.config, db, None, storage.clone());
+    let port = std::sync::Arc::new(catalog.clone());
     agora::app::orders(
         db,
-        &catalog,
-        &agora::app::carts(db, &catalog),
-        &agora::app::inventory(db, &catalog),
-        &agora::app::payments(&app.config, db),
+        agora::app::local_participants(
+            &catalog,
+            &agora::app::carts(db, port.clone()),
+            &agora::app::inventory(db, port),
+            &agora::app::payments(&app.config, db),
+        ),
     )
 }
 
