@@ -42,6 +42,9 @@ enum Command {
     /// its loops and consumers; the modules it calls are reached at
     /// `services.<module>.grpc` (docs/deployment.md).
     Service(ServiceArgs),
+    /// Run the gateway: the single entry point that routes requests by path
+    /// prefix to pools of service instances (docs/deployment.md).
+    Gateway(GatewayArgs),
     /// Run pending database migrations, then exit.
     Migrate,
     /// Load data into the database.
@@ -112,6 +115,13 @@ struct ServiceArgs {
     grpc_addr: Option<std::net::SocketAddr>,
 }
 
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// The gateway's configuration: routes and upstream pools.
+    #[arg(long = "config", value_name = "FILE")]
+    gateway_config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
     /// Create an account with chosen roles, such as the first administrator. The
@@ -179,6 +189,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Loadgen(args) = cli.command {
         // A client of another process: no configuration, database or logs of its own.
         return loadgen(*args);
+    }
+    if let Command::Gateway(args) = &cli.command {
+        // Its own configuration file; no database.
+        return gateway(&args.gateway_config, cli.log_format);
     }
     let mut overrides = Overrides {
         data_dir: cli.data_dir,
@@ -273,7 +287,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         println!("new signing key {kid}: restart the servers to sign with it");
                         Ok(())
                     }
-                    Command::Config | Command::Errors { .. } | Command::Loadgen(_) => Ok(()),
+                    Command::Config
+                    | Command::Errors { .. }
+                    | Command::Loadgen(_)
+                    | Command::Gateway(_) => Ok(()),
                 }
             });
             // Outside the runtime: the exporter's client blocks.
@@ -282,6 +299,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             outcome
         }
     }
+}
+
+/// `agora gateway --config FILE`: serves until SIGTERM or Ctrl-C.
+fn gateway(file: &std::path::Path, log_format: Option<LogFormat>) -> anyhow::Result<()> {
+    let config = agora_gateway::GatewayConfig::load(file)?;
+    let log = agora_platform::config::LogConfig {
+        format: log_format.unwrap_or(LogFormat::Text),
+        ..Default::default()
+    };
+    let telemetry = telemetry::init(&log, &Default::default())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let outcome = runtime.block_on(async move {
+        let shutdown = agora_platform::Shutdown::new();
+        shutdown.trigger_on_os_signals();
+        agora_gateway::Gateway::new(config).run(shutdown).await
+    });
+    drop(runtime);
+    telemetry.shutdown();
+    outcome
 }
 
 /// `agora loadgen`: runs the load, prints the table. A run in which the

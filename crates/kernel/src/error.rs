@@ -76,6 +76,10 @@ error_codes! {
     InternalError = ("INTERNAL_ERROR", 500, "An unexpected fault on the server. The request id in `meta.request_id` finds it in the logs.");
     ServerTimeout = ("SERVER_TIMEOUT", 503, "The server could not finish the request in time (`server.request_timeout_ms`). It may or may not have taken effect; retry only idempotent requests.");
     ServiceNotReady = ("SERVICE_NOT_READY", 503, "A dependency the service needs (such as the database) is not answering. `details` says which.");
+    // The gateway (`agora gateway`), in front of the services.
+    GatewayUpstreamFailed = ("GATEWAY_UPSTREAM_FAILED", 502, "The gateway could not get an answer from the service behind this route: the connection was refused or reset, or the answer was not valid HTTP. A request with a body may or may not have taken effect; retry it only with its `Idempotency-Key`.");
+    GatewayUpstreamTimeout = ("GATEWAY_UPSTREAM_TIMEOUT", 504, "The service behind this route did not answer within the gateway's timeout for it (`upstreams.<name>.request_timeout_ms`). The request may or may not have taken effect; retry only idempotent requests.");
+    GatewayUnavailable = ("GATEWAY_UNAVAILABLE", 503, "Every instance of the service behind this route is failing its health checks or has its circuit breaker open: the gateway answers at once instead of waiting. Retry after the `Retry-After` seconds.");
     // Identity.
     IdentityEmailTaken = ("IDENTITY_EMAIL_TAKEN", 409, "An account with this email already exists. Emails are compared after trimming and lower-casing.");
     IdentityInvalidCredentials = ("IDENTITY_INVALID_CREDENTIALS", 401, "The email and password do not match an account. The answer is the same whether or not the email exists.");
