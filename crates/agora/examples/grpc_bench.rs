@@ -39,9 +39,9 @@ async fn main() -> anyhow::Result<()> {
     let address = format!("http://{}", listener.local_addr()?);
     let shutdown = Shutdown::new();
     tokio::spawn(
-        PortServer::new()
+        PortServer::new(None)
             .catalog(Arc::new(catalog.clone()))
-            .serve(listener, shutdown.clone()),
+            .serve(listener, shutdown.clone(), Duration::from_secs(1)),
     );
     let remote: Arc<dyn CatalogPort> = Arc::new(CatalogClient::new(Replicas::new(
         "catalog",

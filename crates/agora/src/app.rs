@@ -169,6 +169,12 @@ impl Application {
                  signs tokens with it and the others verify them"
             );
         }
+        if config.services.token.is_none() {
+            anyhow::bail!(
+                "`agora service` needs `services.token`, a secret the same in every service: \
+                 every gRPC call carries it and every port refuses calls without it"
+            );
+        }
         Self::assemble(config, Shape::Service(module)).await
     }
 
@@ -323,7 +329,8 @@ impl Application {
                             config.server.grpc_addr
                         )
                     })?;
-                Some((listener, local.port_server(&db)))
+                let token = config.services.token.as_ref().map(|t| t.expose());
+                Some((listener, local.port_server(&db, token)))
             }
         };
         let grpc_addr = match &grpc {
@@ -434,10 +441,11 @@ impl Application {
                 self.shutdown.clone(),
             ));
         }
+        let grace = self.grace;
         let grpc = self.grpc.map(|(listener, server)| {
             let shutdown = self.shutdown.clone();
             tokio::spawn(async move {
-                let outcome = server.serve(listener, shutdown.clone()).await;
+                let outcome = server.serve(listener, shutdown.clone(), grace).await;
                 // A gRPC server that fails stops the service, as the HTTP one does.
                 shutdown.trigger();
                 outcome
@@ -503,6 +511,7 @@ impl Remote<'_> {
                 0 => defaults.connect_timeout,
                 ms => Duration::from_millis(ms),
             },
+            token: services.token.as_ref().map(|t| t.expose().to_owned()),
             ..defaults
         };
         Replicas::new(name, addresses, settings).with_context(|| format!("`services.{name}.grpc`"))
@@ -906,9 +915,9 @@ impl LocalModules {
         outboxes
     }
 
-    /// A gRPC server of the ports of the modules here.
-    fn port_server(&self, db: &Database) -> PortServer {
-        let mut server = PortServer::new();
+    /// A gRPC server of the ports of the modules here, checking `token`.
+    fn port_server(&self, db: &Database, token: Option<&str>) -> PortServer {
+        let mut server = PortServer::new(token);
         if self.identity.is_some() {
             server = server.accounts(Arc::new(IdentityStore::new(db.clone())));
         }
@@ -1068,7 +1077,9 @@ async fn load_demo(
     Ok(report)
 }
 
-/// `agora admin create-user`: an account with `roles`, for the first administrator.
+/// `agora admin create-user`: an account with `roles`, for the first
+/// administrator; in identity's own database when
+/// `services.identity.database_url` is set.
 pub async fn create_user(
     config: &Config,
     email: &str,
@@ -1082,8 +1093,21 @@ pub async fn create_user(
     let name = parse_name(name).map_err(|e| anyhow::anyhow!("--name {e}"))?;
     let password = NewPassword::parse(password, config.auth.password_min_length, Some(&email))
         .map_err(|e| anyhow::anyhow!("the password {e}"))?;
-    let db = Database::connect(config).await?;
-    migrate(&db).await?;
+    // In the services shape, identity's own database (and only its tables).
+    let db = match &config.services.identity.database_url {
+        Some(url) => {
+            let mut own = config.clone();
+            own.database.url = Some(url.clone());
+            let db = Database::connect(&own).await?;
+            migrate_module(&db, Module::Identity).await?;
+            db
+        }
+        None => {
+            let db = Database::connect(config).await?;
+            migrate(&db).await?;
+            db
+        }
+    };
     let identity = identity(config, &db, Authenticator::new(&config.auth)).await?;
     let user = identity
         .create_user(

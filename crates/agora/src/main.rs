@@ -113,6 +113,9 @@ struct ServiceArgs {
     /// The address of its gRPC port [default: `server.grpc_addr`, 127.0.0.1:50051].
     #[arg(long, value_name = "ADDR")]
     grpc_addr: Option<std::net::SocketAddr>,
+    /// The catalog service: do not load the demo catalog into an empty database.
+    #[arg(long)]
+    no_demo: bool,
 }
 
 #[derive(Debug, Args)]
@@ -207,6 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(args) => {
             overrides.addr = args.addr;
             overrides.grpc_addr = args.grpc_addr;
+            overrides.no_demo = args.no_demo;
         }
         _ => {}
     }

@@ -87,7 +87,7 @@ async fn fleet() -> Fleet {
             .await
             .expect("stock");
     }
-    let server = PortServer::new()
+    let server = PortServer::new(None)
         .catalog(Arc::new(catalog.clone()))
         .cart(Arc::new(carts.clone()))
         .inventory(Arc::new(inventory.clone()))
@@ -113,7 +113,7 @@ async fn serve(server: PortServer) -> (String, Shutdown) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
     let address = format!("http://{}", listener.local_addr().expect("an address"));
     let shutdown = Shutdown::new();
-    tokio::spawn(server.serve(listener, shutdown.clone()));
+    tokio::spawn(server.serve(listener, shutdown.clone(), Duration::from_secs(1)));
     (address, shutdown)
 }
 
@@ -529,14 +529,20 @@ async fn peers_of_another_contract_and_malformed_messages_are_refused_and_change
 }
 
 /// A port that answers with what reached it: the request id and trace of the
-/// call, or that sleeps past any deadline.
-struct Probe;
+/// call; for the nil user it works for a second first, and notes when it
+/// finished.
+#[derive(Default)]
+struct Probe {
+    finished_slow_call: Arc<std::sync::atomic::AtomicBool>,
+}
 
 #[async_trait]
 impl AccountsPort for Probe {
     async fn contact(&self, user: UserId) -> Result<Option<Contact>, PortError> {
         if user.as_uuid().is_nil() {
-            tokio::time::sleep(Duration::from_secs(30)).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.finished_slow_call
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         let trace = RequestContext::current_trace().map(|t| t.trace_id());
         Ok(Some(Contact {
@@ -550,7 +556,9 @@ impl AccountsPort for Probe {
 
 #[tokio::test]
 async fn the_request_id_trace_and_deadline_travel_with_the_call() {
-    let (address, shutdown) = serve(PortServer::new().accounts(Arc::new(Probe))).await;
+    let probe = Probe::default();
+    let finished = probe.finished_slow_call.clone();
+    let (address, shutdown) = serve(PortServer::new(None).accounts(Arc::new(probe))).await;
     let settings = RemoteSettings {
         deadline: Duration::from_millis(300),
         ..RemoteSettings::default()
@@ -579,9 +587,13 @@ async fn the_request_id_trace_and_deadline_travel_with_the_call() {
         other => panic!("expected the deadline to pass, got {other:?}"),
     }
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "the call ended at its deadline, not the callee's sleep"
+        started.elapsed() < Duration::from_millis(900),
+        "the call ended at its deadline, not when the callee finished"
     );
+    // The deadline travelled: the server dropped the call when it passed,
+    // so the callee never finished its work.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(!finished.load(std::sync::atomic::Ordering::SeqCst));
     shutdown.trigger();
 }
 
@@ -593,13 +605,30 @@ async fn nothing_listening() -> String {
     address
 }
 
+/// A loopback address that accepts connections and closes them at once,
+/// counting them.
+async fn closing_at_once() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+    let address = format!("http://{}", listener.local_addr().expect("an address"));
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (address, accepted)
+}
+
 #[tokio::test]
-async fn calls_go_to_the_replicas_that_answer() {
-    let (live, shutdown) = serve(PortServer::new().accounts(Arc::new(Probe))).await;
+async fn calls_go_to_the_replicas_that_answer_and_a_failing_one_is_passed_over() {
+    let (live, shutdown) = serve(PortServer::new(None).accounts(Arc::new(Probe::default()))).await;
     let dead = nothing_listening().await;
+    let (flaky, accepted) = closing_at_once().await;
     let replicas = Replicas::new(
         "identity",
-        &[dead.clone(), live, dead.clone()],
+        &[dead.clone(), live, flaky],
         RemoteSettings::default(),
     )
     .expect("replicas");
@@ -610,6 +639,13 @@ async fn calls_go_to_the_replicas_that_answer() {
             .await
             .expect("a live replica answers every call");
     }
+    // In turn, the flaky replica would have been tried four times; after its
+    // first failure it is passed over.
+    let tries = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&tries),
+        "the failing replica was tried {tries} times"
+    );
     shutdown.trigger();
 
     let none = AccountsClient::new(
@@ -634,6 +670,53 @@ async fn calls_go_to_the_replicas_that_answer() {
 }
 
 #[tokio::test]
+async fn a_port_with_a_token_refuses_calls_without_it() {
+    let (address, shutdown) =
+        serve(PortServer::new(Some("s3cret-token")).accounts(Arc::new(Probe::default()))).await;
+    let with = |token: Option<&str>| {
+        let settings = RemoteSettings {
+            token: token.map(str::to_owned),
+            ..RemoteSettings::default()
+        };
+        AccountsClient::new(
+            Replicas::new("identity", std::slice::from_ref(&address), settings).expect("replicas"),
+        )
+    };
+    for token in [None, Some("wrong-token!")] {
+        match with(token).contact(UserId::new()).await {
+            Err(PortError::Internal { reason, .. }) => {
+                assert!(reason.contains("Unauthenticated"), "{reason}")
+            }
+            other => panic!("expected a refusal with {token:?}, got {other:?}"),
+        }
+    }
+    assert!(
+        with(Some("s3cret-token"))
+            .contact(UserId::new())
+            .await
+            .expect("an answer")
+            .is_some()
+    );
+    // The health service asks for no token (probes have none).
+    let channel = tonic::transport::Endpoint::from_shared(address.clone())
+        .expect("an endpoint")
+        .connect()
+        .await
+        .expect("connected");
+    let answer = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "agora.v1.Accounts".into(),
+        })
+        .await
+        .expect("an answer");
+    assert_eq!(
+        answer.into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    shutdown.trigger();
+}
+
+#[tokio::test]
 async fn a_peer_that_answers_garbage_is_a_coded_error_not_a_crash() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
     let address = format!("http://{}", listener.local_addr().expect("an address"));
@@ -651,6 +734,14 @@ async fn a_peer_that_answers_garbage_is_a_coded_error_not_a_crash() {
     };
     let client =
         AccountsClient::new(Replicas::new("identity", &[address], settings).expect("replicas"));
+    let started = Instant::now();
     let failed = client.contact(UserId::new()).await;
-    assert!(failed.is_err(), "{failed:?}");
+    assert!(
+        matches!(failed, Err(PortError::Unavailable { .. })),
+        "{failed:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "refused at once, not at the deadline"
+    );
 }

@@ -36,6 +36,7 @@ fn fleet_config(nats_url: &str, unique: &str, signing_key: &str) -> Config {
     config.bus.nats_stream = format!("TEST_{unique}");
     config.bus.nats_subject_prefix = format!("t{unique}");
     config.auth.signing_key = Some(Secret::new(signing_key));
+    config.services.token = Some(Secret::new(format!("token-{unique}")));
     config.functions.in_process = false;
     config
 }
@@ -47,6 +48,7 @@ async fn start(module: Module, shared: &Config, started: &[(Module, &Service)]) 
     let mut config = db.app_config();
     config.bus = shared.bus.clone();
     config.auth.signing_key = shared.auth.signing_key.clone();
+    config.services.token = shared.services.token.clone();
     config.functions.in_process = false;
     config.server.grpc_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     for (other, service) in started {
@@ -154,8 +156,8 @@ async fn a_checkout_crosses_the_services_and_each_keeps_its_own_database() {
 
     // Staff, created in identity's database; its token is honoured by every
     // service (they verify it with the shared signing key).
-    let mut identity_config = identity._db.app_config();
-    identity_config.auth.signing_key = shared.auth.signing_key.clone();
+    let mut identity_config = shared.clone();
+    identity_config.services.identity.database_url = Some(identity._db.config.database_url());
     agora::app::create_user(
         &identity_config,
         "staff@agora.test",
@@ -315,17 +317,30 @@ async fn a_checkout_crosses_the_services_and_each_keeps_its_own_database() {
             names
         }
     };
-    let orders_tables = tables(&orders._db).await;
-    assert!(
-        orders_tables.iter().any(|t| t.starts_with("orders_")),
-        "{orders_tables:?}"
-    );
-    assert!(
-        !orders_tables.iter().any(|t| t.starts_with("catalog_")
-            || t.starts_with("inventory_")
-            || t.starts_with("payments_")),
-        "the orders service's database holds only its own tables: {orders_tables:?}"
-    );
+    let prefixes = [
+        "identity_",
+        "catalog_",
+        "inventory_",
+        "cart_",
+        "orders_",
+        "payments_",
+    ];
+    for (service, own) in [
+        (&identity, "identity_"),
+        (&catalog, "catalog_"),
+        (&inventory, "inventory_"),
+        (&cart, "cart_"),
+        (&orders, "orders_"),
+        (&payments, "payments_"),
+    ] {
+        let names = tables(&service._db).await;
+        assert!(names.iter().any(|t| t.starts_with(own)), "{own}: {names:?}");
+        let foreign: Vec<_> = names
+            .iter()
+            .filter(|t| prefixes.iter().any(|p| *p != own && t.starts_with(p)))
+            .collect();
+        assert!(foreign.is_empty(), "the {own} database holds {foreign:?}");
+    }
 
     drop((identity, catalog, payments, inventory, cart, orders));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -358,6 +373,10 @@ async fn a_service_refuses_to_start_without_what_it_needs() {
     config.auth.signing_key = Some(Secret::new(
         agora_identity::keys::KeyRing::new_config_key().expect("a key"),
     ));
+    let no_token = refused(config.clone(), Module::Catalog).await;
+    assert!(no_token.contains("services.token"), "{no_token}");
+
+    config.services.token = Some(Secret::new("a-shared-secret"));
     // The orders call the catalog, cart, inventory and payments: each must be
     // reachable at a configured address. (The bus is not reached before.)
     let no_catalog = refused(config.clone(), Module::Orders).await;

@@ -2,13 +2,14 @@
 //!
 //! A module's service may run as several replicas. [`Replicas`] holds one
 //! lazily connected channel (HTTP/2, reconnecting by itself) to each, and
-//! picks them in turn. A call that fails in transport (refused, reset, the
-//! replica gone) or that the replica answers `UNAVAILABLE` is made again on the
-//! next replica, within the call's deadline, and the failing replica is
-//! passed over for a while ([`RemoteSettings::eject_for`]); it is re-admitted
-//! when that time is up, or as soon as a call to it succeeds. Repeating a call
-//! is safe because every port call is idempotent: reads by nature, writes by
-//! the caller's key (see each port's documentation).
+//! picks them in turn. A call that fails on the way (refused, reset, the
+//! replica gone, no answer within its share of the deadline) is made again on
+//! the next replica, and the failing replica is passed over for a while
+//! ([`RemoteSettings::eject_for`]); it is re-admitted when that time is up, or
+//! as soon as a call to it succeeds. A replica that answers `UNAVAILABLE`
+//! itself is not passed over; one other replica is tried. Repeating a call is
+//! safe because every port call is idempotent: reads by nature, writes by the
+//! caller's key (see each port's documentation).
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use agora_contracts::orders::{OrderRecord, OrdersPort};
 use agora_contracts::payments::{Payment, PaymentError, PaymentsPort};
 use agora_kernel::{ImageId, Money, OrderId, PaymentId, ProductId, Timestamp, UserId};
 use async_trait::async_trait;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -42,6 +44,9 @@ pub struct RemoteSettings {
     pub connect_timeout: Duration,
     /// How long a replica whose call failed in transport is passed over.
     pub eject_for: Duration,
+    /// The token every call carries (`services.token`), which the replicas
+    /// check; `None` sends none.
+    pub token: Option<String>,
 }
 
 impl Default for RemoteSettings {
@@ -52,6 +57,7 @@ impl Default for RemoteSettings {
             deadline: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(1),
             eject_for: Duration::from_secs(5),
+            token: None,
         }
     }
 }
@@ -62,6 +68,9 @@ pub enum ReplicasError {
     /// No address was given.
     #[error("no address given for {0}")]
     NoAddress(&'static str),
+    /// The token cannot travel in metadata (it must be printable ASCII).
+    #[error("the token must be printable ASCII")]
+    InvalidToken,
     /// An address is not an `http://host:port` URI.
     #[error("`{address}` is not a usable address for {module}: {reason}")]
     InvalidAddress {
@@ -85,6 +94,8 @@ struct Inner {
     replicas: Vec<Replica>,
     next: AtomicUsize,
     settings: RemoteSettings,
+    /// `Bearer <token>`, ready to send.
+    authorization: Option<AsciiMetadataValue>,
 }
 
 struct Replica {
@@ -127,6 +138,13 @@ impl Replicas {
         if addresses.is_empty() {
             return Err(ReplicasError::NoAddress(module));
         }
+        let authorization = match &settings.token {
+            Some(token) => Some(
+                AsciiMetadataValue::try_from(format!("Bearer {token}"))
+                    .map_err(|_| ReplicasError::InvalidToken)?,
+            ),
+            None => None,
+        };
         let replicas = addresses
             .iter()
             .map(|address| {
@@ -156,6 +174,7 @@ impl Replicas {
                 replicas,
                 next: AtomicUsize::new(0),
                 settings,
+                authorization,
             }),
         })
     }
@@ -176,8 +195,12 @@ impl Replicas {
         admitted.into_iter().chain(ejected).collect()
     }
 
-    /// Sends `message` by `call` to a replica, and on a transport failure to
-    /// the next, until one answers or the deadline is spent.
+    /// Sends `message` by `call` to a replica; when the call fails on the
+    /// way (refused, reset, no answer in its share of the deadline), the
+    /// replica is passed over for a while and the next one is tried. A replica
+    /// that answers `UNAVAILABLE` itself (its own dependency is down) is not
+    /// passed over, and only one other replica is tried: its trouble is
+    /// likely shared, and trying every replica would multiply the load on it.
     async fn call<T, R, F, Fut>(&self, message: T, call: F) -> Result<R, PortError>
     where
         T: Clone,
@@ -185,46 +208,53 @@ impl Replicas {
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
         let settings = &self.inner.settings;
+        let module = self.inner.module;
         let started = Instant::now();
         let order = self.order();
-        let mut last = None;
+        let mut last: Option<Status> = None;
         let mut message = Some(message);
+        let mut unavailable_answers = 0;
         for (i, replica) in order.iter().enumerate() {
             let left = settings.deadline.saturating_sub(started.elapsed());
             if left.is_zero() {
                 break;
             }
-            let message = if i + 1 == order.len() {
+            let remaining = u32::try_from(order.len() - i).unwrap_or(u32::MAX);
+            // Each try gets its share of what is left, so that a replica that
+            // hangs leaves time for the next; the last gets all of it.
+            let share = if remaining > 1 {
+                left / remaining
+            } else {
+                left
+            };
+            let message = if remaining == 1 {
                 message.take()
             } else {
                 message.clone()
             };
             let Some(message) = message else { break };
-            let request = outgoing(message, left);
+            let request = outgoing(message, share, self.inner.authorization.as_ref());
             match call(replica.channel.clone(), request).await {
                 Ok(answer) => {
                     *lock(&replica.ejected_until) = None;
                     return Ok(answer.into_inner());
                 }
-                Err(status) if is_transport_failure(&status) => {
+                Err(status) if failed_on_the_way(&status) => {
                     *lock(&replica.ejected_until) = Some(Instant::now() + settings.eject_for);
-                    tracing::debug!(module = self.inner.module, code = ?status.code(), message = status.message(), "replica failed; trying the next");
+                    tracing::debug!(module, code = ?status.code(), message = status.message(), "replica failed; trying the next");
                     last = Some(status);
-                    if i + 1 == order.len() {
-                        break;
-                    }
-                    continue;
                 }
-                Err(_) if started.elapsed() >= settings.deadline => break,
-                Err(status) => return Err(port_error(self.inner.module, &status)),
+                Err(status) if status.code() == Code::Unavailable && unavailable_answers == 0 => {
+                    unavailable_answers += 1;
+                    last = Some(status);
+                }
+                Err(status) => return Err(port_error(module, &status)),
             }
         }
         Err(match last {
-            Some(status) if started.elapsed() < settings.deadline => {
-                port_error(self.inner.module, &status)
-            }
+            Some(status) if !is_timeout(&status) => port_error(module, &status),
             _ => PortError::Unavailable {
-                module: self.inner.module,
+                module,
                 reason: format!(
                     "no answer within the deadline ({} ms)",
                     settings.deadline.as_millis()
@@ -238,12 +268,17 @@ impl Replicas {
     }
 }
 
-/// Whether a call failed on the way (so another replica may answer): the
-/// replica said `UNAVAILABLE`, or the status was made here from a transport
-/// error (a status that came from the server carries no source error).
-fn is_transport_failure(status: &Status) -> bool {
-    status.code() == Code::Unavailable
-        || (status.code() == Code::Unknown && status.source().is_some())
+/// Whether a call failed on the way to or from the replica (refused, reset,
+/// timed out here), rather than being answered: a status made on this side
+/// from an error carries that error as its source; one the replica sent
+/// carries none.
+fn failed_on_the_way(status: &Status) -> bool {
+    status.source().is_some()
+}
+
+/// Whether the call ran out of time (tonic's own timeout is `CANCELLED`).
+fn is_timeout(status: &Status) -> bool {
+    matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded)
 }
 
 /// A failed call as the port reports it.
@@ -253,7 +288,7 @@ fn port_error(module: &'static str, status: &Status) -> PortError {
         Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Cancelled => {
             PortError::Unavailable { module, reason }
         }
-        _ if is_transport_failure(status) => PortError::Unavailable { module, reason },
+        _ if failed_on_the_way(status) => PortError::Unavailable { module, reason },
         _ => PortError::Internal { module, reason },
     }
 }

@@ -507,14 +507,18 @@ impl TryFrom<pb::Contact> for Contact {
 }
 
 /// A failed port call as a gRPC status: the callee being unavailable stays
-/// `UNAVAILABLE` (the caller may retry), anything else is `INTERNAL`.
+/// `UNAVAILABLE` (the caller may retry), anything else is `INTERNAL`. The
+/// reason is logged here, with the request's id, and not sent: it may name
+/// tables or hosts.
 pub(crate) fn port_status(e: PortError) -> tonic::Status {
     match e {
         PortError::Unavailable { module, reason } => {
-            tonic::Status::unavailable(format!("{module} is unavailable: {reason}"))
+            tracing::warn!(module, %reason, "port call failed: unavailable");
+            tonic::Status::unavailable(format!("{module} is unavailable"))
         }
         PortError::Internal { module, reason } => {
-            tonic::Status::internal(format!("{module} failed: {reason}"))
+            tracing::error!(module, %reason, "port call failed");
+            tonic::Status::internal(format!("{module} failed"))
         }
     }
 }

@@ -27,20 +27,33 @@ use crate::convert::{
     Malformed, decode_all, encode_all, money, parse, parse_all, payment_outcome, port_status,
     reservation_outcome,
 };
-use crate::metadata::serve;
+use crate::metadata::{TokenCheck, serve};
 use crate::pb;
 
 /// The most ids a products call may name (as [`CatalogPort::products_by_ids`]).
 const MAX_PRODUCT_IDS: usize = 1000;
-/// The most orders a page may ask for (as [`OrdersPort::placed_between`]).
-const MAX_ORDER_PAGE: u32 = 500;
+/// The most items in any other list of a request (lines, product ids,
+/// renditions): more than a cart or an image can have.
+const MAX_LIST: usize = 1000;
+/// How long a call that carries no deadline may run.
+pub const MAX_CALL: Duration = Duration::from_secs(60);
+/// The most calls one connection carries at once.
+pub const MAX_STREAMS: u32 = 256;
+
+/// Refuses a list longer than [`MAX_LIST`].
+fn bounded<T>(field: &'static str, items: &[T]) -> Result<(), Status> {
+    if items.len() > MAX_LIST {
+        return Err(Malformed::new(field, format_args!("at most {MAX_LIST} items")).into());
+    }
+    Ok(())
+}
 
 /// Adds a port's service to a [`PortServer`], remembering its name for the
 /// health service.
 macro_rules! add {
     ($server:ident, $($stub:ident)::+, $service:expr) => {{
         let mut server = $server;
-        let service = $($stub)::+::new($service);
+        let service = $($stub)::+::with_interceptor($service, server.token.clone());
         server.names.push(name_of(&service));
         server.routes.add_service(service);
         server
@@ -56,20 +69,17 @@ fn name_of<S: NamedService>(_: &S) -> &'static str {
 pub struct PortServer {
     routes: tonic::service::RoutesBuilder,
     names: Vec<&'static str>,
-}
-
-impl Default for PortServer {
-    fn default() -> Self {
-        Self::new()
-    }
+    token: TokenCheck,
 }
 
 impl PortServer {
-    /// A server with no port yet.
-    pub fn new() -> PortServer {
+    /// A server with no port yet, whose ports accept only calls that carry
+    /// `token` (`services.token`) when one is given.
+    pub fn new(token: Option<&str>) -> PortServer {
         PortServer {
             routes: Routes::builder(),
             names: Vec::new(),
+            token: TokenCheck::new(token),
         }
     }
 
@@ -124,11 +134,20 @@ impl PortServer {
         &self.names
     }
 
-    /// Serves on `listener` until `shutdown` fires, then lets the calls in
-    /// flight finish. The health service says `SERVING` for every port (and
-    /// for the server as a whole, the empty name) while it runs, and
+    /// Serves on `listener` until `shutdown` fires, then gives the calls in
+    /// flight `grace` to finish. The health service says `SERVING` for every
+    /// port (and for the server as a whole, the empty name) while it runs, and
     /// `NOT_SERVING` once shutdown has begun.
-    pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    ///
+    /// Limits: a call without a deadline gets [`MAX_CALL`]; a connection
+    /// carries at most [`MAX_STREAMS`] calls at once; a message is at most
+    /// tonic's 4 MiB.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: Shutdown,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
         let (reporter, health) = tonic_health::server::health_reporter();
         set_all(&reporter, &self.names, ServingStatus::Serving).await;
         let mut routes = self.routes;
@@ -136,15 +155,28 @@ impl PortServer {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let names = self.names;
-        tonic::transport::Server::builder()
+        let stopping = shutdown.clone();
+        let server = tonic::transport::Server::builder()
+            .timeout(MAX_CALL)
+            .max_concurrent_streams(Some(MAX_STREAMS))
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(incoming, async move {
-                shutdown.wait().await;
+                stopping.wait().await;
                 set_all(&reporter, &names, ServingStatus::NotServing).await;
-            })
-            .await?;
-        Ok(())
+            });
+        tokio::pin!(server);
+        tokio::select! {
+            outcome = &mut server => return Ok(outcome?),
+            () = shutdown.wait() => {}
+        }
+        match tokio::time::timeout(grace, server).await {
+            Ok(outcome) => Ok(outcome?),
+            Err(_) => {
+                tracing::warn!("gRPC calls in flight did not finish in time; closing them");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -188,6 +220,7 @@ impl pb::catalog_server::Catalog for CatalogService {
     ) -> Result<Response<pb::AttachRenditionsResponse>, Status> {
         serve("Catalog/AttachRenditions", request, |m| async move {
             let image: ImageId = parse("image_id", &m.image_id)?;
+            bounded("renditions", &m.renditions)?;
             let renditions = decode_all(m.renditions)?;
             let attached = self
                 .0
@@ -224,6 +257,7 @@ impl pb::cart_server::Cart for CartService {
     ) -> Result<Response<pb::Empty>, Status> {
         serve("Cart/RemoveProducts", request, |m| async move {
             let owner: UserId = parse("user_id", &m.user_id)?;
+            bounded("product_ids", &m.product_ids)?;
             let products: Vec<ProductId> = parse_all("product_ids", &m.product_ids)?;
             self.0
                 .remove_products(owner, &products)
@@ -253,6 +287,7 @@ impl pb::inventory_server::Inventory for InventoryService {
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReservationOutcome>, Status> {
         serve("Inventory/Reserve", request, |m| async move {
+            bounded("lines", &m.lines)?;
             let lines = decode_all(m.lines)?;
             let expires_at = Timestamp::from_millis(m.expires_at_ms);
             reservation_outcome(self.0.reserve(&m.key, &lines, expires_at).await)
@@ -372,11 +407,7 @@ impl pb::orders_server::Orders for OrdersService {
         request: Request<pb::PlacedBetweenRequest>,
     ) -> Result<Response<pb::OrderPage>, Status> {
         serve("Orders/PlacedBetween", request, |m| async move {
-            if m.limit > MAX_ORDER_PAGE {
-                return Err(
-                    Malformed::new("limit", format_args!("at most {MAX_ORDER_PAGE}")).into(),
-                );
-            }
+            // The port bounds the page itself (to 1..=500), as in process.
             let after = match m.after {
                 Some(c) => Some((
                     Timestamp::from_millis(c.created_at_ms),

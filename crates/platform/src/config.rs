@@ -669,6 +669,9 @@ pub struct ServicesConfig {
     pub deadline_ms: u64,
     /// How long connecting to a replica may take. 0: 1 s.
     pub connect_timeout_ms: u64,
+    /// The secret the services of one deployment share: every gRPC call
+    /// carries it and every port checks it. `agora service` needs it.
+    pub token: Option<Secret>,
 }
 
 /// One module as a service.
@@ -1144,6 +1147,17 @@ impl Config {
         shown.cache.redis_url = mask_url_password(&self.cache.redis_url);
         shown.bus.nats_url = mask_url_password(&self.bus.nats_url);
         shown.bus.rabbitmq_url = mask_url_password(&self.bus.rabbitmq_url);
+        let services = &mut shown.services;
+        for service in [
+            &mut services.identity,
+            &mut services.catalog,
+            &mut services.inventory,
+            &mut services.cart,
+            &mut services.orders,
+            &mut services.payments,
+        ] {
+            service.database_url = service.database_url.as_deref().map(mask_url_password);
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
