@@ -5,6 +5,8 @@
 //!   (database, migrations, modules, router) and runs it until shutdown.
 //! - [`admin`]: the operators' routes: the event log, replays to a consumer,
 //!   and the dead letters.
+//! - [`up`]: `agora up --services`, a development fleet of services behind
+//!   the gateway.
 //! - [`api`]: the routes that belong to no module: the error catalogue and the
 //!   OpenAPI document, and the Swagger UI.
 //!
@@ -13,3 +15,4 @@
 pub mod admin;
 pub mod api;
 pub mod app;
+pub mod up;

@@ -45,6 +45,10 @@ enum Command {
     /// Run the gateway: the single entry point that routes requests by path
     /// prefix to pools of service instances (docs/deployment.md).
     Gateway(GatewayArgs),
+    /// Development launcher: the gateway and one process per module (with
+    /// `--replicas N` of each) on loopback, against the local PostgreSQL,
+    /// Redis and NATS; stops them all on Ctrl-C.
+    Up(UpArgs),
     /// Run pending database migrations, then exit.
     Migrate,
     /// Load data into the database.
@@ -119,11 +123,35 @@ struct ServiceArgs {
 }
 
 #[derive(Debug, Args)]
-struct GatewayArgs {
-    /// The gateway's configuration: routes and upstream pools.
-    #[arg(long = "config", value_name = "FILE")]
-    gateway_config: PathBuf,
+struct UpArgs {
+    /// Run the services shape (the monolith is `agora serve`).
+    #[arg(long)]
+    services: bool,
+    /// Processes per module.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    replicas: u32,
+    /// Where the gateway listens.
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    addr: std::net::SocketAddr,
+    /// The PostgreSQL server: a database `agora_up_<module>` is made on it for each module.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432",
+        value_name = "URL"
+    )]
+    postgres: String,
+    /// The Redis of the catalog's cache.
+    #[arg(long, default_value = "redis://127.0.0.1:6379", value_name = "URL")]
+    redis: String,
+    /// The NATS server (with JetStream) of the bus.
+    #[arg(long, default_value = "nats://127.0.0.1:4222", value_name = "URL")]
+    nats: String,
 }
+
+/// `agora gateway --config gateway.toml`: the global `--config` names the
+/// gateway's own configuration (routes and upstream pools), not Agora's.
+#[derive(Debug, Args)]
+struct GatewayArgs {}
 
 #[derive(Debug, Subcommand)]
 enum AdminCommand {
@@ -193,9 +221,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // A client of another process: no configuration, database or logs of its own.
         return loadgen(*args);
     }
-    if let Command::Gateway(args) = &cli.command {
+    if let Command::Gateway(_) = &cli.command {
         // Its own configuration file; no database.
-        return gateway(&args.gateway_config, cli.log_format);
+        let Some(file) = &cli.config else {
+            anyhow::bail!(
+                "`agora gateway` needs --config FILE: its routes and upstream pools (docs/deployment.md)"
+            );
+        };
+        return gateway(file, cli.log_format);
     }
     let mut overrides = Overrides {
         data_dir: cli.data_dir,
@@ -251,6 +284,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         let app = Application::service(config, args.module).await?;
                         app.shutdown_handle().trigger_on_os_signals();
                         app.run_until_stopped().await
+                    }
+                    Command::Up(args) => {
+                        if !args.services {
+                            anyhow::bail!(
+                                "`agora up` starts the services shape: pass --services \
+                                 (the monolith is `agora serve`)"
+                            );
+                        }
+                        agora::up::run(agora::up::UpSettings {
+                            replicas: args.replicas,
+                            gateway_addr: args.addr,
+                            postgres_url: args.postgres,
+                            redis_url: args.redis,
+                            nats_url: args.nats,
+                            data_dir: config.data_dir.clone(),
+                        })
+                        .await
                     }
                     Command::Migrate => agora::app::migrate_only(&config).await,
                     Command::Functions(FunctionsArgs { command: None }) => {

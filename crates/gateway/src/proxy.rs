@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agora_kernel::{ApiError, ErrorCode, RequestContext};
+use agora_kernel::{ApiError, ApiResponse, ErrorCode, RequestContext};
 use agora_platform::Shutdown;
 use axum::Router;
 use axum::body::Body;
@@ -110,7 +110,10 @@ impl Gateway {
         }
         tracing::info!(addr = %listener.local_addr()?, routes = gateway.routes.len(), "agora gateway is ready");
         let router = Router::new()
-            .route("/health/live", get(|| async { StatusCode::OK }))
+            .route(
+                "/health/live",
+                get(|| async { ApiResponse::ok(serde_json::json!({ "status": "live" })) }),
+            )
             .route("/health/ready", get(ready))
             .fallback(proxy)
             .with_state(gateway);
@@ -131,12 +134,28 @@ impl Gateway {
     }
 }
 
-/// Ready while every pool has an instance that can take requests.
-async fn ready(State(gateway): State<Arc<Gateway>>) -> StatusCode {
-    if gateway.pools.iter().all(Pool::any_available) {
-        StatusCode::OK
+/// Ready while every pool has an instance that can take requests; otherwise
+/// `SERVICE_NOT_READY` naming the pools that have none.
+async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
+    let pools: serde_json::Map<String, serde_json::Value> = gateway
+        .pools
+        .iter()
+        .map(|p| {
+            let state = if p.any_available() {
+                "ok"
+            } else {
+                "unavailable"
+            };
+            (p.name.clone(), state.into())
+        })
+        .collect();
+    if pools.values().all(|state| state == "ok") {
+        ApiResponse::ok(serde_json::json!({ "status": "ready", "upstreams": pools }))
+            .into_response()
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        ApiError::from_code(ErrorCode::ServiceNotReady)
+            .with_details(serde_json::json!({ "upstreams": pools }))
+            .into_response()
     }
 }
 

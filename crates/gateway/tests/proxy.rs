@@ -154,6 +154,9 @@ async fn requests_go_by_the_longest_prefix_and_unknown_paths_are_a_coded_404() {
     }
     let (status, _) = get_json(&http, format!("{base}/health/live")).await;
     assert_eq!(status, StatusCode::OK);
+    let (status, body) = get_json(&http, format!("{base}/health/ready")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["data"]["upstreams"]["catalog"], "ok", "{body}");
 }
 
 #[tokio::test]
@@ -304,8 +307,12 @@ async fn a_dead_instance_is_passed_over_and_its_breaker_opens() {
     assert!(answer.headers().contains_key("retry-after"));
     let body: Value = answer.json().await.expect("json");
     assert_eq!(body["error"]["code"], "GATEWAY_UNAVAILABLE", "{body}");
-    let (status, _) = get_json(&http, format!("{base}/health/ready")).await;
+    let (status, body) = get_json(&http, format!("{base}/health/ready")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body["error"]["details"]["upstreams"]["svc"], "unavailable",
+        "{body}"
+    );
 }
 
 #[tokio::test]

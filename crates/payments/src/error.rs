@@ -111,6 +111,10 @@ impl From<PaymentsError> for PaymentError {
                     reason: "timed out waiting for a database connection".into(),
                 })
             }
+            PaymentsError::Database(e) => PaymentError::Port(PortError::Internal {
+                module: "payments",
+                reason: format!("database error: {e}"),
+            }),
             other => PaymentError::Port(PortError::Internal {
                 module: "payments",
                 reason: format!("{other:#}"),

@@ -23,6 +23,11 @@ fn config_prints_the_effective_configuration_with_secrets_masked() {
             "AGORA_DATABASE__URL",
             "postgres://agora:hunter2@db:5432/agora",
         )
+        .env(
+            "AGORA_SERVICES__ORDERS__DATABASE_URL",
+            "postgres://orders:hunter3@db:5432/agora_orders",
+        )
+        .env("AGORA_SERVICES__TOKEN", "very-secret-services-token")
         .output()
         .expect("runs");
     assert!(out.status.success());
@@ -33,9 +38,47 @@ fn config_prints_the_effective_configuration_with_secrets_masked() {
         "{text}"
     );
     assert!(
-        !text.contains("hunter2") && !text.contains("very-secret"),
+        !text.contains("hunter2") && !text.contains("hunter3") && !text.contains("very-secret"),
         "{text}"
     );
+}
+
+#[test]
+fn the_services_commands_refuse_what_they_cannot_run_with_a_message() {
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut cmd = agora();
+        cmd.args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("runs");
+        assert!(!out.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let dir = tempfile::tempdir().expect("a directory");
+    let data = dir.path().to_str().expect("a path");
+    let err = run(&["--data-dir", data, "up"], &[]);
+    assert!(err.contains("--services"), "{err}");
+    let err = run(&["gateway"], &[]);
+    assert!(err.contains("--config"), "{err}");
+    let bad = dir.path().join("gateway.toml");
+    std::fs::write(
+        &bad,
+        "[[routes]]\nprefix = \"/api\"\nupstream = \"nowhere\"\n[upstreams]\n",
+    )
+    .expect("written");
+    let err = run(&["--config", bad.to_str().expect("a path"), "gateway"], &[]);
+    assert!(err.contains("routes[0].upstream"), "{err}");
+    let err = run(
+        &["--data-dir", data, "service", "catalog", "--no-demo"],
+        &[],
+    );
+    assert!(err.contains("bus.backend"), "{err}");
+    let err = run(
+        &["--data-dir", data, "service", "orders"],
+        &[("AGORA_SERVICES__ORDERS__GRPC", "[\"orders:50051\"]")],
+    );
+    assert!(err.contains("services.orders.grpc"), "{err}");
 }
 
 #[test]
