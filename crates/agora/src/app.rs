@@ -992,8 +992,9 @@ fn router(
     if let Some(payments) = payments {
         api = api.merge(agora_payments::http::router(payments));
     }
-    // Each process's own event log and dead letters (in a service, those of
-    // its own database).
+    // The event log of this process's database (in a service, the events its
+    // module published) and the bus's dead letters (on NATS the shared
+    // `<stream>_DEAD` stream; otherwise parked in this database).
     api = api.merge(admin::router(admin::Operations {
         log: EventLog::new(db.clone()),
         bus,

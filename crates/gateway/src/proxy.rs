@@ -250,6 +250,9 @@ async fn forward(
     let mut body = Some(body);
     let mut tried = Vec::new();
     let mut failure = Failure::NoInstance;
+    // An instance's own 502/503/504, kept while another instance is tried:
+    // the client gets it if no other answer comes.
+    let mut overloaded_answer: Option<Response> = None;
     pool.deposit();
     for attempt in 0..attempts {
         if attempt > 0 && !pool.withdraw() {
@@ -293,12 +296,14 @@ async fn forward(
                 } else {
                     in_flight.succeeded(started.elapsed());
                 }
-                if overloaded && attempt + 1 < attempts && retryable {
-                    continue;
-                }
                 let (mut parts, incoming) = answer.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                return Response::from_parts(parts, Body::new(incoming));
+                let response = Response::from_parts(parts, Body::new(incoming));
+                if overloaded && attempt + 1 < attempts && retryable {
+                    overloaded_answer = Some(response);
+                    continue;
+                }
+                return response;
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = %instance.address, pool = %pool.name, error = %e, "upstream request failed");
@@ -312,12 +317,18 @@ async fn forward(
             }
         }
     }
+    if let Some(answer) = overloaded_answer {
+        return answer;
+    }
     match failure {
         Failure::NoInstance if tried.is_empty() => {
             let retry_after = pool.config.breaker.open_ms.div_ceil(1000).max(1);
             ApiError::from_code(ErrorCode::GatewayUnavailable)
-                .with_details(serde_json::json!({ "upstream": pool.name }))
                 .with_retry_after(retry_after)
+                .with_details(serde_json::json!({
+                    "upstream": pool.name,
+                    "retry_after_secs": retry_after,
+                }))
                 .into_response()
         }
         Failure::Timeout => ApiError::from_code(ErrorCode::GatewayUpstreamTimeout).into_response(),

@@ -307,6 +307,7 @@ async fn a_dead_instance_is_passed_over_and_its_breaker_opens() {
     assert!(answer.headers().contains_key("retry-after"));
     let body: Value = answer.json().await.expect("json");
     assert_eq!(body["error"]["code"], "GATEWAY_UNAVAILABLE", "{body}");
+    assert_eq!(body["error"]["details"]["upstream"], "svc", "{body}");
     let (status, body) = get_json(&http, format!("{base}/health/ready")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
