@@ -930,6 +930,11 @@ impl Payments {
                 Err(PaymentsError::ProviderUnavailable(e)) => {
                     tracing::debug!(%payment_id, error = %e, "operation still unsettled");
                 }
+                // A failure of ours (the database), not an answer: it stays
+                // unsettled, for the next round.
+                Err(e @ (PaymentsError::Database(_) | PaymentsError::Unexpected(_))) => {
+                    tracing::warn!(%payment_id, error = %e, "operation not settled");
+                }
                 // Settled, as a refusal.
                 Err(_) => settled += 1,
             }

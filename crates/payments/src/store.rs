@@ -706,7 +706,8 @@ impl PaymentStore {
 
     /// Ends an operation without changing the payment: succeeded (it was done
     /// another way, e.g. a webhook got there first) or failed (with `error`).
-    /// A refund's reservation is given back when it fails.
+    /// A refund's reservation is given back when it fails; a capture reserved
+    /// nothing (its amount is the payment's), so it gives nothing back.
     pub async fn finish_operation(
         &self,
         op: &Operation,
@@ -717,7 +718,11 @@ impl PaymentStore {
     ) -> Result<(), PaymentsError> {
         let mut tx = self.db.begin().await?;
         let finished = finish_operation(&mut tx, &op.key, status, error, now).await?;
-        if finished && status == OperationStatus::Failed && op.amount_minor > 0 {
+        if finished
+            && status == OperationStatus::Failed
+            && op.kind != OperationKind::Capture
+            && op.amount_minor > 0
+        {
             sqlx::query(
                 "UPDATE payments_payments SET refund_pending_minor = refund_pending_minor - $1, \
                  updated_at = $2 WHERE id = $3",

@@ -732,3 +732,76 @@ async fn every_change_writes_its_event_exactly_once() {
     assert_eq!(events[2].2["amount"]["amount"], 800);
     assert_eq!(events[2].2["fully_refunded"], true);
 }
+
+/// A capture that the provider refuses fails cleanly: the operation ends
+/// failed and nothing of the payment changes (a failed capture reserved
+/// nothing, so it gives nothing back).
+#[tokio::test]
+async fn a_refused_capture_fails_and_changes_nothing() {
+    let f = fixture().await;
+    let p = f
+        .payments
+        .authorize("auth-1", "ord_1", "tok_visa", usd(1200))
+        .await
+        .expect("authorized");
+    f.provider.fail_next(&[Fault::Refused]);
+    let refused = f.payments.capture("cap-1", p.id).await;
+    assert!(
+        matches!(
+            refused,
+            Err(PaymentError::InvalidState(PaymentStatus::Authorized))
+        ),
+        "{refused:?}"
+    );
+    let op = f.payments.store().operation("cap-1").await.expect("read");
+    assert_eq!(op.map(|o| o.status), Some(OperationStatus::Failed));
+    let stored = f
+        .payments
+        .store()
+        .payment(p.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(stored.status, PaymentStatus::Authorized);
+    assert_eq!((stored.captured_minor, stored.refund_pending_minor), (0, 0));
+}
+
+/// A capture left without an answer, then the payment voided: repeating the
+/// capture is refused for the voided payment, every time, and the operation
+/// ends failed.
+#[tokio::test]
+async fn a_capture_of_a_payment_voided_meanwhile_fails_cleanly() {
+    let f = fixture().await;
+    let p = f
+        .payments
+        .authorize("auth-1", "ord_1", "tok_visa", usd(1200))
+        .await
+        .expect("authorized");
+    f.provider.fail_next(&[Fault::Unavailable]);
+    assert!(matches!(
+        f.payments.capture("cap-1", p.id).await,
+        Err(PaymentError::ProviderUnavailable(_))
+    ));
+    let voided = f.payments.cancel("cancel-1", p.id).await.expect("voided");
+    assert_eq!(voided.status, PaymentStatus::Voided);
+    for _ in 0..2 {
+        let again = f.payments.capture("cap-1", p.id).await;
+        assert!(
+            matches!(
+                again,
+                Err(PaymentError::InvalidState(PaymentStatus::Voided))
+            ),
+            "{again:?}"
+        );
+    }
+    let op = f.payments.store().operation("cap-1").await.expect("read");
+    assert_eq!(op.map(|o| o.status), Some(OperationStatus::Failed));
+    let stored = f
+        .payments
+        .store()
+        .payment(p.id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!((stored.captured_minor, stored.refund_pending_minor), (0, 0));
+}
