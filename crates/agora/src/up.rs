@@ -471,17 +471,35 @@ fn print_table(processes: &[Process], settings: &UpSettings, dir: &Path) {
     println!("files: {} — Ctrl-C stops everything\n", dir.display());
 }
 
-/// Until Ctrl-C or SIGTERM, or a process stopping by itself (an error).
+/// Until Ctrl-C or SIGTERM. A replica that stops by itself (a crash, a kill)
+/// is reported and the fleet goes on without it, as a fleet behind a gateway
+/// does; the fleet stops when the gateway stops or when the last process of a
+/// module has.
 async fn wait_for_stop(processes: &mut [Process]) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut gone = vec![false; processes.len()];
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
             () = tokio::time::sleep(Duration::from_millis(500)) => {
-                for p in processes.iter_mut() {
+                for (i, p) in processes.iter_mut().enumerate() {
+                    if gone[i] {
+                        continue;
+                    }
                     if let Some(status) = p.child.try_wait()? {
-                        anyhow::bail!("{} stopped ({status}): stopping the fleet", p.name);
+                        gone[i] = true;
+                        tracing::warn!(process = %p.name, %status, "stopped; the fleet goes on without it");
+                        if p.name == "gateway" {
+                            anyhow::bail!("the gateway stopped ({status}): stopping the fleet");
+                        }
+                    }
+                }
+                for module in Module::ALL {
+                    let prefix = format!("{}-", module.name());
+                    let mut replicas = processes.iter().zip(&gone).filter(|(p, _)| p.name.starts_with(&prefix));
+                    if replicas.all(|(_, gone)| *gone) {
+                        anyhow::bail!("every {} process stopped: stopping the fleet", module.name());
                     }
                 }
             }
