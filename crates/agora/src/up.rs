@@ -123,6 +123,9 @@ pub async fn run(settings: UpSettings) -> anyhow::Result<()> {
             .env("AGORA_AUTH__SIGNING_KEY", &secrets.signing_key)
             .env("AGORA_SERVICES__TOKEN", &secrets.token)
             .env("AGORA_FUNCTIONS__IN_PROCESS", "false")
+            // Behind the gateway: the client is the last X-Forwarded-For entry
+            // (login throttling counts clients, not the gateway).
+            .env("AGORA_SERVER__TRUST_FORWARDED_FOR", "true")
             .env("AGORA_TELEMETRY__SERVICE_NAME", format!("agora-{name}"))
             .kill_on_drop(true);
         for other in Module::ALL {
