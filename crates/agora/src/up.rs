@@ -43,6 +43,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// One process of the fleet.
 struct Process {
     name: String,
+    /// The module it runs; `None` for the gateway.
+    module: Option<Module>,
     rest: SocketAddr,
     grpc: Option<SocketAddr>,
     child: Child,
@@ -143,6 +145,7 @@ pub async fn run(settings: UpSettings) -> anyhow::Result<()> {
             .with_context(|| format!("Failed to start {name}"))?;
         processes.push(Process {
             name: format!("{name}-{}", replica + 1),
+            module: Some(*module),
             rest: *rest,
             grpc: Some(*grpc),
             child,
@@ -159,6 +162,7 @@ pub async fn run(settings: UpSettings) -> anyhow::Result<()> {
         .context("Failed to start the gateway")?;
     processes.push(Process {
         name: "gateway".into(),
+        module: None,
         rest: settings.gateway_addr,
         grpc: None,
         child: gateway,
@@ -493,14 +497,13 @@ async fn wait_for_stop(processes: &mut [Process]) -> anyhow::Result<()> {
                     if let Some(status) = p.child.try_wait()? {
                         gone[i] = true;
                         tracing::warn!(process = %p.name, %status, "stopped; the fleet goes on without it");
-                        if p.name == "gateway" {
+                        if p.module.is_none() {
                             anyhow::bail!("the gateway stopped ({status}): stopping the fleet");
                         }
                     }
                 }
                 for module in Module::ALL {
-                    let prefix = format!("{}-", module.name());
-                    let mut replicas = processes.iter().zip(&gone).filter(|(p, _)| p.name.starts_with(&prefix));
+                    let mut replicas = processes.iter().zip(&gone).filter(|(p, _)| p.module == Some(module));
                     if replicas.all(|(_, gone)| *gone) {
                         anyhow::bail!("every {} process stopped: stopping the fleet", module.name());
                     }

@@ -358,18 +358,10 @@ fn body_is_empty(headers: &HeaderMap) -> bool {
 /// The client's address: the peer's, or with `trust_forwarded_for` the last
 /// `X-Forwarded-For` entry.
 fn client_address(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> IpAddr {
-    if trust_forwarded_for
-        && let Some(last) = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .next_back()
-        && let Ok(ip) = last.trim().parse()
-    {
-        return ip;
-    }
-    peer.ip()
+    trust_forwarded_for
+        .then(|| agora_platform::http::edge::last_forwarded_for(headers))
+        .flatten()
+        .unwrap_or(peer.ip())
 }
 
 /// The request's headers as forwarded: hop-by-hop ones (and those the

@@ -102,6 +102,28 @@ impl Fixture {
     }
 
     /// How many rows `table` has.
+    /// The payment as stored, with its amounts and reservations.
+    pub(crate) async fn stored(
+        &self,
+        id: agora_kernel::PaymentId,
+    ) -> agora_payments::store::PaymentRecord {
+        self.payments
+            .store()
+            .payment(id)
+            .await
+            .expect("read")
+            .expect("the payment exists")
+    }
+
+    /// Where the operation of `key` stands, if there is one.
+    pub(crate) async fn operation_status(
+        &self,
+        key: &str,
+    ) -> Option<agora_payments::store::OperationStatus> {
+        let op = self.payments.store().operation(key).await.expect("read");
+        op.map(|o| o.status)
+    }
+
     pub(crate) async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
             .fetch_one(self.db.db.writer())

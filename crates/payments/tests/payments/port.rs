@@ -753,15 +753,11 @@ async fn a_refused_capture_fails_and_changes_nothing() {
         ),
         "{refused:?}"
     );
-    let op = f.payments.store().operation("cap-1").await.expect("read");
-    assert_eq!(op.map(|o| o.status), Some(OperationStatus::Failed));
-    let stored = f
-        .payments
-        .store()
-        .payment(p.id)
-        .await
-        .expect("read")
-        .expect("exists");
+    assert_eq!(
+        f.operation_status("cap-1").await,
+        Some(OperationStatus::Failed)
+    );
+    let stored = f.stored(p.id).await;
     assert_eq!(stored.status, PaymentStatus::Authorized);
     assert_eq!((stored.captured_minor, stored.refund_pending_minor), (0, 0));
 }
@@ -794,14 +790,10 @@ async fn a_capture_of_a_payment_voided_meanwhile_fails_cleanly() {
             "{again:?}"
         );
     }
-    let op = f.payments.store().operation("cap-1").await.expect("read");
-    assert_eq!(op.map(|o| o.status), Some(OperationStatus::Failed));
-    let stored = f
-        .payments
-        .store()
-        .payment(p.id)
-        .await
-        .expect("read")
-        .expect("exists");
+    assert_eq!(
+        f.operation_status("cap-1").await,
+        Some(OperationStatus::Failed)
+    );
+    let stored = f.stored(p.id).await;
     assert_eq!((stored.captured_minor, stored.refund_pending_minor), (0, 0));
 }

@@ -74,15 +74,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
 
 fn client_address(req: &Request, trust_forwarded_for: bool) -> ClientAddress {
     let forwarded = trust_forwarded_for
-        .then(|| {
-            req.headers()
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .next_back()
-                .and_then(|last| last.trim().parse::<IpAddr>().ok())
-        })
+        .then(|| last_forwarded_for(req.headers()))
         .flatten();
     let peer = || {
         req.extensions()
@@ -94,6 +86,19 @@ fn client_address(req: &Request, trust_forwarded_for: bool) -> ClientAddress {
             .or_else(peer)
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
     )
+}
+
+/// The last `X-Forwarded-For` entry, if it is an address: the one a trusted
+/// proxy in front appended (earlier entries come from the client). The same
+/// rule at every hop that trusts a proxy (this edge, the gateway).
+pub fn last_forwarded_for(headers: &http::HeaderMap) -> Option<IpAddr> {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next_back()
+        .and_then(|last| last.trim().parse::<IpAddr>().ok())
 }
 
 /// The middleware function; install with `axum::middleware::from_fn_with_state`.
