@@ -133,14 +133,18 @@ struct UpArgs {
     /// Where the gateway listens.
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
     addr: std::net::SocketAddr,
-    /// The PostgreSQL server: a database `agora_up_<module>` is made on it for each module.
+    /// The PostgreSQL server: a database `<PREFIX>_<module>` is made on it for each module.
     #[arg(
         long,
         default_value = "postgres://postgres@127.0.0.1:5432",
         value_name = "URL"
     )]
     postgres: String,
-    /// The Redis of the catalog's cache.
+    /// The prefix of the fleet's database names (1-40 of a-z, 0-9 and _,
+    /// starting with a letter): a second fleet on the same server needs its own.
+    #[arg(long, default_value = "agora_up", value_name = "PREFIX")]
+    databases: String,
+    /// The Redis of the catalog's cache and the gateway's rate limits.
     #[arg(long, default_value = "redis://127.0.0.1:6379", value_name = "URL")]
     redis: String,
     /// The NATS server (with JetStream) of the bus.
@@ -296,6 +300,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             replicas: args.replicas,
                             gateway_addr: args.addr,
                             postgres_url: args.postgres,
+                            database_prefix: args.databases,
                             redis_url: args.redis,
                             nats_url: args.nats,
                             data_dir: config.data_dir.clone(),
@@ -355,7 +360,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `agora gateway --config FILE`: serves until SIGTERM or Ctrl-C.
+/// `agora gateway --config FILE`: serves until SIGTERM or Ctrl-C; SIGHUP
+/// reads FILE again.
 fn gateway(file: &std::path::Path, log_format: Option<LogFormat>) -> anyhow::Result<()> {
     let config = agora_gateway::GatewayConfig::load(file)?;
     let log = agora_platform::config::LogConfig {
@@ -369,7 +375,10 @@ fn gateway(file: &std::path::Path, log_format: Option<LogFormat>) -> anyhow::Res
     let outcome = runtime.block_on(async move {
         let shutdown = agora_platform::Shutdown::new();
         shutdown.trigger_on_os_signals();
-        agora_gateway::Gateway::new(config).run(shutdown).await
+        let gateway = agora_gateway::Gateway::new(config)?;
+        #[cfg(unix)]
+        gateway.reload_on_hangup(file.to_path_buf())?;
+        gateway.run(shutdown).await
     });
     drop(runtime);
     telemetry.shutdown();

@@ -11,11 +11,23 @@
 //! addresses = ["http://127.0.0.1:8081", "http://127.0.0.1:8082"]
 //! balance = "peak_ewma"          # round_robin (default), least_connections, ip_hash
 //! request_timeout_ms = 15000
+//!
+//! [auth]                         # verify access tokens at the edge
+//! jwks_url = "http://127.0.0.1:8081/.well-known/jwks.json"
+//!
+//! [rate_limit]                   # token buckets; in Redis when redis_url is set
+//! per_client = { per_second = 100, burst = 200 }
+//! per_subject = { per_second = 50, burst = 100 }
+//!
+//! [tls]                          # terminate TLS
+//! cert = "/etc/agora/gateway.crt"
+//! key = "/etc/agora/gateway.key"
 //! ```
 //!
 //! A request goes to the route with the longest matching prefix (a prefix
 //! matches a path equal to it or continuing with `/`). Invalid settings are
-//! refused with the key named, and nothing starts.
+//! refused with the key named: at start-up nothing starts, and on a reload
+//! (SIGHUP) the configuration in force stays.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,6 +50,16 @@ pub struct GatewayConfig {
     /// How long in-flight requests may finish after SIGTERM or Ctrl-C.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// Terminate TLS with this certificate; plain HTTP without it.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Verify access tokens at the edge; without it tokens pass unchecked to
+    /// the services (which check them anyway).
+    #[serde(default)]
+    pub auth: Option<EdgeAuthConfig>,
+    /// Token-bucket rate limits; none without it.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
     /// Path prefixes and the pool each goes to.
     pub routes: Vec<RouteConfig>,
     /// The pools, by name.
@@ -52,6 +74,78 @@ pub struct RouteConfig {
     pub prefix: String,
     /// The name of the pool in `upstreams`.
     pub upstream: String,
+    /// Refuse requests without an access token here (`AUTH_REQUIRED`), before
+    /// they reach the service. Needs `[auth]`.
+    #[serde(default)]
+    pub require_auth: bool,
+}
+
+/// The certificate the gateway presents. Both files are PEM and read again on
+/// every reload, so a renewed certificate is taken up with SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+/// Access-token verification at the edge: the signature against the identity
+/// service's published keys, the issuer, the audience and the expiry. A good
+/// token goes on with its subject in `X-Agora-Subject` (and its roles in
+/// `X-Agora-Roles`), and counts against `rate_limit.per_subject`. On a route
+/// with `require_auth`, a request without a good token is refused here
+/// (`AUTH_REQUIRED`, `AUTH_INVALID_TOKEN`, `AUTH_TOKEN_EXPIRED`); elsewhere it
+/// goes on unchanged and the service decides. API keys
+/// (`Authorization: ApiKey …`) only their issuer can check: they pass
+/// through.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeAuthConfig {
+    /// The JSON Web Key Set, `http://host:port/.well-known/jwks.json`.
+    pub jwks_url: String,
+    /// The `iss` tokens must carry (`auth.issuer` of the services).
+    #[serde(default = "default_token_party")]
+    pub issuer: String,
+    /// The `aud` tokens must carry (`auth.audience` of the services).
+    #[serde(default = "default_token_party")]
+    pub audience: String,
+    /// How often the keys are read again; a token naming a key not seen yet
+    /// also reads them again, at most once per 10 seconds.
+    #[serde(default = "default_jwks_refresh_secs")]
+    pub refresh_secs: u64,
+}
+
+/// Token buckets per client address and per authenticated subject. A request
+/// over either answers `GATEWAY_RATE_LIMITED` (429) with `Retry-After`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Keep the buckets in Redis, shared by every gateway instance
+    /// (`redis://host:port/db`); in this process without it. While Redis
+    /// cannot be reached each instance counts on its own.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    /// The Redis keys' prefix.
+    #[serde(default = "default_rate_key_prefix")]
+    pub key_prefix: String,
+    /// Per client address (see `trust_forwarded_for`).
+    #[serde(default)]
+    pub per_client: Option<Bucket>,
+    /// Per subject of a token verified at the edge (needs `[auth]`).
+    #[serde(default)]
+    pub per_subject: Option<Bucket>,
+}
+
+/// A token bucket: it refills at `per_second` and holds at most `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    /// Requests per second, sustained.
+    pub per_second: u32,
+    /// Requests allowed at once after a quiet spell.
+    pub burst: u32,
 }
 
 /// How a pool picks the instance for a request.
@@ -173,6 +267,15 @@ fn default_listen() -> SocketAddr {
 fn default_shutdown_timeout_ms() -> u64 {
     10_000
 }
+fn default_token_party() -> String {
+    "agora".into()
+}
+fn default_jwks_refresh_secs() -> u64 {
+    300
+}
+fn default_rate_key_prefix() -> String {
+    "agora:gateway:rate".into()
+}
 fn default_connect_timeout_ms() -> u64 {
     1_000
 }
@@ -184,6 +287,13 @@ fn default_request_timeout_ms() -> u64 {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid gateway configuration: {0}")]
 pub struct GatewayConfigError(String);
+
+impl GatewayConfigError {
+    /// `key` is refused for `why`.
+    pub(crate) fn new(key: &str, why: &str) -> GatewayConfigError {
+        GatewayConfigError(format!("`{key}`: {why}"))
+    }
+}
 
 impl GatewayConfig {
     /// Reads and checks the file at `path`.
@@ -202,7 +312,7 @@ impl GatewayConfig {
     }
 
     fn validate(&self) -> Result<(), GatewayConfigError> {
-        let fail = |key: String, why: &str| Err(GatewayConfigError(format!("`{key}`: {why}")));
+        let fail = |key: String, why: &str| Err(GatewayConfigError::new(&key, why));
         if self.routes.is_empty() {
             return fail("routes".into(), "at least one route is needed");
         }
@@ -227,6 +337,67 @@ impl GatewayConfig {
                 return fail(
                     format!("routes[{i}].upstream"),
                     "names no pool in `upstreams`",
+                );
+            }
+            if route.require_auth && self.auth.is_none() {
+                return fail(
+                    format!("routes[{i}].require_auth"),
+                    "needs an `[auth]` section to check tokens with",
+                );
+            }
+        }
+        if let Some(auth) = &self.auth {
+            let uri: Option<http::Uri> = auth.jwks_url.parse().ok();
+            if !uri.is_some_and(|u| u.scheme_str() == Some("http") && u.authority().is_some()) {
+                return fail("auth.jwks_url".into(), "must be an http://host:port/… URL");
+            }
+            if !(1..=86_400).contains(&auth.refresh_secs) {
+                return fail("auth.refresh_secs".into(), "must be between 1 and 86400");
+            }
+            if auth.issuer.is_empty() || auth.audience.is_empty() {
+                return fail(
+                    "auth.issuer".into(),
+                    "issuer and audience must not be empty",
+                );
+            }
+        }
+        if let Some(limits) = &self.rate_limit {
+            for (key, bucket) in [
+                ("per_client", limits.per_client),
+                ("per_subject", limits.per_subject),
+            ] {
+                let Some(bucket) = bucket else { continue };
+                if !(1..=1_000_000).contains(&bucket.per_second) {
+                    return fail(
+                        format!("rate_limit.{key}.per_second"),
+                        "must be between 1 and 1000000",
+                    );
+                }
+                if !(1..=1_000_000).contains(&bucket.burst) {
+                    return fail(
+                        format!("rate_limit.{key}.burst"),
+                        "must be between 1 and 1000000",
+                    );
+                }
+            }
+            if limits.per_subject.is_some() && self.auth.is_none() {
+                return fail(
+                    "rate_limit.per_subject".into(),
+                    "needs an `[auth]` section: subjects come from verified tokens",
+                );
+            }
+            if let Some(url) = &limits.redis_url
+                && redis_url_invalid(url)
+            {
+                return fail(
+                    "rate_limit.redis_url".into(),
+                    "must be redis://host:port[/db]",
+                );
+            }
+            if limits.key_prefix.is_empty() || limits.key_prefix.len() > 100 {
+                return fail(
+                    "rate_limit.key_prefix".into(),
+                    "must be 1 to 100 characters",
                 );
             }
         }
@@ -286,6 +457,11 @@ impl GatewayConfig {
         }
         Ok(())
     }
+}
+
+fn redis_url_invalid(url: &str) -> bool {
+    let scheme_ok = url.starts_with("redis://") || url.starts_with("rediss://");
+    !scheme_ok || url.parse::<http::Uri>().is_err()
 }
 
 /// A prefix without its trailing slashes: `/a/` and `/a` are the same route.
@@ -367,6 +543,60 @@ mod tests {
             error(&twice).contains("routes[1].prefix"),
             "{}",
             error(&twice)
+        );
+    }
+
+    #[test]
+    fn edge_settings_are_checked_with_their_keys_named() {
+        let cases = [
+            (
+                VALID.replace(
+                    "upstream = \"catalog\"",
+                    "upstream = \"catalog\"\nrequire_auth = true",
+                ),
+                "routes[0].require_auth",
+            ),
+            (
+                format!("[auth]\njwks_url = \"https://idp/jwks\"\n{VALID}"),
+                "auth.jwks_url",
+            ),
+            (
+                format!("[auth]\njwks_url = \"http://idp:1/jwks\"\nrefresh_secs = 0\n{VALID}"),
+                "auth.refresh_secs",
+            ),
+            (
+                format!("[rate_limit]\nper_client = {{ per_second = 0, burst = 1 }}\n{VALID}"),
+                "rate_limit.per_client.per_second",
+            ),
+            (
+                format!("[rate_limit]\nper_client = {{ per_second = 1, burst = 0 }}\n{VALID}"),
+                "rate_limit.per_client.burst",
+            ),
+            (
+                format!("[rate_limit]\nper_subject = {{ per_second = 1, burst = 1 }}\n{VALID}"),
+                "rate_limit.per_subject",
+            ),
+            (
+                format!("[rate_limit]\nredis_url = \"http://r:6379\"\n{VALID}"),
+                "rate_limit.redis_url",
+            ),
+        ];
+        for (text, key) in cases {
+            let message = error(&text);
+            assert!(message.contains(&format!("`{key}`")), "{key}: {message}");
+        }
+        let full = format!(
+            "[auth]\njwks_url = \"http://127.0.0.1:8081/.well-known/jwks.json\"\n\
+             [rate_limit]\nredis_url = \"redis://127.0.0.1:6379\"\n\
+             per_client = {{ per_second = 10, burst = 20 }}\n\
+             per_subject = {{ per_second = 5, burst = 10 }}\n\
+             [tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n{VALID}"
+        );
+        let config = GatewayConfig::parse(&full).expect("valid");
+        assert_eq!(config.auth.expect("auth").issuer, "agora");
+        assert_eq!(
+            config.rate_limit.expect("limits").key_prefix,
+            "agora:gateway:rate"
         );
     }
 }

@@ -15,8 +15,11 @@
 //! gateway's own two endpoints, `/health/live` and `/health/ready`.
 
 pub mod config;
+mod edge_auth;
+mod limits;
 mod pool;
 mod proxy;
+mod tls;
 
 pub use config::{GatewayConfig, GatewayConfigError};
 pub use proxy::Gateway;

@@ -257,6 +257,17 @@ impl Pool {
         }
     }
 
+    /// Takes over from `old` (the same pool before a reload) the instances at
+    /// the same addresses: their health, breaker, latency average and
+    /// requests in flight go on as if nothing had changed.
+    pub(crate) fn keep_instances_of(&mut self, old: &Pool) {
+        for instance in &mut self.instances {
+            if let Some(same) = old.instances.iter().find(|o| o.address == instance.address) {
+                *instance = same.clone();
+            }
+        }
+    }
+
     /// Picks an instance for a request from `client`, not among `tried`, by
     /// the pool's policy; `None` when no instance can take it.
     pub(crate) fn pick(&self, client: IpAddr, tried: &[usize]) -> Option<usize> {

@@ -1,25 +1,30 @@
 //! Forwarding a request to an instance, and the gateway's own answers.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use agora_kernel::{ApiError, ApiResponse, ErrorCode, RequestContext};
+use agora_kernel::{ApiError, ApiResponse, ErrorCode, Principal, RequestContext};
 use agora_platform::Shutdown;
+use arc_swap::ArcSwap;
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
+use http_body_util::{BodyExt as _, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 
-use crate::config::{GatewayConfig, prefix_key};
+use crate::config::{GatewayConfig, GatewayConfigError, prefix_key};
+use crate::edge_auth::{EdgeAuth, EdgeCaller};
+use crate::limits::Limits;
 use crate::pool::Pool;
+use crate::tls::Certificate;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -39,76 +44,285 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// The gateway: its routes and pools, ready to serve.
+/// Headers that carry the identity the gateway checked: whatever a client
+/// sends in them is removed, so a service can trust them to come from here.
+static X_AGORA_SUBJECT: HeaderName = HeaderName::from_static("x-agora-subject");
+static X_AGORA_ROLES: HeaderName = HeaderName::from_static("x-agora-roles");
+
+/// How often idle local rate-limit buckets are forgotten.
+const FORGET_IDLE_BUCKETS: Duration = Duration::from_secs(60);
+
+/// The gateway. Cheap to clone: clones share the configuration in force,
+/// which [`Gateway::reload`] replaces while it serves.
+#[derive(Clone)]
 pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     listen: SocketAddr,
+    /// The certificate, when TLS is terminated here (fixed for the process).
+    tls: Option<Arc<Certificate>>,
+    current: ArcSwap<Generation>,
+    /// Set when serving starts; each generation's background work also stops
+    /// with it.
+    serving: OnceLock<Shutdown>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+/// What one configuration makes: its routes, pools, checks and limits. A
+/// reload builds a new one; requests already forwarded finish on the old.
+struct Generation {
     trust_forwarded_for: bool,
     grace: Duration,
-    /// (prefix, pool index), longest prefix first.
-    routes: Vec<(String, usize)>,
+    /// (prefix, pool index, require_auth), longest prefix first.
+    routes: Vec<(String, usize, bool)>,
     pools: Vec<Pool>,
     /// One client per pool: its connect timeout is the pool's.
     clients: Vec<Client<HttpConnector, Body>>,
+    /// The pools' names and connect timeouts, to hand clients on at a reload.
+    connect_timeouts: Vec<(String, u64)>,
+    auth: Option<EdgeAuth>,
+    limits: Option<Limits>,
+    /// Stops this generation's health checks and key reads.
+    stop: Shutdown,
 }
 
-impl Gateway {
-    /// The gateway `config` describes (already validated).
-    pub fn new(config: GatewayConfig) -> Gateway {
+fn upstream_client(connect_timeout_ms: u64) -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector)
+}
+
+impl Generation {
+    /// The generation `config` describes; what `old` knows of instances that
+    /// stay (and its connections to them) carries over.
+    fn new(
+        config: GatewayConfig,
+        old: Option<&Generation>,
+    ) -> Result<Generation, GatewayConfigError> {
         let names: Vec<String> = config.upstreams.keys().cloned().collect();
-        let mut routes: Vec<(String, usize)> = config
+        let mut routes: Vec<(String, usize, bool)> = config
             .routes
             .iter()
             .filter_map(|r| {
                 let pool = names.iter().position(|n| *n == r.upstream)?;
-                Some((prefix_key(&r.prefix).to_owned(), pool))
+                Some((prefix_key(&r.prefix).to_owned(), pool, r.require_auth))
             })
             .collect();
-        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        let clients = config
+        routes.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
+        let connect_timeouts: Vec<(String, u64)> = config
             .upstreams
-            .values()
-            .map(|pool| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(Duration::from_millis(pool.connect_timeout_ms)));
-                connector.set_nodelay(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .build(connector)
+            .iter()
+            .map(|(name, pool)| (name.clone(), pool.connect_timeout_ms))
+            .collect();
+        let clients = connect_timeouts
+            .iter()
+            .map(|(name, timeout)| {
+                let kept = old.and_then(|old| {
+                    let i = old
+                        .connect_timeouts
+                        .iter()
+                        .position(|(n, t)| n == name && t == timeout)?;
+                    Some(old.clients[i].clone())
+                });
+                kept.unwrap_or_else(|| upstream_client(*timeout))
             })
             .collect();
         let pools = config
             .upstreams
             .into_iter()
-            .map(|(name, pool)| Pool::new(&name, pool))
+            .map(|(name, pool)| {
+                let mut pool = Pool::new(&name, pool);
+                if let Some(before) = old.and_then(|old| old.pools.iter().find(|p| p.name == name))
+                {
+                    pool.keep_instances_of(before);
+                }
+                pool
+            })
             .collect();
-        Gateway {
-            listen: config.listen,
+        let limits = config.rate_limit.as_ref().map(Limits::new).transpose()?;
+        let auth = config
+            .auth
+            .map(|auth| EdgeAuth::new(auth, upstream_client(1_000)));
+        Ok(Generation {
             trust_forwarded_for: config.trust_forwarded_for,
             grace: Duration::from_millis(config.shutdown_timeout_ms),
             routes,
             pools,
             clients,
+            connect_timeouts,
+            auth,
+            limits,
+            stop: Shutdown::new(),
+        })
+    }
+
+    fn route(&self, path: &str) -> Option<(usize, bool)> {
+        self.routes.iter().find_map(|(prefix, pool, require_auth)| {
+            let matches = prefix == "/"
+                || path
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            matches.then_some((*pool, *require_auth))
+        })
+    }
+
+    /// Starts the health checks, key reads and bucket upkeep; they end when
+    /// this generation is replaced or `serving` fires.
+    fn start(self: &Arc<Self>, serving: &Shutdown) {
+        let (stop, serving) = (self.stop.clone(), serving.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = serving.wait() => stop.trigger(),
+                () = stop.wait() => {}
+            }
+        });
+        for pool in 0..self.pools.len() {
+            tokio::spawn(health_checks(self.clone(), pool));
         }
+        if self.auth.is_some() {
+            let generation = self.clone();
+            tokio::spawn(async move {
+                if let Some(auth) = &generation.auth {
+                    auth.keep_keys(generation.stop.clone()).await;
+                }
+            });
+        }
+        if self.limits.is_some() {
+            let generation = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = tokio::time::sleep(FORGET_IDLE_BUCKETS) => {}
+                        () = generation.stop.wait() => return,
+                    }
+                    if let Some(limits) = &generation.limits {
+                        limits.forget_idle();
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl Gateway {
+    /// The gateway `config` describes (already validated). Fails when the
+    /// TLS certificate or key cannot be read, or the rate limits' Redis URL
+    /// is unusable, naming the key.
+    pub fn new(config: GatewayConfig) -> Result<Gateway, GatewayConfigError> {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|tls| Certificate::load(tls).map(Arc::new))
+            .transpose()?;
+        let listen = config.listen;
+        let generation = Generation::new(config, None)?;
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                listen,
+                tls,
+                current: ArcSwap::from_pointee(generation),
+                serving: OnceLock::new(),
+                reloading: Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Replaces the configuration in force with `config` (already validated)
+    /// without closing a connection: new requests take the new routes, pools
+    /// and limits; requests in flight finish as they began; instances that
+    /// stay keep their health and breaker state. `listen` cannot change, nor
+    /// can TLS be turned on or off; the certificate files are read again.
+    /// On an error nothing changes.
+    pub fn reload(&self, config: GatewayConfig) -> Result<(), GatewayConfigError> {
+        let _one_at_a_time = self
+            .inner
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if config.listen != self.inner.listen {
+            return Err(GatewayConfigError::new(
+                "listen",
+                "cannot change while the gateway runs: restart it",
+            ));
+        }
+        if config.tls.is_some() != self.inner.tls.is_some() {
+            return Err(GatewayConfigError::new(
+                "tls",
+                "cannot be turned on or off while the gateway runs: restart it",
+            ));
+        }
+        let old = self.inner.current.load_full();
+        let tls = config.tls.clone();
+        let generation = Arc::new(Generation::new(config, Some(&old))?);
+        if let (Some(certificate), Some(tls)) = (&self.inner.tls, &tls) {
+            certificate.replace(tls)?;
+        }
+        self.inner.current.store(generation.clone());
+        old.stop.trigger();
+        if let Some(serving) = self.inner.serving.get() {
+            generation.start(serving);
+        }
+        tracing::info!(
+            routes = generation.routes.len(),
+            "the gateway's configuration was reloaded"
+        );
+        Ok(())
+    }
+
+    /// On every SIGHUP, reads `path` again and [reloads](Gateway::reload) it;
+    /// a file that is unreadable or invalid is logged, naming the key, and
+    /// the configuration in force stays.
+    #[cfg(unix)]
+    pub fn reload_on_hangup(&self, path: std::path::PathBuf) -> anyhow::Result<()> {
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                let outcome = GatewayConfig::load(&path).and_then(|config| gateway.reload(config));
+                if let Err(e) = outcome {
+                    tracing::error!(path = %path.display(), error = %e, "reload refused: the configuration in force stays");
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Binds `listen` and serves until `shutdown`, checking the instances'
     /// health meanwhile; in-flight requests get the grace period to finish.
     pub async fn run(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let listener = TcpListener::bind(self.listen)
+        let listen = self.inner.listen;
+        let listener = TcpListener::bind(listen)
             .await
-            .map_err(|e| anyhow::anyhow!("Failed to listen on {} (`listen`): {e}", self.listen))?;
+            .map_err(|e| anyhow::anyhow!("Failed to listen on {listen} (`listen`): {e}"))?;
         self.serve(listener, shutdown).await
     }
 
     /// As [`Gateway::run`], on a listener already bound.
     pub async fn serve(self, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
-        let grace = self.grace;
-        let gateway = Arc::new(self);
-        let mut checks = tokio::task::JoinSet::new();
-        for pool in 0..gateway.pools.len() {
-            checks.spawn(health_checks(gateway.clone(), pool, shutdown.clone()));
+        if self.inner.serving.set(shutdown.clone()).is_err() {
+            anyhow::bail!("this gateway is serving already");
         }
-        tracing::info!(addr = %listener.local_addr()?, routes = gateway.routes.len(), "agora gateway is ready");
+        let generation = self.inner.current.load_full();
+        generation.start(&shutdown);
+        let grace = generation.grace;
+        drop(generation);
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            tls = self.inner.tls.is_some(),
+            "agora gateway is ready"
+        );
+        let tls = self
+            .inner
+            .tls
+            .as_ref()
+            .map(Certificate::server_config)
+            .transpose()?;
         let router = Router::new()
             .route(
                 "/health/live",
@@ -116,28 +330,24 @@ impl Gateway {
             )
             .route("/health/ready", get(ready))
             .fallback(proxy)
-            .with_state(gateway);
-        let outcome = agora_platform::http::serve(listener, router, shutdown.clone(), grace).await;
+            .with_state(self);
+        let outcome = match tls {
+            None => agora_platform::http::serve(listener, router, shutdown.clone(), grace).await,
+            Some(tls) => {
+                agora_platform::http::serve_tls(listener, router, shutdown.clone(), grace, tls)
+                    .await
+            }
+        };
         shutdown.trigger();
-        checks.join_all().await;
         outcome
-    }
-
-    fn route(&self, path: &str) -> Option<usize> {
-        self.routes.iter().find_map(|(prefix, pool)| {
-            let matches = prefix == "/"
-                || path
-                    .strip_prefix(prefix.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-            matches.then_some(*pool)
-        })
     }
 }
 
 /// Ready while every pool has an instance that can take requests; otherwise
 /// `SERVICE_NOT_READY` naming the pools that have none.
-async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
-    let pools: serde_json::Map<String, serde_json::Value> = gateway
+async fn ready(State(gateway): State<Gateway>) -> Response {
+    let generation = gateway.inner.current.load_full();
+    let pools: serde_json::Map<String, serde_json::Value> = generation
         .pools
         .iter()
         .map(|p| {
@@ -159,10 +369,11 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> Response {
     }
 }
 
-/// Asks each instance of a pool `GET <health.path>` every interval.
-async fn health_checks(gateway: Arc<Gateway>, pool: usize, shutdown: Shutdown) {
-    let client = &gateway.clients[pool];
-    let pool = &gateway.pools[pool];
+/// Asks each instance of a pool `GET <health.path>` every interval, until
+/// the generation stops.
+async fn health_checks(generation: Arc<Generation>, pool: usize) {
+    let client = &generation.clients[pool];
+    let pool = &generation.pools[pool];
     let every = Duration::from_millis(pool.config.health.interval_ms);
     let timeout = Duration::from_millis(pool.config.health.timeout_ms);
     loop {
@@ -184,15 +395,15 @@ async fn health_checks(gateway: Arc<Gateway>, pool: usize, shutdown: Shutdown) {
         });
         futures_util::future::join_all(checks).await;
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.wait() => return,
+            () = tokio::time::sleep(every) => {}
+            () = generation.stop.wait() => return,
         }
     }
 }
 
 /// Every request that is not one of the gateway's own.
 async fn proxy(
-    State(gateway): State<Arc<Gateway>>,
+    State(gateway): State<Gateway>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
 ) -> Response {
@@ -202,8 +413,10 @@ async fn proxy(
         .and_then(|v| v.to_str().ok());
     let request_id = RequestContext::accept_request_id(given);
     let context = RequestContext::new(request_id.clone(), None);
+    let generation = gateway.inner.current.load_full();
+    let tls = gateway.inner.tls.is_some();
     let mut response = context
-        .scope(forward(&gateway, peer, request, &request_id))
+        .scope(forward(&generation, tls, peer, request, &request_id))
         .await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
@@ -219,35 +432,85 @@ enum Failure {
 }
 
 async fn forward(
-    gateway: &Gateway,
+    gateway: &Generation,
+    tls: bool,
     peer: SocketAddr,
     request: Request,
     request_id: &str,
 ) -> Response {
-    let Some(pool_index) = gateway.route(request.uri().path()) else {
+    let client_ip = client_address(request.headers(), peer, gateway.trust_forwarded_for);
+    if let Some(limits) = &gateway.limits
+        && let Err(limited) = limits.admit_client(client_ip).await
+    {
+        return limited.response();
+    }
+    let Some((pool_index, require_auth)) = gateway.route(request.uri().path()) else {
         return ApiError::from_code(ErrorCode::RouteNotFound).into_response();
     };
+    // On a route that requires a token, a request without a good one stops
+    // here. Elsewhere a bad token goes on without a checked identity, and the
+    // service answers as it would without the gateway (a client refreshing
+    // its session may still send its expired access token).
+    let principal = match &gateway.auth {
+        None => None,
+        Some(auth) => match auth.caller(request.headers()).await {
+            Ok(EdgeCaller::User(principal)) => Some(principal),
+            Ok(EdgeCaller::Anonymous) if require_auth => {
+                return ApiError::from_code(ErrorCode::AuthRequired).into_response();
+            }
+            Ok(EdgeCaller::Anonymous | EdgeCaller::ApiKey) => None,
+            Err(e) if require_auth && e.code() == ErrorCode::GatewayAuthUnavailable => {
+                return e.with_retry_after(2).into_response();
+            }
+            Err(e) if require_auth => return e.into_response(),
+            Err(_) => None,
+        },
+    };
+    if let (Some(limits), Some(principal)) = (&gateway.limits, &principal)
+        && limits.limits_subjects()
+        && let Err(limited) = limits.admit_subject(&principal.subject.to_string()).await
+    {
+        return limited.response();
+    }
     let pool = &gateway.pools[pool_index];
     let client = &gateway.clients[pool_index];
     let (parts, body) = request.into_parts();
-    let client_ip = client_address(&parts.headers, peer, gateway.trust_forwarded_for);
-    let headers = forwarded_headers(&parts.headers, peer.ip(), request_id);
+    let headers = forwarded_headers(
+        &parts.headers,
+        peer.ip(),
+        request_id,
+        tls,
+        principal.as_ref(),
+    );
     let path = parts
         .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    // Only a request whose method is idempotent and that has no body can be
-    // sent again: nothing of it was consumed by the first try.
-    let bodiless = body_is_empty(&parts.headers);
-    let retryable = bodiless && is_idempotent(&parts.method);
-    let attempts = if retryable {
+    let timeout = Duration::from_millis(pool.config.request_timeout_ms);
+    // A request can be sent again only if its body can: none, or one small
+    // enough to keep (read in full first). A large body streams once.
+    let mut body = Some(body);
+    let replay: Option<Bytes> = match declared_length(&parts.headers) {
+        Some(0) => Some(Bytes::new()),
+        Some(length) if length <= REPLAY_LIMIT => {
+            let whole = Limited::new(body.take().unwrap_or_else(Body::empty), REPLAY_LIMIT);
+            match tokio::time::timeout(timeout, whole.collect()).await {
+                Ok(Ok(collected)) => Some(collected.to_bytes()),
+                _ => {
+                    return ApiError::from_code(ErrorCode::GatewayRequestIncomplete)
+                        .into_response();
+                }
+            }
+        }
+        _ => None,
+    };
+    let idempotent = is_idempotent(&parts.method);
+    let attempts = if replay.is_some() {
         pool.config.retry.attempts
     } else {
         1
     };
-    let timeout = Duration::from_millis(pool.config.request_timeout_ms);
-    let mut body = Some(body);
     let mut tried = Vec::new();
     let mut failure = Failure::NoInstance;
     // An instance's own 502/503/504, kept while another instance is tried:
@@ -271,10 +534,9 @@ async fn forward(
         let Ok(uri) = uri else {
             return ApiError::from_code(ErrorCode::RequestInvalidPath).into_response();
         };
-        let body = if bodiless {
-            Body::empty()
-        } else {
-            body.take().unwrap_or_else(Body::empty)
+        let body = match &replay {
+            Some(bytes) => Body::from(bytes.clone()),
+            None => body.take().unwrap_or_else(Body::empty),
         };
         let mut outgoing = http::Request::new(body);
         *outgoing.method_mut() = parts.method.clone();
@@ -299,7 +561,7 @@ async fn forward(
                 let (mut parts, incoming) = answer.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let response = Response::from_parts(parts, Body::new(incoming));
-                if overloaded && attempt + 1 < attempts && retryable {
+                if overloaded && attempt + 1 < attempts && idempotent {
                     overloaded_answer = Some(response);
                     continue;
                 }
@@ -309,11 +571,19 @@ async fn forward(
                 tracing::warn!(upstream = %instance.address, pool = %pool.name, error = %e, "upstream request failed");
                 in_flight.failed(&pool.config.breaker);
                 failure = Failure::Unreachable;
+                // No connection: the instance saw nothing, so any request
+                // may go to another. Otherwise only an idempotent one.
+                if !e.is_connect() && !idempotent {
+                    break;
+                }
             }
             Err(_) => {
                 tracing::warn!(upstream = %instance.address, pool = %pool.name, "upstream did not answer in time");
                 in_flight.failed(&pool.config.breaker);
                 failure = Failure::Timeout;
+                if !idempotent {
+                    break;
+                }
             }
         }
     }
@@ -345,14 +615,20 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// Whether the request says it has no body (no length, or length 0, and no
-/// chunked transfer).
-fn body_is_empty(headers: &HeaderMap) -> bool {
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    matches!(length, None | Some("0")) && !headers.contains_key(header::TRANSFER_ENCODING)
+/// The largest body kept so that its request can be tried again.
+const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// The body's length as the request declares it: 0 with no `Content-Length`
+/// and no `Transfer-Encoding`; `None` when it is chunked (unknown) or the
+/// header is not a number.
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return None;
+    }
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Some(0),
+        Some(value) => value.to_str().ok()?.trim().parse().ok(),
+    }
 }
 
 /// The client's address: the peer's, or with `trust_forwarded_for` the last
@@ -367,10 +643,29 @@ fn client_address(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bo
 /// The request's headers as forwarded: hop-by-hop ones (and those the
 /// `Connection` header names) removed; the peer appended to
 /// `X-Forwarded-For`; `X-Forwarded-Proto` and `X-Forwarded-Host` set; the
-/// request id set. `traceparent` and `Authorization` pass unchanged.
-fn forwarded_headers(given: &HeaderMap, peer: IpAddr, request_id: &str) -> HeaderMap {
+/// request id set; `X-Agora-Subject` and `X-Agora-Roles` set from the token
+/// checked here, and removed otherwise. `traceparent` and `Authorization`
+/// pass unchanged.
+fn forwarded_headers(
+    given: &HeaderMap,
+    peer: IpAddr,
+    request_id: &str,
+    tls: bool,
+    principal: Option<&Principal>,
+) -> HeaderMap {
     let mut headers = given.clone();
     strip_hop_by_hop(&mut headers);
+    headers.remove(&X_AGORA_SUBJECT);
+    headers.remove(&X_AGORA_ROLES);
+    if let Some(principal) = principal {
+        if let Ok(value) = HeaderValue::from_str(&principal.subject.to_string()) {
+            headers.insert(X_AGORA_SUBJECT.clone(), value);
+        }
+        let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
+        if let Ok(value) = HeaderValue::from_str(&roles.join(",")) {
+            headers.insert(X_AGORA_ROLES.clone(), value);
+        }
+    }
     let forwarded_for = match given.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {peer}"),
         None => peer.to_string(),
@@ -378,7 +673,8 @@ fn forwarded_headers(given: &HeaderMap, peer: IpAddr, request_id: &str) -> Heade
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if tls { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = given.get(header::HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }

@@ -3,124 +3,15 @@
 //! its health check.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use agora_gateway::{Gateway, GatewayConfig};
-use agora_platform::Shutdown;
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::routing::{any, get};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
-/// A service instance: answers `/health/ready` with a status the test sets,
-/// echoes every other request (its name, path, headers, body length), and
-/// sleeps on `/api/v1/slow`.
-struct Instance {
-    address: String,
-    health: Arc<AtomicU16>,
-    served: Arc<AtomicUsize>,
-    shutdown: Shutdown,
-}
+mod support;
 
-#[derive(Clone)]
-struct Echo {
-    name: String,
-    health: Arc<AtomicU16>,
-    served: Arc<AtomicUsize>,
-}
-
-async fn echo(
-    State(echo): State<Echo>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::Json<Value> {
-    echo.served.fetch_add(1, Ordering::Relaxed);
-    let headers: BTreeMap<String, String> = headers
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("?").to_owned()))
-        .collect();
-    axum::Json(json!({
-        "instance": echo.name,
-        "path": uri.path_and_query().map(|p| p.as_str()),
-        "headers": headers,
-        "body_len": body.len(),
-    }))
-}
-
-async fn instance(name: &str) -> Instance {
-    let health = Arc::new(AtomicU16::new(200));
-    let served = Arc::new(AtomicUsize::new(0));
-    let state = Echo {
-        name: name.to_owned(),
-        health: health.clone(),
-        served: served.clone(),
-    };
-    let router = Router::new()
-        .route(
-            "/health/ready",
-            get(|State(s): State<Echo>| async move {
-                StatusCode::from_u16(s.health.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK)
-            }),
-        )
-        .route(
-            "/api/v1/slow",
-            get(|| async {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                "late"
-            }),
-        )
-        .fallback(any(echo))
-        .layer(axum::extract::DefaultBodyLimit::max(16 * 1024 * 1024))
-        .with_state(state);
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-    let address = format!("http://{}", listener.local_addr().expect("an address"));
-    let shutdown = Shutdown::new();
-    tokio::spawn(agora_platform::http::serve(
-        listener,
-        router,
-        shutdown.clone(),
-        Duration::ZERO,
-    ));
-    Instance {
-        address,
-        health,
-        served,
-        shutdown,
-    }
-}
-
-/// Starts a gateway from `toml`; returns its base URL.
-async fn gateway(toml: &str) -> (String, Shutdown) {
-    let config = GatewayConfig::parse(toml).expect("a valid configuration");
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
-    let base = format!("http://{}", listener.local_addr().expect("an address"));
-    let shutdown = Shutdown::new();
-    tokio::spawn(Gateway::new(config).serve(listener, shutdown.clone()));
-    (base, shutdown)
-}
-
-fn pool(name: &str, instances: &[&Instance], extra: &str) -> String {
-    let addresses: Vec<String> = instances
-        .iter()
-        .map(|i| format!("\"{}\"", i.address))
-        .collect();
-    format!(
-        "[upstreams.{name}]\naddresses = [{}]\n{extra}\n",
-        addresses.join(", ")
-    )
-}
-
-async fn get_json(client: &reqwest::Client, url: String) -> (StatusCode, Value) {
-    let answer = client.get(url).send().await.expect("an answer");
-    let status = answer.status();
-    (status, answer.json().await.unwrap_or(Value::Null))
-}
+use support::{gateway, get_json, instance, pool};
 
 #[tokio::test]
 async fn requests_go_by_the_longest_prefix_and_unknown_paths_are_a_coded_404() {
@@ -314,6 +205,71 @@ async fn a_dead_instance_is_passed_over_and_its_breaker_opens() {
         body["error"]["details"]["upstreams"]["svc"], "unavailable",
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn a_post_that_cannot_connect_goes_to_another_instance_and_is_not_lost() {
+    let a = instance("a").await;
+    let b = instance("b").await;
+    let toml = format!(
+        "[[routes]]\nprefix = \"/api\"\nupstream = \"svc\"\n{}",
+        pool(
+            "svc",
+            &[&a, &b],
+            "[upstreams.svc.breaker]\nconsecutive_failures = 3\n\
+             [upstreams.svc.health]\ninterval_ms = 3600000\n"
+        )
+    );
+    let (base, _shutdown) = gateway(&toml).await;
+    // b dies after its first (and, here, only) health check passed and before
+    // any request: its breaker is closed, so round-robin still picks it until
+    // three refused connections open it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let http = reqwest::Client::new();
+    for i in 0..10 {
+        let answer = http
+            .post(format!("{base}/api/checkout/{i}"))
+            .json(&json!({ "n": i }))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(answer.status(), StatusCode::OK, "POST {i} was lost");
+        let body: Value = answer.json().await.expect("json");
+        assert_eq!(body["instance"], "a");
+        assert!(body["body_len"].as_u64().is_some_and(|n| n > 0), "{body}");
+    }
+    assert_eq!(a.served.load(Ordering::Relaxed), 10);
+    // A body too large to keep streams once: a refused connection fails it.
+    let c = instance("c").await;
+    let d = instance("d").await;
+    let toml = format!(
+        "[[routes]]\nprefix = \"/api\"\nupstream = \"svc\"\n{}",
+        pool(
+            "svc",
+            &[&d, &c],
+            "[upstreams.svc.health]\ninterval_ms = 3600000\n"
+        )
+    );
+    let (base, _shutdown) = gateway(&toml).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    d.shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Round-robin sends one of two uploads to d first: that one fails.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let answer = http
+            .post(format!("{base}/api/upload"))
+            .body(vec![b'x'; 256 * 1024])
+            .send()
+            .await
+            .expect("an answer");
+        statuses.push(answer.status().as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 502]);
+    assert_eq!(c.served.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]

@@ -246,3 +246,103 @@ async fn serve_exports_its_spans_over_otlp_and_flushes_them_at_shutdown() {
         .collect();
     assert!(contains(&trace_bytes), "the caller's trace is exported");
 }
+
+/// `agora gateway` reads its file again on SIGHUP: a valid file changes the
+/// routes without a restart, an invalid one is refused and the routes in force
+/// stay.
+#[tokio::test]
+async fn the_gateway_reloads_its_file_on_sighup_and_keeps_it_when_the_new_one_is_invalid() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let upstream_addr = upstream.local_addr().expect("an address");
+    let service = tokio::spawn(async move {
+        let app = axum::Router::new()
+            .route("/health/ready", axum::routing::get(|| async { "ready" }))
+            .fallback(|uri: axum::http::Uri| async move { uri.path().to_owned() });
+        axum::serve(upstream, app).await
+    });
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let dir = tempfile::tempdir().expect("a directory");
+    let file = dir.path().join("gateway.toml");
+    let config = |prefixes: &[&str]| {
+        let routes: String = prefixes
+            .iter()
+            .map(|p| format!("[[routes]]\nprefix = \"{p}\"\nupstream = \"svc\"\n"))
+            .collect();
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n{routes}[upstreams.svc]\naddresses = [\"http://{upstream_addr}\"]\n"
+        )
+    };
+    std::fs::write(&file, config(&["/api"])).expect("the file is written");
+    let mut gateway = agora()
+        .args(["gateway", "--config"])
+        .arg(&file)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("the gateway starts");
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let status = |path: &'static str| {
+        let request = client.get(format!("{base}{path}")).send();
+        async move { request.await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    let mut up = false;
+    for _ in 0..500 {
+        if status("/api/x").await == 200 {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(up, "the gateway did not start");
+    assert_eq!(status("/other/y").await, 404);
+    let hangup = |pid: u32| {
+        let sent = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    };
+
+    std::fs::write(&file, config(&["/api", "/other"])).expect("the file is written");
+    hangup(gateway.id());
+    let mut reloaded = false;
+    for _ in 0..250 {
+        if status("/other/y").await == 200 {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "SIGHUP did not reload the routes");
+
+    std::fs::write(&file, "listen = 12\n[[routes]]\n").expect("the file is written");
+    hangup(gateway.id());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        gateway.try_wait().expect("a status").is_none(),
+        "an invalid reload stopped the gateway"
+    );
+    assert_eq!(status("/api/x").await, 200);
+    assert_eq!(
+        status("/other/y").await,
+        200,
+        "an invalid reload changed the routes"
+    );
+
+    let stopped = Command::new("kill")
+        .args(["-TERM", &gateway.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(stopped.success());
+    let exit = tokio::task::spawn_blocking(move || gateway.wait())
+        .await
+        .expect("joined")
+        .expect("the gateway exits");
+    assert!(exit.success(), "{exit}");
+    service.abort();
+}

@@ -16,4 +16,4 @@ pub mod server;
 
 pub use edge::ClientAddress;
 pub use extract::{AppJson, AppPath, AppQuery, IdempotencyKey};
-pub use server::{build_router, serve};
+pub use server::{build_router, serve, serve_tls};

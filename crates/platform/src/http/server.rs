@@ -69,6 +69,9 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
 /// is closed: slow or idle clients cannot hold connections open for free.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a client has to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `router` on `listener` until `shutdown` fires. Then it stops accepting,
 /// asks every connection to finish its in-flight request and close, waits for at
 /// most `grace`, and closes whatever is left.
@@ -82,11 +85,36 @@ pub async fn serve(
     shutdown: Shutdown,
     grace: Duration,
 ) -> anyhow::Result<()> {
+    serve_connections(listener, router, shutdown, grace, None).await
+}
+
+/// As [`serve`], over TLS: each connection's handshake (within
+/// [`TLS_HANDSHAKE_TIMEOUT`]) uses `tls`, whose certificate resolver may hand
+/// out a new certificate for new connections without a restart.
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    grace: Duration,
+    tls: Arc<rustls::ServerConfig>,
+) -> anyhow::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_connections(listener, router, shutdown, grace, Some(acceptor)).await
+}
+
+async fn serve_connections(
+    listener: TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+    grace: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     loop {
@@ -111,12 +139,36 @@ pub async fn serve(
                         req
                     },
                 ));
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    if let Err(e) = connection.await {
+                    let outcome = match tls {
+                        None => {
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let handshake =
+                                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                            let stream = match handshake.await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = outcome {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
