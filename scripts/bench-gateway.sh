@@ -38,6 +38,7 @@ gateway() { # instance addresses…
   for a in "$@"; do addresses+="\"http://$a\", "; done
   cat > "$work/gateway.toml" <<TOML
 listen = "127.0.0.1:$GATEWAY_PORT"
+${GATEWAY_EXTRA:-}
 [[routes]]
 prefix = "/"
 upstream = "agora"
@@ -77,6 +78,27 @@ gateway "127.0.0.1:$PORT"
 wrk_load "http://127.0.0.1:$GATEWAY_PORT$path"
 row "the same through the gateway (one instance)" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
 kill -TERM "$gateway_pid"; wait "$gateway_pid" || true
+# The same with the edge duties on: tokens checked against the JWKS (these
+# requests carry none) and a per-client bucket too large to refuse anything,
+# in the gateway's memory, then in Redis when one answers on 6379.
+GATEWAY_EXTRA="[auth]
+jwks_url = \"http://127.0.0.1:$PORT/.well-known/jwks.json\"
+[rate_limit]
+per_client = { per_second = 1000000, burst = 1000000 }"
+gateway "127.0.0.1:$PORT"
+wrk_load "http://127.0.0.1:$GATEWAY_PORT$path"
+row "through the gateway, [auth] and per-client limit in memory" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
+kill -TERM "$gateway_pid"; wait "$gateway_pid" || true
+if redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+  GATEWAY_EXTRA="$GATEWAY_EXTRA
+redis_url = \"redis://127.0.0.1:6379\"
+key_prefix = \"agora-bench:$$\""
+  gateway "127.0.0.1:$PORT"
+  wrk_load "http://127.0.0.1:$GATEWAY_PORT$path"
+  row "through the gateway, [auth] and per-client limit in Redis" "$wrk_rps" "$wrk_p50" "$wrk_p99" "$wrk_errors"
+  kill -TERM "$gateway_pid"; wait "$gateway_pid" || true
+fi
+GATEWAY_EXTRA=""
 # A second instance of the monolith on the same database, behind the gateway.
 serve "$PORT2"
 gateway "127.0.0.1:$PORT" "127.0.0.1:$PORT2"
