@@ -641,9 +641,10 @@ pub fn payments(config: &Config, db: &Database) -> Payments {
             db.clone(),
             Arc::new(Outbox::new(agora_payments::OUTBOX_TABLE)),
         ),
-        Arc::new(SimulatedProvider::new(SimulatedBehaviour::from_config(
-            &config.payments,
-        ))),
+        Arc::new(SimulatedProvider::new(
+            SimulatedBehaviour::from_config(&config.payments),
+            db.clone(),
+        )),
         Arc::new(SystemClock),
         agora_payments::WebhookSettings::from_config(&config.payments),
     )

@@ -1,6 +1,5 @@
 //! `agora up --services`: a development fleet on this machine. The gateway and
-//! one process per module (`--replicas N` of each but the payments, see
-//! [`replicas_of`]) on loopback, against the
+//! `--replicas N` processes per module on loopback, against the
 //! local PostgreSQL (a database per module), Redis and NATS; the demo catalog
 //! loaded and stocked; everything stopped on Ctrl-C.
 //!
@@ -106,7 +105,7 @@ pub async fn run(settings: UpSettings) -> anyhow::Result<()> {
     let mut held = Vec::new();
     let mut layout = Vec::new();
     for module in Module::ALL {
-        for replica in 0..replicas_of(module, settings.replicas) {
+        for replica in 0..settings.replicas {
             let (rest, grpc) = (free_port(&mut held)?, free_port(&mut held)?);
             layout.push((module, replica, rest, grpc));
         }
@@ -200,23 +199,6 @@ pub async fn run(settings: UpSettings) -> anyhow::Result<()> {
     .await;
     stop(&mut processes).await;
     outcome
-}
-
-/// How many processes of `module` the fleet runs: `replicas`, but one of
-/// the payments, whose simulated provider keeps its authorizations in the
-/// process's memory (a capture sent to another replica would find none). A
-/// real provider is one service that every replica calls.
-fn replicas_of(module: Module, replicas: u32) -> u32 {
-    if module == Module::Payments {
-        if replicas > 1 {
-            tracing::info!(
-                "payments runs as one process: the simulated provider keeps its state in memory"
-            );
-        }
-        1
-    } else {
-        replicas
-    }
 }
 
 fn module_index(module: Module) -> usize {

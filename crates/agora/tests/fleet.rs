@@ -1,8 +1,8 @@
 //! The services shape end to end, as an operator runs it: `agora up --services
 //! --replicas 2` on the machine's PostgreSQL, Redis and NATS, driven only
 //! through the gateway with `agora loadgen`, the same black-box client that
-//! measures the monolith. Under a bounded checkout load one orders replica and
-//! one catalog replica are killed (SIGKILL); afterwards every order has ended
+//! measures the monolith. Under a bounded checkout load one orders replica, one
+//! catalog replica and one payments replica are killed (SIGKILL); afterwards every order has ended
 //! and the checkout invariants hold across the six databases: nothing
 //! oversold, nobody charged twice or charged for a cancelled order, no stock
 //! left reserved, and failed requests no more than the requests in flight at
@@ -244,6 +244,7 @@ async fn exercise(fleet: &Fleet, server: &str, prefix: &str) -> Result<(), Strin
         "orders-1",
         "orders-2",
         "payments-1",
+        "payments-2",
     ] {
         if !names.contains(&expected) {
             return Err(format!("no {expected} among {names:?}"));
@@ -301,8 +302,11 @@ async fn exercise(fleet: &Fleet, server: &str, prefix: &str) -> Result<(), Strin
         })
     };
     tokio::time::sleep(Duration::from_secs(10)).await;
+    // payments-1 too: the sagas it was serving go on at payments-2, whose
+    // simulated provider shares its books.
     signal("KILL", fleet.pid("orders-1"));
     signal("KILL", fleet.pid("catalog-1"));
+    signal("KILL", fleet.pid("payments-1"));
     let report = tokio::task::spawn_blocking(move || load.join().expect("the load"))
         .await
         .map_err(|e| e.to_string())?;

@@ -77,7 +77,10 @@ async fn shop() -> Shop {
         Arc::new(catalog.clone()),
         clock.clone(),
     );
-    let provider = Arc::new(FaultyProvider::new(SimulatedBehaviour::default()));
+    let provider = Arc::new(FaultyProvider::new(
+        SimulatedBehaviour::default(),
+        db.db.clone(),
+    ));
     let payments = Payments::new(
         PaymentStore::new(
             db.db.clone(),

@@ -39,6 +39,7 @@ pub mod http;
 pub mod provider;
 pub mod provider_event;
 pub mod service;
+mod simulator;
 pub mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -10,13 +10,14 @@
 //! operation that took effect it POSTs a signed event ([`crate::webhook`]) in the
 //! background, retrying a few times.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use agora_kernel::Money;
+use agora_platform::Database;
 use agora_platform::config::{PaymentsConfig, Secret};
 use async_trait::async_trait;
+
+use crate::simulator::{Answer, Books, Change, Held};
 
 /// An authorization the provider granted or refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,15 +147,6 @@ const WEBHOOK_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How long one delivery may take.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A payment the simulated provider holds.
-#[derive(Debug, Clone)]
-struct Payment {
-    authorized: Money,
-    captured: i64,
-    refunded: i64,
-    voided: bool,
-}
-
 /// What a webhook event reports: its type and the payment's totals after it.
 #[derive(Debug, Clone)]
 struct Notice {
@@ -165,7 +157,7 @@ struct Notice {
     refunded: i64,
 }
 
-impl Payment {
+impl Held {
     fn notice(&self, kind: &'static str, provider_ref: &str) -> Notice {
         Notice {
             kind,
@@ -177,26 +169,12 @@ impl Payment {
     }
 }
 
-impl Ledger {
-    fn payment(&mut self, provider_ref: &str) -> Result<&mut Payment, ProviderError> {
-        self.payments
-            .get_mut(provider_ref)
-            .ok_or_else(|| ProviderError::Refused("unknown payment".into()))
-    }
-}
-
-#[derive(Default)]
-struct Ledger {
-    payments: HashMap<String, Payment>,
-    /// Answers by idempotency key: a repeat gets the first answer.
-    authorizations: HashMap<String, Result<Authorization, ProviderError>>,
-    done: HashMap<String, Result<(), ProviderError>>,
-}
-
-/// The built-in simulated provider.
+/// The built-in simulated provider. Its books (the payments it holds and the
+/// answer to each key) are in the payments database ([`crate::simulator`]),
+/// so every payments process shares them and a restart forgets nothing.
 pub struct SimulatedProvider {
     behaviour: SimulatedBehaviour,
-    ledger: Mutex<Ledger>,
+    books: Books,
     /// Sends webhooks; built only when there is a target.
     client: Option<reqwest::Client>,
 }
@@ -210,8 +188,9 @@ impl std::fmt::Debug for SimulatedProvider {
 }
 
 impl SimulatedProvider {
-    /// A simulated provider behaving as `behaviour` says.
-    pub fn new(behaviour: SimulatedBehaviour) -> Self {
+    /// A simulated provider behaving as `behaviour` says, keeping its books in
+    /// `db` (the payments database, migrated).
+    pub fn new(behaviour: SimulatedBehaviour, db: Database) -> Self {
         let client = behaviour.webhook.as_ref().and_then(|_| {
             reqwest::Client::builder()
                 .timeout(WEBHOOK_TIMEOUT)
@@ -223,9 +202,24 @@ impl SimulatedProvider {
         });
         Self {
             behaviour,
-            ledger: Mutex::new(Ledger::default()),
+            books: Books::new(db),
             client,
         }
+    }
+
+    /// Makes `change` to `provider_ref` once per `key`, announcing it when
+    /// this call made it.
+    async fn once(
+        &self,
+        key: &str,
+        provider_ref: &str,
+        change: Change,
+        kind: &'static str,
+    ) -> Result<(), ProviderError> {
+        if let Some(held) = self.books.change(key, provider_ref, change).await? {
+            self.announce(held.notice(kind, provider_ref));
+        }
+        Ok(())
     }
 
     async fn weather(&self) -> Result<(), ProviderError> {
@@ -235,33 +229,6 @@ impl SimulatedProvider {
         if self.behaviour.error_rate > 0.0 && chance() < self.behaviour.error_rate {
             return Err(ProviderError::Unavailable("simulated outage".into()));
         }
-        Ok(())
-    }
-
-    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `op` once per key; repeats get the first answer. The first success
-    /// is announced by webhook.
-    fn once(
-        &self,
-        key: &str,
-        op: impl FnOnce(&mut Ledger) -> Result<Notice, ProviderError>,
-    ) -> Result<(), ProviderError> {
-        let notice = {
-            let mut ledger = self.ledger();
-            if let Some(answer) = ledger.done.get(key) {
-                return answer.clone();
-            }
-            let answer = op(&mut ledger);
-            ledger.done.insert(
-                key.to_string(),
-                answer.as_ref().map(drop).map_err(Clone::clone),
-            );
-            answer?
-        };
-        self.announce(notice);
         Ok(())
     }
 
@@ -404,8 +371,15 @@ impl PaymentProvider for SimulatedProvider {
         payment_token: &str,
         amount: Money,
     ) -> Result<Authorization, ProviderError> {
-        if let Some(answer) = self.ledger().authorizations.get(key) {
-            return answer.clone();
+        match self.books.answer(key).await? {
+            Some(Answer::Authorized(first)) => return Ok(first),
+            Some(Answer::Failed(e)) => return Err(e),
+            Some(Answer::Done) => {
+                return Err(ProviderError::Refused(
+                    "the key was used for another call".into(),
+                ));
+            }
+            None => {}
         }
         self.weather().await?;
         let answer = match decide(payment_token) {
@@ -421,37 +395,24 @@ impl PaymentProvider for SimulatedProvider {
                 last4,
             }),
         };
-        let notice = {
-            let mut ledger = self.ledger();
-            // A concurrent repeat may have answered first: keep that answer.
-            if let Some(first) = ledger.authorizations.get(key) {
-                return first.clone();
-            }
-            let payment = Payment {
+        // A concurrent repeat may have answered first: then its answer stands.
+        let (answer, first) = self.books.authorize(key, answer, amount).await?;
+        if first {
+            let held = Held {
                 authorized: amount,
                 captured: 0,
                 refunded: 0,
                 voided: false,
             };
-            let notice = match &answer {
+            match &answer {
                 Ok(Authorization::Approved { provider_ref, .. }) => {
-                    ledger
-                        .payments
-                        .insert(provider_ref.clone(), payment.clone());
-                    Some(payment.notice("payment.authorized", provider_ref))
+                    self.announce(held.notice("payment.authorized", provider_ref));
                 }
                 Ok(Authorization::Declined { .. }) => {
-                    Some(payment.notice("payment.declined", &provider_ref(key)))
+                    self.announce(held.notice("payment.declined", &provider_ref(key)));
                 }
-                Err(_) => None,
-            };
-            ledger
-                .authorizations
-                .insert(key.to_string(), answer.clone());
-            notice
-        };
-        if let Some(notice) = notice {
-            self.announce(notice);
+                Err(_) => {}
+            }
         }
         answer
     }
@@ -463,67 +424,25 @@ impl PaymentProvider for SimulatedProvider {
         amount: Money,
     ) -> Result<(), ProviderError> {
         self.weather().await?;
-        self.once(key, |ledger| {
-            let payment = ledger.payment(provider_ref)?;
-            if payment.voided {
-                return Err(ProviderError::Refused(
-                    "the authorization was voided".into(),
-                ));
-            }
-            if amount.currency() != payment.authorized.currency()
-                || payment.captured + amount.amount_minor() > payment.authorized.amount_minor()
-            {
-                return Err(ProviderError::Refused("more than authorized".into()));
-            }
-            payment.captured += amount.amount_minor();
-            Ok(payment.notice("payment.captured", provider_ref))
-        })
+        self.once(
+            key,
+            provider_ref,
+            Change::Capture(amount),
+            "payment.captured",
+        )
+        .await
     }
 
     async fn void(&self, key: &str, provider_ref: &str) -> Result<(), ProviderError> {
         self.weather().await?;
-        self.once(key, |ledger| {
-            let payment = ledger.payment(provider_ref)?;
-            if payment.captured > 0 {
-                return Err(ProviderError::Refused(
-                    "already captured: refund instead".into(),
-                ));
-            }
-            payment.voided = true;
-            Ok(payment.notice("payment.voided", provider_ref))
-        })
+        self.once(key, provider_ref, Change::Void, "payment.voided")
+            .await
     }
 
     async fn cancel_authorization(&self, key: &str) -> Result<(), ProviderError> {
         self.weather().await?;
-        let notice = {
-            let mut ledger = self.ledger();
-            match ledger.authorizations.get(key).cloned() {
-                Some(Ok(Authorization::Approved { provider_ref, .. })) => {
-                    let payment = ledger.payment(&provider_ref)?;
-                    if payment.captured > 0 {
-                        return Err(ProviderError::Refused(
-                            "already captured: refund instead".into(),
-                        ));
-                    }
-                    let first = !payment.voided;
-                    payment.voided = true;
-                    first.then(|| payment.notice("payment.voided", &provider_ref))
-                }
-                Some(Ok(Authorization::Declined { .. })) => None,
-                Some(Err(_)) | None => {
-                    ledger.authorizations.insert(
-                        key.to_string(),
-                        Ok(Authorization::Declined {
-                            reason: "canceled".into(),
-                        }),
-                    );
-                    None
-                }
-            }
-        };
-        if let Some(notice) = notice {
-            self.announce(notice);
+        if let Some((provider_ref, held)) = self.books.cancel_authorization(key).await? {
+            self.announce(held.notice("payment.voided", &provider_ref));
         }
         Ok(())
     }
@@ -535,16 +454,13 @@ impl PaymentProvider for SimulatedProvider {
         amount: Money,
     ) -> Result<(), ProviderError> {
         self.weather().await?;
-        self.once(key, |ledger| {
-            let payment = ledger.payment(provider_ref)?;
-            if amount.currency() != payment.authorized.currency()
-                || payment.refunded + amount.amount_minor() > payment.captured
-            {
-                return Err(ProviderError::Refused("more than captured".into()));
-            }
-            payment.refunded += amount.amount_minor();
-            Ok(payment.notice("payment.refunded", provider_ref))
-        })
+        self.once(
+            key,
+            provider_ref,
+            Change::Refund(amount),
+            "payment.refunded",
+        )
+        .await
     }
 }
 
@@ -566,13 +482,30 @@ mod tests {
         Money::new(minor, Currency::parse("USD").expect("USD")).expect("in range")
     }
 
-    fn provider() -> SimulatedProvider {
-        SimulatedProvider::new(SimulatedBehaviour::default())
+    /// A migrated payments database for the provider's books, kept alive
+    /// with the provider.
+    async fn books() -> agora_platform::testing::TestDatabase {
+        let db = agora_platform::testing::TestDatabase::new()
+            .await
+            .expect("a database");
+        db.db
+            .migrate(&crate::MIGRATIONS)
+            .await
+            .expect("payments migrations");
+        db
+    }
+
+    async fn provider() -> (SimulatedProvider, agora_platform::testing::TestDatabase) {
+        let db = books().await;
+        (
+            SimulatedProvider::new(SimulatedBehaviour::default(), db.db.clone()),
+            db,
+        )
     }
 
     #[tokio::test]
     async fn test_tokens_approve_decline_fail_or_time_out() {
-        let p = provider();
+        let (p, _db) = provider().await;
         let Ok(Authorization::Approved { last4, brand, .. }) =
             p.authorize("k1", "tok_visa", usd(500)).await
         else {
@@ -613,7 +546,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_are_idempotent_by_key_and_amounts_are_checked() {
-        let p = provider();
+        let (p, _db) = provider().await;
         let first = p.authorize("auth-1", "tok_visa", usd(1000)).await;
         assert_eq!(
             p.authorize("auth-1", "tok_declined", usd(1)).await,
@@ -652,15 +585,77 @@ mod tests {
 
     #[tokio::test]
     async fn a_flaky_provider_fails_before_doing_anything() {
-        let p = SimulatedProvider::new(SimulatedBehaviour {
-            error_rate: 1.0,
-            ..SimulatedBehaviour::default()
-        });
+        let db = books().await;
+        let p = SimulatedProvider::new(
+            SimulatedBehaviour {
+                error_rate: 1.0,
+                ..SimulatedBehaviour::default()
+            },
+            db.db.clone(),
+        );
         assert!(matches!(
             p.authorize("k", "tok_visa", usd(1)).await,
             Err(ProviderError::Unavailable(_))
         ));
-        assert!(p.ledger().authorizations.is_empty());
+        assert_eq!(p.books.answer("k").await, Ok(None), "nothing was recorded");
+    }
+
+    #[tokio::test]
+    async fn the_books_are_shared_by_every_process_and_survive_a_restart() {
+        let db = books().await;
+        let first = SimulatedProvider::new(SimulatedBehaviour::default(), db.db.clone());
+        let Ok(Authorization::Approved { provider_ref, .. }) =
+            first.authorize("auth", "tok_visa", usd(700)).await
+        else {
+            panic!("approved")
+        };
+        drop(first);
+        // Another process (or this one restarted) knows the payment.
+        let second = SimulatedProvider::new(SimulatedBehaviour::default(), db.db.clone());
+        let third = SimulatedProvider::new(SimulatedBehaviour::default(), db.db.clone());
+        assert_eq!(
+            second.authorize("auth", "tok_declined", usd(1)).await,
+            Ok(Authorization::Approved {
+                provider_ref: provider_ref.clone(),
+                brand: "visa".into(),
+                last4: "4242".into(),
+            })
+        );
+        // The same capture from two processes at once takes effect once; a
+        // capture under another key finds nothing left to take.
+        let (a, b) = tokio::join!(
+            second.capture("cap", &provider_ref, usd(700)),
+            third.capture("cap", &provider_ref, usd(700)),
+        );
+        assert_eq!((a, b), (Ok(()), Ok(())));
+        let held = second
+            .books
+            .held(&provider_ref)
+            .await
+            .expect("books")
+            .expect("held");
+        assert_eq!(held.captured, 700);
+        assert!(matches!(
+            third.capture("cap-2", &provider_ref, usd(1)).await,
+            Err(ProviderError::Refused(_))
+        ));
+        // A refusal is an answer too: the key repeats it.
+        assert!(matches!(
+            second.void("void", &provider_ref).await,
+            Err(ProviderError::Refused(_))
+        ));
+        assert!(matches!(
+            third.void("void", &provider_ref).await,
+            Err(ProviderError::Refused(_))
+        ));
+        // An authorization cancelled before it answered cannot approve later.
+        assert_eq!(third.cancel_authorization("never").await, Ok(()));
+        assert_eq!(
+            second.authorize("never", "tok_visa", usd(5)).await,
+            Ok(Authorization::Declined {
+                reason: "canceled".into()
+            })
+        );
     }
 
     #[test]

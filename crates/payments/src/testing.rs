@@ -49,10 +49,11 @@ pub struct FaultyProvider {
 }
 
 impl FaultyProvider {
-    /// A simulated provider behaving as `behaviour` says, with no fault yet.
-    pub fn new(behaviour: SimulatedBehaviour) -> Self {
+    /// A simulated provider behaving as `behaviour` says, keeping its books
+    /// in `db` (the payments database, migrated), with no fault yet.
+    pub fn new(behaviour: SimulatedBehaviour, db: agora_platform::Database) -> Self {
         Self {
-            inner: SimulatedProvider::new(behaviour),
+            inner: SimulatedProvider::new(behaviour, db),
             faults: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
         }

@@ -58,7 +58,7 @@ pub(crate) async fn fixture_with(behaviour: SimulatedBehaviour, now: Timestamp) 
         .await
         .expect("payments migrations");
     let clock = Arc::new(ManualClock::new(now));
-    let provider = Arc::new(FaultyProvider::new(behaviour));
+    let provider = Arc::new(FaultyProvider::new(behaviour, db.db.clone()));
     let outbox = Arc::new(Outbox::new(agora_payments::OUTBOX_TABLE));
     let payments = Payments::new(
         PaymentStore::new(db.db.clone(), outbox),
