@@ -253,26 +253,20 @@ async fn exercise(fleet: &Fleet, server: &str, prefix: &str) -> Result<(), Strin
 
     // The gateway's own answers.
     let http = reqwest::Client::new();
-    let answer = http
-        .get(format!("{}/api/v1/nowhere", fleet.gateway))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = answer.status().as_u16();
-    let body: Value = answer.json().await.map_err(|e| e.to_string())?;
-    if status != 404 || body["error"]["code"] != "ROUTE_NOT_FOUND" {
-        return Err(format!("an unknown route answered {status} {body}"));
-    }
-    let answer = http
-        .get(format!("{}/api/v1/orders", fleet.gateway))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = answer.status().as_u16();
-    let body: Value = answer.json().await.map_err(|e| e.to_string())?;
-    if status != 401 || body["error"]["code"] != "AUTH_REQUIRED" {
-        return Err(format!("orders without a token answered {status} {body}"));
-    }
+    expect_code(
+        &http,
+        &format!("{}/api/v1/nowhere", fleet.gateway),
+        404,
+        "ROUTE_NOT_FOUND",
+    )
+    .await?;
+    expect_code(
+        &http,
+        &format!("{}/api/v1/orders", fleet.gateway),
+        401,
+        "AUTH_REQUIRED",
+    )
+    .await?;
 
     // The black-box shop mix through the gateway: browsing, search, accounts,
     // carts, checkouts, orders; no error but stock running out.
@@ -365,6 +359,24 @@ async fn exercise(fleet: &Fleet, server: &str, prefix: &str) -> Result<(), Strin
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     check_invariants(&mut orders, server, prefix).await
+}
+
+/// `GET url` answers `status` with the error `code`.
+async fn expect_code(
+    http: &reqwest::Client,
+    url: &str,
+    status: u16,
+    code: &str,
+) -> Result<(), String> {
+    let answer = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let got = answer.status().as_u16();
+    let body: Value = answer.json().await.map_err(|e| e.to_string())?;
+    if got != status || body["error"]["code"] != code {
+        return Err(format!(
+            "GET {url} answered {got} {body}, not {status} {code}"
+        ));
+    }
+    Ok(())
 }
 
 /// The checkout invariants across the orders, payments and inventory

@@ -312,14 +312,19 @@ fn held_from_row(row: &sqlx::any::AnyRow) -> Result<Held, ProviderError> {
 
 /// Voids `provider_ref` if it holds nothing captured and is not voided yet.
 async fn voided_now(tx: &mut WriteTx, provider_ref: &str) -> Result<Option<Held>, ProviderError> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+    let sql = format!(
         "UPDATE payments_simulator_payments SET voided = 1 \
          WHERE provider_ref = $1 AND captured_minor = 0 AND voided = 0 RETURNING {HELD_COLUMNS}"
-    )))
-    .bind(provider_ref)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(books)?;
+    );
+    fetch_held(tx, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(provider_ref)).await
+}
+
+/// The held payment `query` returns, if any.
+async fn fetch_held(
+    tx: &mut WriteTx,
+    query: sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments>,
+) -> Result<Option<Held>, ProviderError> {
+    let row = query.fetch_optional(&mut **tx).await.map_err(books)?;
     row.map(|row| held_from_row(&row)).transpose()
 }
 
@@ -331,54 +336,45 @@ async fn apply(
     change: Change,
 ) -> Result<Result<Held, ProviderError>, ProviderError> {
     let changed = match change {
-        Change::Capture(amount) => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE payments_simulator_payments SET captured_minor = captured_minor + $1 \
-             WHERE provider_ref = $2 AND voided = 0 AND currency = $3 \
-             AND captured_minor + $1 <= authorized_minor RETURNING {HELD_COLUMNS}"
-        )))
-        .bind(amount.amount_minor())
-        .bind(provider_ref)
-        .bind(amount.currency().code())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(books)?
-        .map(|row| held_from_row(&row))
-        .transpose()?,
-        Change::Void => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE payments_simulator_payments SET voided = 1 \
-             WHERE provider_ref = $1 AND captured_minor = 0 RETURNING {HELD_COLUMNS}"
-        )))
-        .bind(provider_ref)
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(books)?
-        .map(|row| held_from_row(&row))
-        .transpose()?,
-        Change::Refund(amount) => sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE payments_simulator_payments SET refunded_minor = refunded_minor + $1 \
-             WHERE provider_ref = $2 AND currency = $3 \
-             AND refunded_minor + $1 <= captured_minor RETURNING {HELD_COLUMNS}"
-        )))
-        .bind(amount.amount_minor())
-        .bind(provider_ref)
-        .bind(amount.currency().code())
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(books)?
-        .map(|row| held_from_row(&row))
-        .transpose()?,
+        Change::Capture(amount) => {
+            let sql = format!(
+                "UPDATE payments_simulator_payments SET captured_minor = captured_minor + $1 \
+                 WHERE provider_ref = $2 AND voided = 0 AND currency = $3 \
+                 AND captured_minor + $1 <= authorized_minor RETURNING {HELD_COLUMNS}"
+            );
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(amount.amount_minor())
+                .bind(provider_ref)
+                .bind(amount.currency().code());
+            fetch_held(tx, query).await?
+        }
+        Change::Void => {
+            let sql = format!(
+                "UPDATE payments_simulator_payments SET voided = 1 \
+                 WHERE provider_ref = $1 AND captured_minor = 0 RETURNING {HELD_COLUMNS}"
+            );
+            fetch_held(tx, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(provider_ref)).await?
+        }
+        Change::Refund(amount) => {
+            let sql = format!(
+                "UPDATE payments_simulator_payments SET refunded_minor = refunded_minor + $1 \
+                 WHERE provider_ref = $2 AND currency = $3 \
+                 AND refunded_minor + $1 <= captured_minor RETURNING {HELD_COLUMNS}"
+            );
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(amount.amount_minor())
+                .bind(provider_ref)
+                .bind(amount.currency().code());
+            fetch_held(tx, query).await?
+        }
     };
     if let Some(held) = changed {
         return Ok(Ok(held));
     }
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {HELD_COLUMNS} FROM payments_simulator_payments WHERE provider_ref = $1"
-    )))
-    .bind(provider_ref)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(books)?;
-    let Some(held) = row.map(|row| held_from_row(&row)).transpose()? else {
+    let sql =
+        format!("SELECT {HELD_COLUMNS} FROM payments_simulator_payments WHERE provider_ref = $1");
+    let found = fetch_held(tx, sqlx::query(sqlx::AssertSqlSafe(sql)).bind(provider_ref)).await?;
+    let Some(held) = found else {
         return Ok(Err(ProviderError::Refused("unknown payment".into())));
     };
     let why = match change {
