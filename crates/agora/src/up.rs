@@ -505,11 +505,14 @@ fn print_table(processes: &[Process], settings: &UpSettings, dir: &Path) {
 /// module has.
 async fn wait_for_stop(processes: &mut [Process]) -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut gone = vec![false; processes.len()];
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = terminate.recv() => return Ok(()),
+            // A closed terminal stops the fleet, as Ctrl-C does.
+            _ = hangup.recv() => return Ok(()),
             () = tokio::time::sleep(Duration::from_millis(500)) => {
                 for (i, p) in processes.iter_mut().enumerate() {
                     if gone[i] {

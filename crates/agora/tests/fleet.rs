@@ -462,6 +462,29 @@ async fn check_invariants(
         }
     }
 
+    // The provider's own books agree: no call left half-way, and it holds
+    // for each payment what the payments module says it captured and
+    // refunded (a double capture at the provider would show here).
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM payments_simulator_answers WHERE outcome = 'pending'",
+    )
+    .fetch_one(&mut payments)
+    .await
+    .map_err(sql)?;
+    let disagreeing: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM payments_payments p \
+         JOIN payments_simulator_payments s ON s.provider_ref = p.provider_ref \
+         WHERE s.captured_minor <> p.captured_minor OR s.refunded_minor <> p.refunded_minor",
+    )
+    .fetch_one(&mut payments)
+    .await
+    .map_err(sql)?;
+    if pending != 0 || disagreeing != 0 {
+        return Err(format!(
+            "{pending} provider answers pending, {disagreeing} payments whose provider books disagree"
+        ));
+    }
+
     // Stock: nothing held, and what was sold is what the confirmed orders hold.
     let mut inventory = connect(server, prefix, "inventory").await;
     let held: i64 =

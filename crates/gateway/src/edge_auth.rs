@@ -9,7 +9,7 @@
 //! most once per [`UNKNOWN_KID_REFRESH`]), which is how a rotated key is
 //! picked up before the next scheduled read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,8 +46,8 @@ pub(crate) struct EdgeAuth {
     uri: http::Uri,
     client: Client<HttpConnector, Body>,
     authenticator: Authenticator,
-    /// The key ids in force; empty until the first read succeeds.
-    kids: ArcSwap<HashSet<String>>,
+    /// The keys in force, by key id; empty until the first read succeeds.
+    keys: ArcSwap<HashMap<String, DecodingKey>>,
     /// When a token with an unknown key id last made the keys be read.
     last_forced_read: tokio::sync::Mutex<Option<Instant>>,
 }
@@ -65,7 +65,7 @@ impl EdgeAuth {
             config,
             client,
             authenticator,
-            kids: ArcSwap::from_pointee(HashSet::new()),
+            keys: ArcSwap::from_pointee(HashMap::new()),
             last_forced_read: tokio::sync::Mutex::new(None),
         }
     }
@@ -104,10 +104,26 @@ impl EdgeAuth {
             return Err(anyhow!("the set holds no usable key"));
         }
         let count = keys.len();
-        self.kids
-            .store(Arc::new(keys.keys().cloned().collect::<HashSet<_>>()));
-        self.authenticator.set_keys(keys);
+        self.install(keys);
         Ok(count)
+    }
+
+    fn install(&self, keys: HashMap<String, DecodingKey>) {
+        self.authenticator.set_keys(keys.clone());
+        self.keys.store(Arc::new(keys));
+    }
+
+    /// Takes the keys `old` (the generation before a reload) holds, when it
+    /// reads them from the same place for the same issuer and audience: a
+    /// reload while the identity service is down loses nothing.
+    pub(crate) fn keep_keys_of(&self, old: &EdgeAuth) {
+        let same = old.config.jwks_url == self.config.jwks_url
+            && old.config.issuer == self.config.issuer
+            && old.config.audience == self.config.audience;
+        let keys = old.keys.load_full();
+        if same && !keys.is_empty() {
+            self.install(HashMap::clone(&keys));
+        }
     }
 
     /// Reads the keys, logging the outcome.
@@ -135,7 +151,7 @@ impl EdgeAuth {
         let every = Duration::from_secs(self.config.refresh_secs);
         loop {
             self.read_keys_logged().await;
-            let wait = if self.kids.load().is_empty() {
+            let wait = if self.keys.load().is_empty() {
                 every.min(Duration::from_secs(2))
             } else {
                 every
@@ -160,12 +176,12 @@ impl EdgeAuth {
         }
         match self.check(bytes).await {
             Err(e) if e.code() == ErrorCode::AuthInvalidToken && self.names_unknown_key(bytes) => {
-                if self.kids.load().is_empty() {
+                if self.keys.load().is_empty() {
                     self.read_keys_unless_recent(Duration::from_secs(1)).await;
                 } else {
                     self.read_keys_unless_recent(UNKNOWN_KID_REFRESH).await;
                 }
-                if self.kids.load().is_empty() {
+                if self.keys.load().is_empty() {
                     return Err(ApiError::from_code(ErrorCode::GatewayAuthUnavailable));
                 }
                 self.check(bytes).await
@@ -190,7 +206,7 @@ impl EdgeAuth {
         jsonwebtoken::decode_header(token)
             .ok()
             .and_then(|header| header.kid)
-            .is_some_and(|kid| !self.kids.load().contains(&kid))
+            .is_some_and(|kid| !self.keys.load().contains_key(&kid))
     }
 }
 

@@ -149,6 +149,9 @@ impl Generation {
         let auth = config
             .auth
             .map(|auth| EdgeAuth::new(auth, upstream_client(1_000)));
+        if let (Some(auth), Some(before)) = (&auth, old.and_then(|old| old.auth.as_ref())) {
+            auth.keep_keys_of(before);
+        }
         Ok(Generation {
             trust_forwarded_for: config.trust_forwarded_for,
             grace: Duration::from_millis(config.shutdown_timeout_ms),
@@ -490,8 +493,13 @@ async fn forward(
     let timeout = Duration::from_millis(pool.config.request_timeout_ms);
     // A request can be sent again only if its body can: none, or one small
     // enough to keep (read in full first). A large body streams once.
+    // The body's exact length as hyper knows it (Content-Length, or an
+    // HTTP/2 stream that ended with its headers); unknown when chunked.
+    let exact_length = axum::body::HttpBody::size_hint(&body)
+        .exact()
+        .and_then(|n| usize::try_from(n).ok());
     let mut body = Some(body);
-    let replay: Option<Bytes> = match declared_length(&parts.headers) {
+    let replay: Option<Bytes> = match exact_length {
         Some(0) => Some(Bytes::new()),
         Some(length) if length <= REPLAY_LIMIT => {
             let whole = Limited::new(body.take().unwrap_or_else(Body::empty), REPLAY_LIMIT);
@@ -618,19 +626,6 @@ fn is_idempotent(method: &Method) -> bool {
 /// The largest body kept so that its request can be tried again.
 const REPLAY_LIMIT: usize = 64 * 1024;
 
-/// The body's length as the request declares it: 0 with no `Content-Length`
-/// and no `Transfer-Encoding`; `None` when it is chunked (unknown) or the
-/// header is not a number.
-fn declared_length(headers: &HeaderMap) -> Option<usize> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        return None;
-    }
-    match headers.get(header::CONTENT_LENGTH) {
-        None => Some(0),
-        Some(value) => value.to_str().ok()?.trim().parse().ok(),
-    }
-}
-
 /// The client's address: the peer's, or with `trust_forwarded_for` the last
 /// `X-Forwarded-For` entry.
 fn client_address(headers: &HeaderMap, peer: SocketAddr, trust_forwarded_for: bool) -> IpAddr {
@@ -675,6 +670,8 @@ fn forwarded_headers(
     }
     let proto = if tls { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    // Never the client's own X-Forwarded-Host: the Host it sent, if any.
+    headers.remove(&X_FORWARDED_HOST);
     if let Some(host) = given.get(header::HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }

@@ -28,6 +28,7 @@ struct Jwks {
     keys: Arc<RwLock<Arc<KeyRing>>>,
     reads: Arc<AtomicUsize>,
     url: String,
+    shutdown: Shutdown,
 }
 
 impl Jwks {
@@ -48,13 +49,19 @@ impl Jwks {
             "http://{}/.well-known/jwks.json",
             listener.local_addr().expect("an address")
         );
+        let shutdown = Shutdown::new();
         tokio::spawn(agora_platform::http::serve(
             listener,
             router,
-            Shutdown::new(),
+            shutdown.clone(),
             Duration::ZERO,
         ));
-        Jwks { keys, reads, url }
+        Jwks {
+            keys,
+            reads,
+            url,
+            shutdown,
+        }
     }
 
     fn current(&self) -> Arc<KeyRing> {
@@ -488,4 +495,33 @@ async fn tls_is_terminated_with_the_configured_certificate() {
         .err()
         .expect("a missing key is refused");
     assert!(refused.to_string().contains("`tls.key`"), "{refused}");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_keys_while_the_identity_service_is_down() {
+    let service = instance("svc").await;
+    let jwks = Jwks::start().await;
+    let toml = format!(
+        "[auth]\njwks_url = \"{}\"\n\
+         [[routes]]\nprefix = \"/api\"\nupstream = \"svc\"\nrequire_auth = true\n{}",
+        jwks.url,
+        pool("svc", &[&service], "")
+    );
+    let (address, _shutdown, gateway) = serve_gateway(&toml).await;
+    let base = format!("http://{address}");
+    let http = reqwest::Client::new();
+    let bearer = format!("Bearer {}", token(&jwks.current(), UserId::new(), 600));
+    let (status, _) = call(&http, &format!("{base}/api/x"), Some(&bearer)).await;
+    assert_eq!(status, StatusCode::OK);
+    jwks.shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gateway
+        .reload(GatewayConfig::parse(&toml).expect("valid"))
+        .expect("the reload is taken");
+    let (status, body) = call(&http, &format!("{base}/api/x"), Some(&bearer)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the keys were lost at the reload: {body}"
+    );
 }

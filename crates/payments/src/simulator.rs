@@ -149,7 +149,7 @@ impl Books {
         if claimed.rows_affected() == 1 {
             return Ok(Claim::Claimed(tx));
         }
-        drop(tx);
+        tx.rollback().await.map_err(books)?;
         match self.answer(key).await? {
             Some(answer) => Ok(Claim::Taken(answer)),
             None => Err(books(format!("the key {key} is taken but has no answer"))),
