@@ -185,27 +185,42 @@ fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// Runs `agora loadgen` through the gateway; returns its JSON report and
-/// whether it exited successfully.
-fn loadgen(fleet: &Fleet, scenario: &str, duration: &str, stock: u64) -> (Value, bool) {
-    let report = fleet.data.path().join(format!("{scenario}.json"));
-    let status = agora()
-        .args(["loadgen", "--target", &fleet.gateway, "--quiet"])
-        .args(["--users", &USERS.to_string(), "--duration", duration])
-        .args(["--scenario", scenario, "--seed", "7"])
-        .args([
-            "--admin-email",
-            "admin@agora.local",
-            "--stock",
-            &stock.to_string(),
-        ])
-        .args(["--json", report.to_str().expect("utf-8")])
-        .env("AGORA_LOADGEN_ADMIN_PASSWORD", fleet.admin_password())
-        .stdout(Stdio::null())
-        .status()
-        .expect("loadgen runs");
-    let text = std::fs::read_to_string(&report).expect("the loadgen report");
-    (serde_json::from_str(&text).expect("JSON"), status.success())
+/// A run of `agora loadgen` through the gateway.
+struct Load {
+    child: Child,
+    report: std::path::PathBuf,
+}
+
+impl Load {
+    /// Starts `scenario` for `duration` with `stock` units of each product.
+    fn start(fleet: &Fleet, scenario: &str, duration: &str, stock: u64, seed: u64) -> Load {
+        let report = fleet.data.path().join(format!("{scenario}.json"));
+        let child = agora()
+            .args(["loadgen", "--target", &fleet.gateway, "--quiet"])
+            .args(["--users", &USERS.to_string(), "--duration", duration])
+            .args(["--scenario", scenario, "--seed", &seed.to_string()])
+            .args([
+                "--admin-email",
+                "admin@agora.local",
+                "--stock",
+                &stock.to_string(),
+            ])
+            .args(["--json", report.to_str().expect("utf-8")])
+            .env("AGORA_LOADGEN_ADMIN_PASSWORD", fleet.admin_password())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("loadgen runs");
+        Load { child, report }
+    }
+
+    /// Waits for the run; its JSON report and whether it exited successfully.
+    fn finish(mut self) -> Result<(Value, bool), String> {
+        let status = self.child.wait().map_err(|e| e.to_string())?;
+        let text = std::fs::read_to_string(&self.report)
+            .map_err(|e| format!("the {} report: {e}", self.report.display()))?;
+        let report = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        Ok((report, status.success()))
+    }
 }
 
 async fn connect(server: &str, prefix: &str, module: &str) -> AnyConnection {
@@ -270,44 +285,24 @@ async fn exercise(fleet: &Fleet, server: &str, prefix: &str) -> Result<(), Strin
 
     // The black-box shop mix through the gateway: browsing, search, accounts,
     // carts, checkouts, orders; no error but stock running out.
-    let (shop, passed) = loadgen(fleet, "shop", "8s", 1_000_000);
+    let (shop, passed) = Load::start(fleet, "shop", "8s", 1_000_000, 7).finish()?;
     if !passed || shop["total"]["unexpected_errors"] != 0 {
         return Err(format!("the shop scenario failed: {}", shop["total"]));
     }
 
-    // Checkouts, with an orders replica and a catalog replica killed midway.
-    // Little stock, so that it runs out and the race for the last units is on.
-    let load = {
-        let fleet_gateway = fleet.gateway.clone();
-        let password = fleet.admin_password();
-        let report = fleet.data.path().join("checkout.json");
-        std::thread::spawn(move || {
-            agora()
-                .args(["loadgen", "--target", &fleet_gateway, "--quiet"])
-                .args(["--users", &USERS.to_string(), "--duration", "20s"])
-                .args(["--scenario", "checkout-only", "--seed", "11"])
-                .args(["--admin-email", "admin@agora.local", "--stock", "150"])
-                .args(["--json", report.to_str().expect("utf-8")])
-                .env("AGORA_LOADGEN_ADMIN_PASSWORD", password)
-                .stdout(Stdio::null())
-                .status()
-                .expect("loadgen runs");
-            report
-        })
-    };
+    // Checkouts, with an orders, a catalog and a payments replica killed
+    // midway. Little stock, so that it runs out and the race for the last
+    // units is on.
+    let load = Load::start(fleet, "checkout-only", "20s", 150, 11);
     tokio::time::sleep(Duration::from_secs(10)).await;
     // payments-1 too: the sagas it was serving go on at payments-2, whose
     // simulated provider shares its books.
     signal("KILL", fleet.pid("orders-1"));
     signal("KILL", fleet.pid("catalog-1"));
     signal("KILL", fleet.pid("payments-1"));
-    let report = tokio::task::spawn_blocking(move || load.join().expect("the load"))
+    let (checkout, _) = tokio::task::spawn_blocking(move || load.finish())
         .await
-        .map_err(|e| e.to_string())?;
-    let checkout: Value = serde_json::from_str(
-        &std::fs::read_to_string(report).map_err(|e| format!("the checkout report: {e}"))?,
-    )
-    .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())??;
     let unexpected = checkout["total"]["unexpected_errors"]
         .as_u64()
         .unwrap_or(u64::MAX);
