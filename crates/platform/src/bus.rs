@@ -545,8 +545,72 @@ impl std::fmt::Debug for InProcessBus {
     }
 }
 
+/// How many aggregates' events an in-process batch hands out at once.
+const IN_PROCESS_LANES: usize = 16;
+
 #[async_trait]
 impl Bus for InProcessBus {
+    /// Hands a batch's events out by aggregate: each aggregate's events one
+    /// after another in batch order, up to [`IN_PROCESS_LANES`] aggregates side
+    /// by side, as the NATS partitions do (ADR 0007). One at a time, a relay
+    /// could publish no faster than one slow consumer (a receipt written to
+    /// disk) handles, and fell behind the checkouts for good. An aggregate's
+    /// failed event holds back its later ones in the batch; other aggregates'
+    /// go on, and those behind the failure in the outbox are published again
+    /// with it (the inboxes skip them).
+    async fn publish_batch(&self, events: &[Event]) -> (usize, Option<PublishError>) {
+        use futures_util::StreamExt as _;
+        let mut lanes: Vec<Vec<usize>> = Vec::new();
+        let mut lane_of: HashMap<&str, usize> = HashMap::new();
+        for (n, event) in events.iter().enumerate() {
+            let lane = *lane_of
+                .entry(event.aggregate_id.as_str())
+                .or_insert_with(|| {
+                    lanes.push(Vec::new());
+                    lanes.len() - 1
+                });
+            lanes[lane].push(n);
+        }
+        let mut outcomes: Vec<Option<Result<(), PublishError>>> =
+            (0..events.len()).map(|_| None).collect();
+        let mut handed = futures_util::stream::iter(lanes)
+            .map(|lane| async move {
+                let mut done = Vec::with_capacity(lane.len());
+                for n in lane {
+                    let outcome = self.publish(&events[n]).await;
+                    let failed = outcome.is_err();
+                    done.push((n, outcome));
+                    if failed {
+                        break;
+                    }
+                }
+                done
+            })
+            .buffer_unordered(IN_PROCESS_LANES);
+        while let Some(done) = handed.next().await {
+            for (n, outcome) in done {
+                outcomes[n] = Some(outcome);
+            }
+        }
+        // The publication ends at the first event not handled (one left
+        // untried sits behind a failure of its aggregate, earlier in the batch).
+        for (n, outcome) in outcomes.into_iter().enumerate() {
+            match outcome {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return (n, Some(e)),
+                None => {
+                    let held = PublishError {
+                        kind: events[n].kind.clone(),
+                        id: events[n].id,
+                        reason: "held back behind a failed event of its aggregate".to_string(),
+                    };
+                    return (n, Some(held));
+                }
+            }
+        }
+        (events.len(), None)
+    }
+
     async fn publish(&self, event: &Event) -> Result<(), PublishError> {
         let interested: Vec<Arc<Subscription>> = self
             .subscriptions
@@ -1298,6 +1362,76 @@ mod tests {
         );
         bus.publish(&x).await?;
         assert_eq!(bus.dead_letters(None, 10).await?.len(), 1);
+        Ok(())
+    }
+
+    /// Waits, in each delivery, until `width` deliveries are under way.
+    struct Gate(tokio::sync::Barrier);
+
+    #[async_trait]
+    impl Handler for Gate {
+        async fn handle(&self, _event: &Event) -> anyhow::Result<()> {
+            self.0.wait().await;
+            Ok(())
+        }
+    }
+
+    /// A batch's aggregates are handed out side by side: four events of four
+    /// aggregates to a handler that returns only once four deliveries are
+    /// under way (one at a time, the first would wait for ever).
+    #[tokio::test]
+    async fn an_in_process_batch_hands_its_aggregates_out_side_by_side() -> anyhow::Result<()> {
+        let bus = InProcessBus::new();
+        bus.subscribe(
+            "gate",
+            &["a.b"],
+            Arc::new(Gate(tokio::sync::Barrier::new(4))),
+        );
+        let batch: Vec<Event> = ["w", "x", "y", "z"].map(|a| event("a.b", a)).to_vec();
+        let (sent, failed) =
+            tokio::time::timeout(Duration::from_secs(10), bus.publish_batch(&batch)).await?;
+        assert_eq!((sent, failed.map(|e| e.reason)), (4, None));
+        Ok(())
+    }
+
+    /// Within a batch, one aggregate's events are handled in order, and its
+    /// failed event holds back its later ones, not other aggregates': the
+    /// batch counts as published up to the failure.
+    #[tokio::test]
+    async fn an_in_process_batch_keeps_each_aggregates_order() -> anyhow::Result<()> {
+        let bus = InProcessBus::new();
+        let handler = test_handlers::Counting::new(0);
+        bus.subscribe("counting", &["a.b"], handler.clone());
+        let batch: Vec<Event> = ["x", "y", "x", "z", "y", "x"]
+            .map(|a| event("a.b", a))
+            .to_vec();
+        assert_eq!(bus.publish_batch(&batch).await.0, 6);
+        let ids = |events: Vec<Event>, aggregate: &str| -> Vec<EventId> {
+            events
+                .into_iter()
+                .filter(|e| e.aggregate_id == aggregate)
+                .map(|e| e.id)
+                .collect()
+        };
+        for aggregate in ["x", "y", "z"] {
+            assert_eq!(
+                ids(handler.events(), aggregate),
+                ids(batch.clone(), aggregate),
+                "{aggregate}"
+            );
+        }
+
+        let bus = InProcessBus::new();
+        let handler = test_handlers::Counting::failing_for("p");
+        bus.subscribe("counting", &["a.b"], handler.clone());
+        let batch: Vec<Event> = ["x", "p", "y", "p"].map(|a| event("a.b", a)).to_vec();
+        let (sent, failed) = bus.publish_batch(&batch).await;
+        assert_eq!(sent, 1);
+        assert_eq!(failed.map(|e| e.id), Some(batch[1].id));
+        let mut seen = handler.seen();
+        seen.sort();
+        assert_eq!(seen, ["x", "y"]);
+        assert_eq!(handler.calls(), 3, "the second p is held back");
         Ok(())
     }
 
