@@ -5,13 +5,19 @@
 //! with `redis_url` in Redis, where one script reads and moves the timestamp
 //! atomically on Redis' own clock, so every gateway instance draws from the
 //! same buckets. A Redis that fails or is slow (over [`REDIS_TIMEOUT`]) does
-//! not fail requests: the instance counts on its own until Redis answers
-//! again, and says so once in the log.
+//! not fail requests: the instance counts on its own, asks Redis again only
+//! after a pause that doubles while it keeps failing ([`REDIS_RETRY_FIRST`]
+//! to [`REDIS_RETRY_MAX`]; one request asks, the others count locally
+//! meanwhile), and says so once in the log each way.
+//!
+//! A client address is an IPv4 address, or an IPv6 address's /64 prefix: one
+//! host's share of a network, which can take any address in it at will.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agora_kernel::{ApiError, ErrorCode};
 use axum::response::{IntoResponse as _, Response};
@@ -23,6 +29,13 @@ use crate::config::{Bucket, GatewayConfigError, RateLimitConfig};
 
 /// How long a bucket check in Redis may take before the local one is used.
 pub(crate) const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// After a failed check, how long until Redis is asked again; the pause
+/// doubles with each failure after it, up to [`REDIS_RETRY_MAX`].
+pub(crate) const REDIS_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// The longest pause between asks of a failing Redis.
+pub(crate) const REDIS_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// GCRA on one key. ARGV: the emission interval in microseconds (one token's
 /// worth of time) and the burst. Returns 0 when admitted (and takes the
@@ -98,6 +111,71 @@ struct Shared {
     take: redis::Script,
     /// The last check failed: counting locally until one succeeds.
     degraded: AtomicBool,
+    /// While degraded: when Redis may be asked again, and the pause after
+    /// the next failure.
+    backoff: Mutex<Backoff>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    retry_at: Option<Instant>,
+    next_pause: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            retry_at: None,
+            next_pause: REDIS_RETRY_FIRST,
+        }
+    }
+}
+
+impl Shared {
+    /// Whether this check may ask Redis: yes unless a failure's pause runs.
+    /// The first to ask once it is over takes the next ask for itself (the
+    /// pause goes on for the others until its answer), so a Redis that hangs
+    /// costs one request [`REDIS_TIMEOUT`], not every request.
+    fn may_ask(&self, now: Instant) -> bool {
+        let mut backoff = self
+            .backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match backoff.retry_at {
+            Some(at) if now < at => false,
+            Some(_) => {
+                backoff.retry_at = Some(now + REDIS_TIMEOUT * 2);
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn answered(&self) {
+        *self
+            .backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Backoff::default();
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            tracing::info!("Redis answers again: rate limits are shared again");
+        }
+    }
+
+    fn failed(&self, now: Instant, error: &str) {
+        let pause = {
+            let mut backoff = self
+                .backoff
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pause = backoff.next_pause;
+            backoff.retry_at = Some(now + pause);
+            backoff.next_pause = (pause * 2).min(REDIS_RETRY_MAX);
+            pause
+        };
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error, retry_in = ?pause, "the rate limits' Redis failed: this instance counts on its own");
+        }
+    }
 }
 
 /// The rate limits of one gateway configuration.
@@ -127,6 +205,7 @@ impl Limits {
                     prefix: config.key_prefix.clone(),
                     take: redis::Script::new(TAKE),
                     degraded: AtomicBool::new(false),
+                    backoff: Mutex::new(Backoff::default()),
                 })
             }
         };
@@ -142,6 +221,7 @@ impl Limits {
         let Some(limit) = &self.client else {
             return Ok(());
         };
+        let client = client_key(client);
         match self.take_shared(limit, &format!("client:{client}")).await {
             Some(outcome) => outcome,
             None => limit.take_local(&client),
@@ -171,6 +251,9 @@ impl Limits {
         key: &str,
     ) -> Option<Result<(), Limited>> {
         let shared = self.shared.as_ref()?;
+        if !shared.may_ask(Instant::now()) {
+            return None;
+        }
         let interval_us = (1_000_000 / u64::from(limit.bucket.per_second)).max(1);
         let mut conn = shared.conn.clone();
         let mut invocation = shared.take.key(format!("{}:{key}", shared.prefix));
@@ -183,9 +266,7 @@ impl Limits {
         };
         match outcome {
             Ok(wait_us) => {
-                if shared.degraded.swap(false, Ordering::Relaxed) {
-                    tracing::info!("Redis answers again: rate limits are shared again");
-                }
+                shared.answered();
                 Some(if wait_us == 0 {
                     Ok(())
                 } else {
@@ -196,9 +277,7 @@ impl Limits {
                 })
             }
             Err(e) => {
-                if !shared.degraded.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "the rate limits' Redis failed: this instance counts on its own");
-                }
+                shared.failed(Instant::now(), &e);
                 None
             }
         }
@@ -215,5 +294,128 @@ impl Limits {
             limit.local.retain_recent();
             limit.local.shrink_to_fit();
         }
+    }
+}
+
+/// The bucket a client address draws from: an IPv4 address (or an IPv4
+/// address mapped into IPv6) as it is, an IPv6 address by its /64.
+fn client_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    fn config(per_second: u32, burst: u32, redis_url: Option<String>) -> RateLimitConfig {
+        RateLimitConfig {
+            redis_url,
+            key_prefix: "test".to_string(),
+            per_client: Some(Bucket { per_second, burst }),
+            per_subject: None,
+        }
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64s_bucket() {
+        let key = |s: &str| client_key(s.parse().expect("an address")).to_string();
+        assert_eq!(key("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_ne!(key("2001:db8:1:3::1"), "2001:db8:1:2::");
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+    }
+
+    /// Five addresses of one /64, each asking once, empty a bucket of 3.
+    #[tokio::test]
+    async fn one_64_draws_from_one_bucket() {
+        let limits = Limits::new(&config(1, 3, None)).expect("limits");
+        let mut admitted = 0;
+        for host in 1..=5 {
+            let address: IpAddr = format!("2001:db8::{host}").parse().expect("an address");
+            admitted += usize::from(limits.admit_client(address).await.is_ok());
+        }
+        assert_eq!(admitted, 3);
+    }
+
+    /// A Redis that accepts connections and never answers: the first check
+    /// waits for it and falls back to the local bucket; the checks during
+    /// the pause after it do not ask it at all.
+    #[tokio::test]
+    async fn a_hanging_redis_is_asked_once_per_pause() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a port");
+        let address = listener.local_addr().expect("its address");
+        // Each ask opens a connection (the client's greeting is never
+        // answered, so none gets further): counting them counts the asks.
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&asked);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                held.push(socket);
+            }
+        });
+        let limits =
+            Limits::new(&config(1000, 1000, Some(format!("redis://{address}")))).expect("limits");
+        let client: IpAddr = "192.0.2.1".parse().expect("an address");
+        for _ in 0..20 {
+            assert!(limits.admit_client(client).await.is_ok(), "counted locally");
+        }
+        let shared = limits.shared.as_ref().expect("shared");
+        assert!(shared.degraded.load(Ordering::Relaxed));
+        assert!(
+            shared.backoff.lock().expect("backoff").retry_at.is_some(),
+            "a pause runs"
+        );
+        assert!(asked.load(Ordering::SeqCst) <= 2, "asked {asked:?} times");
+    }
+
+    #[tokio::test]
+    async fn the_pause_doubles_while_redis_fails_and_ends_when_it_answers() {
+        let limits =
+            Limits::new(&config(1, 1, Some("redis://127.0.0.1:1".to_string()))).expect("limits");
+        let shared = limits.shared.as_ref().expect("shared");
+        let t0 = Instant::now();
+        assert!(shared.may_ask(t0));
+        let pauses: Vec<Duration> = (0..7)
+            .map(|_| {
+                shared.failed(t0, "down");
+                let at = shared
+                    .backoff
+                    .lock()
+                    .expect("backoff")
+                    .retry_at
+                    .expect("paused");
+                at - t0
+            })
+            .collect();
+        assert_eq!(
+            pauses.iter().map(Duration::as_secs).collect::<Vec<_>>(),
+            [1, 2, 4, 8, 16, 30, 30]
+        );
+        assert!(!shared.may_ask(t0 + Duration::from_secs(29)));
+        assert!(
+            shared.may_ask(t0 + Duration::from_secs(30)),
+            "the pause is over"
+        );
+        assert!(
+            !shared.may_ask(t0 + Duration::from_secs(30)),
+            "one ask at a time"
+        );
+        shared.answered();
+        assert!(shared.may_ask(t0));
+        assert!(!shared.degraded.load(Ordering::Relaxed));
     }
 }
