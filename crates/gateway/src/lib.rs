@@ -20,6 +20,7 @@ mod limits;
 mod pool;
 mod proxy;
 mod tls;
+mod upstream;
 
 pub use config::{GatewayConfig, GatewayConfigError};
 pub use proxy::Gateway;

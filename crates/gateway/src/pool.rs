@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{Balance, BreakerConfig, UpstreamConfig};
+use crate::upstream::Connections;
 
 /// Points per instance on the consistent-hash ring: enough that instances
 /// share the ring evenly.
@@ -22,6 +23,8 @@ pub(crate) struct Instance {
     /// `http://host:port`.
     pub(crate) address: String,
     pub(crate) authority: http::uri::Authority,
+    /// Its connections, idle between requests.
+    pub(crate) connections: Arc<Connections>,
     in_flight: AtomicUsize,
     /// Whether its last health check passed (true until the first says otherwise).
     healthy: AtomicBool,
@@ -57,6 +60,7 @@ impl Instance {
         Instance {
             address: address.to_owned(),
             authority,
+            connections: Arc::default(),
             in_flight: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             latency: Mutex::new(Ewma {

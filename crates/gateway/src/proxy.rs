@@ -23,8 +23,9 @@ use tokio::net::TcpListener;
 use crate::config::{GatewayConfig, GatewayConfigError, prefix_key};
 use crate::edge_auth::{EdgeAuth, EdgeCaller};
 use crate::limits::Limits;
-use crate::pool::Pool;
+use crate::pool::{Instance, Pool};
 use crate::tls::Certificate;
+use crate::upstream::SendError;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -79,19 +80,17 @@ struct Generation {
     /// (prefix, pool index, require_auth), longest prefix first.
     routes: Vec<(String, usize, bool)>,
     pools: Vec<Pool>,
-    /// One client per pool: its connect timeout is the pool's.
-    clients: Vec<Client<HttpConnector, Body>>,
-    /// The pools' names and connect timeouts, to hand clients on at a reload.
-    connect_timeouts: Vec<(String, u64)>,
     auth: Option<EdgeAuth>,
     limits: Option<Limits>,
     /// Stops this generation's health checks and key reads.
     stop: Shutdown,
 }
 
-fn upstream_client(connect_timeout_ms: u64) -> Client<HttpConnector, Body> {
+/// The client of the JWKS (instances are reached through their own
+/// connections, [`crate::upstream`]).
+fn keys_client() -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms)));
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
     connector.set_nodelay(true);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
@@ -115,24 +114,6 @@ impl Generation {
             })
             .collect();
         routes.sort_by_key(|(prefix, _, _)| std::cmp::Reverse(prefix.len()));
-        let connect_timeouts: Vec<(String, u64)> = config
-            .upstreams
-            .iter()
-            .map(|(name, pool)| (name.clone(), pool.connect_timeout_ms))
-            .collect();
-        let clients = connect_timeouts
-            .iter()
-            .map(|(name, timeout)| {
-                let kept = old.and_then(|old| {
-                    let i = old
-                        .connect_timeouts
-                        .iter()
-                        .position(|(n, t)| n == name && t == timeout)?;
-                    Some(old.clients[i].clone())
-                });
-                kept.unwrap_or_else(|| upstream_client(*timeout))
-            })
-            .collect();
         let pools = config
             .upstreams
             .into_iter()
@@ -146,9 +127,7 @@ impl Generation {
             })
             .collect();
         let limits = config.rate_limit.as_ref().map(Limits::new).transpose()?;
-        let auth = config
-            .auth
-            .map(|auth| EdgeAuth::new(auth, upstream_client(1_000)));
+        let auth = config.auth.map(|auth| EdgeAuth::new(auth, keys_client()));
         if let (Some(auth), Some(before)) = (&auth, old.and_then(|old| old.auth.as_ref())) {
             auth.keep_keys_of(before);
         }
@@ -157,8 +136,6 @@ impl Generation {
             grace: Duration::from_millis(config.shutdown_timeout_ms),
             routes,
             pools,
-            clients,
-            connect_timeouts,
             auth,
             limits,
             stop: Shutdown::new(),
@@ -375,25 +352,31 @@ async fn ready(State(gateway): State<Gateway>) -> Response {
 /// Asks each instance of a pool `GET <health.path>` every interval, until
 /// the generation stops.
 async fn health_checks(generation: Arc<Generation>, pool: usize) {
-    let client = &generation.clients[pool];
     let pool = &generation.pools[pool];
     let every = Duration::from_millis(pool.config.health.interval_ms);
     let timeout = Duration::from_millis(pool.config.health.timeout_ms);
+    let connect_timeout = Duration::from_millis(pool.config.connect_timeout_ms);
     loop {
         let checks = pool.instances.iter().map(|instance| async move {
-            let uri = format!(
-                "{}{}",
-                instance.address.trim_end_matches('/'),
-                pool.config.health.path
-            );
-            let request = http::Request::get(uri).body(Body::empty());
-            let healthy = match request {
-                Ok(request) => matches!(
-                    tokio::time::timeout(timeout, client.request(request)).await,
-                    Ok(Ok(answer)) if answer.status().is_success()
-                ),
-                Err(_) => false,
+            let check = async {
+                let request = instance_request(
+                    Method::GET,
+                    instance,
+                    &pool.config.health.path,
+                    HeaderMap::new(),
+                    Body::empty(),
+                )?;
+                let answer = instance
+                    .connections
+                    .send(instance.authority.as_str(), connect_timeout, request)
+                    .await
+                    .ok()?;
+                let ok = answer.status().is_success();
+                // Read to its end, the connection serves the next check.
+                answer.into_body().collect().await.ok()?;
+                Some(ok)
             };
+            let healthy = matches!(tokio::time::timeout(timeout, check).await, Ok(Some(true)));
             instance.set_healthy(healthy);
         });
         futures_util::future::join_all(checks).await;
@@ -476,7 +459,7 @@ async fn forward(
         return limited.response();
     }
     let pool = &gateway.pools[pool_index];
-    let client = &gateway.clients[pool_index];
+    let connect_timeout = Duration::from_millis(pool.config.connect_timeout_ms);
     let (parts, body) = request.into_parts();
     let headers = forwarded_headers(
         &parts.headers,
@@ -534,25 +517,22 @@ async fn forward(
         };
         tried.push(index);
         let instance = &pool.instances[index];
-        let uri = http::Uri::builder()
-            .scheme("http")
-            .authority(instance.authority.clone())
-            .path_and_query(path.as_str())
-            .build();
-        let Ok(uri) = uri else {
-            return ApiError::from_code(ErrorCode::RequestInvalidPath).into_response();
-        };
         let body = match &replay {
             Some(bytes) => Body::from(bytes.clone()),
             None => body.take().unwrap_or_else(Body::empty),
         };
-        let mut outgoing = http::Request::new(body);
-        *outgoing.method_mut() = parts.method.clone();
-        *outgoing.uri_mut() = uri;
-        *outgoing.headers_mut() = headers.clone();
+        let Some(outgoing) =
+            instance_request(parts.method.clone(), instance, &path, headers.clone(), body)
+        else {
+            return ApiError::from_code(ErrorCode::RequestInvalidPath).into_response();
+        };
         let in_flight = instance.start();
         let started = Instant::now();
-        match tokio::time::timeout(timeout, client.request(outgoing)).await {
+        let sent =
+            instance
+                .connections
+                .send(instance.authority.as_str(), connect_timeout, outgoing);
+        match tokio::time::timeout(timeout, sent).await {
             Ok(Ok(answer)) => {
                 let status = answer.status();
                 let overloaded = matches!(
@@ -581,7 +561,7 @@ async fn forward(
                 failure = Failure::Unreachable;
                 // No connection: the instance saw nothing, so any request
                 // may go to another. Otherwise only an idempotent one.
-                if !e.is_connect() && !idempotent {
+                if !matches!(e, SendError::Connect(_)) && !idempotent {
                     break;
                 }
             }
@@ -614,6 +594,30 @@ async fn forward(
             ApiError::from_code(ErrorCode::GatewayUpstreamFailed).into_response()
         }
     }
+}
+
+/// A request to `instance`: `path_and_query` in the request line, its
+/// authority as `Host`.
+fn instance_request(
+    method: Method,
+    instance: &Instance,
+    path_and_query: &str,
+    mut headers: HeaderMap,
+    body: Body,
+) -> Option<http::Request<Body>> {
+    let uri = http::Uri::builder()
+        .path_and_query(path_and_query)
+        .build()
+        .ok()?;
+    headers.insert(
+        header::HOST,
+        HeaderValue::from_str(instance.authority.as_str()).ok()?,
+    );
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = headers;
+    Some(request)
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -675,7 +679,7 @@ fn forwarded_headers(
     if let Some(host) = given.get(header::HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    // The instance's own authority goes in the request line; hyper sets `Host` from it.
+    // The instance's own authority goes in `Host` (see `instance_request`).
     headers.remove(header::HOST);
     if let Ok(value) = HeaderValue::from_str(request_id) {
         headers.insert(X_REQUEST_ID.clone(), value);
