@@ -87,7 +87,7 @@ struct Generation {
 }
 
 /// The client of the JWKS (instances are reached through their own
-/// connections, [`crate::upstream`]).
+/// connections, [`crate::upstream`], ADR 0010).
 fn keys_client() -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(Duration::from_secs(1)));

@@ -552,7 +552,7 @@ const IN_PROCESS_LANES: usize = 16;
 impl Bus for InProcessBus {
     /// Hands a batch's events out by aggregate: each aggregate's events one
     /// after another in batch order, up to [`IN_PROCESS_LANES`] aggregates side
-    /// by side, as the NATS partitions do (ADR 0007). One at a time, a relay
+    /// by side, as the NATS partitions do (ADRs 0007, 0009). One at a time, a relay
     /// could publish no faster than one slow consumer (a receipt written to
     /// disk) handles, and fell behind the checkouts for good. An aggregate's
     /// failed event holds back its later ones in the batch; other aggregates'
