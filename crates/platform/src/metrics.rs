@@ -48,11 +48,20 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
+    // Two first callers at once take turns: the second finds the first's
+    // handle (without the turn it could look between the first's recorder
+    // going in and its handle being kept, and find neither).
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = INSTALLING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)?
         .build_recorder();
     let handle = recorder.handle();
-    // Two first callers at once: one recorder wins, and both use its handle.
     if metrics::set_global_recorder(recorder).is_ok() {
         let _ = HANDLE.set(handle);
     }
