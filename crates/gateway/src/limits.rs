@@ -120,6 +120,9 @@ struct Shared {
 struct Backoff {
     retry_at: Option<Instant>,
     next_pause: Duration,
+    /// One request was let through to ask after a pause: its failure starts
+    /// the next pause (others failing meanwhile were sent before the pause).
+    probing: bool,
 }
 
 impl Default for Backoff {
@@ -127,24 +130,30 @@ impl Default for Backoff {
         Backoff {
             retry_at: None,
             next_pause: REDIS_RETRY_FIRST,
+            probing: false,
         }
     }
 }
 
 impl Shared {
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        // Two instants and a flag: a panic elsewhere cannot leave them half-written.
+        self.backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Whether this check may ask Redis: yes unless a failure's pause runs.
     /// The first to ask once it is over takes the next ask for itself (the
     /// pause goes on for the others until its answer), so a Redis that hangs
     /// costs one request [`REDIS_TIMEOUT`], not every request.
     fn may_ask(&self, now: Instant) -> bool {
-        let mut backoff = self
-            .backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut backoff = self.backoff();
         match backoff.retry_at {
             Some(at) if now < at => false,
             Some(_) => {
                 backoff.retry_at = Some(now + REDIS_TIMEOUT * 2);
+                backoff.probing = true;
                 true
             }
             None => true,
@@ -152,24 +161,25 @@ impl Shared {
     }
 
     fn answered(&self) {
-        *self
-            .backoff
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Backoff::default();
+        *self.backoff() = Backoff::default();
         if self.degraded.swap(false, Ordering::Relaxed) {
             tracing::info!("Redis answers again: rate limits are shared again");
         }
     }
 
+    /// A check failed: the first failure, or the probe's, starts a pause
+    /// (each one twice the last); the other checks that were already asking
+    /// when it began change nothing.
     fn failed(&self, now: Instant, error: &str) {
         let pause = {
-            let mut backoff = self
-                .backoff
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut backoff = self.backoff();
+            if backoff.retry_at.is_some() && !backoff.probing {
+                return;
+            }
             let pause = backoff.next_pause;
             backoff.retry_at = Some(now + pause);
             backoff.next_pause = (pause * 2).min(REDIS_RETRY_MAX);
+            backoff.probing = false;
             pause
         };
         if !self.degraded.swap(true, Ordering::Relaxed) {
@@ -375,10 +385,7 @@ mod tests {
         }
         let shared = limits.shared.as_ref().expect("shared");
         assert!(shared.degraded.load(Ordering::Relaxed));
-        assert!(
-            shared.backoff.lock().expect("backoff").retry_at.is_some(),
-            "a pause runs"
-        );
+        assert!(shared.backoff().retry_at.is_some(), "a pause runs");
         assert!(asked.load(Ordering::SeqCst) <= 2, "asked {asked:?} times");
     }
 
@@ -387,35 +394,36 @@ mod tests {
         let limits =
             Limits::new(&config(1, 1, Some("redis://127.0.0.1:1".to_string()))).expect("limits");
         let shared = limits.shared.as_ref().expect("shared");
+        let retry_at = || shared.backoff().retry_at;
         let t0 = Instant::now();
         assert!(shared.may_ask(t0));
-        let pauses: Vec<Duration> = (0..7)
-            .map(|_| {
-                shared.failed(t0, "down");
-                let at = shared
-                    .backoff
-                    .lock()
-                    .expect("backoff")
-                    .retry_at
-                    .expect("paused");
-                at - t0
-            })
-            .collect();
+        shared.failed(t0, "down");
+        let first = retry_at().expect("paused");
+        // Checks that were asking when it failed change nothing.
+        for _ in 0..5 {
+            shared.failed(t0 + Duration::from_millis(10), "down");
+        }
+        assert_eq!(retry_at(), Some(first));
+        let mut now = first;
+        let mut pauses = vec![first - t0];
+        for _ in 0..6 {
+            assert!(
+                !shared.may_ask(now - Duration::from_millis(1)),
+                "still paused"
+            );
+            assert!(shared.may_ask(now), "the pause is over");
+            assert!(!shared.may_ask(now), "one ask at a time");
+            shared.failed(now, "down");
+            let at = retry_at().expect("paused");
+            pauses.push(at - now);
+            now = at;
+        }
         assert_eq!(
             pauses.iter().map(Duration::as_secs).collect::<Vec<_>>(),
             [1, 2, 4, 8, 16, 30, 30]
         );
-        assert!(!shared.may_ask(t0 + Duration::from_secs(29)));
-        assert!(
-            shared.may_ask(t0 + Duration::from_secs(30)),
-            "the pause is over"
-        );
-        assert!(
-            !shared.may_ask(t0 + Duration::from_secs(30)),
-            "one ask at a time"
-        );
         shared.answered();
-        assert!(shared.may_ask(t0));
+        assert!(shared.may_ask(now));
         assert!(!shared.degraded.load(Ordering::Relaxed));
     }
 }

@@ -11,6 +11,7 @@
 //! instance closed meanwhile is found closed when taken, and dropped, and a
 //! request a connection turns down unsent goes out on a new one.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -74,7 +75,8 @@ impl Driven {
 /// An instance's connections.
 #[derive(Default)]
 pub(crate) struct Connections {
-    idle: Mutex<Vec<Driven>>,
+    /// The most recently used at the back.
+    idle: Mutex<VecDeque<Driven>>,
 }
 
 impl std::fmt::Debug for Connections {
@@ -112,14 +114,7 @@ impl Connections {
                         // Nothing to read (a HEAD, a 204, an empty body): the
                         // body may never be polled, so the connection goes
                         // back now.
-                        let mut driven = Some(driven);
-                        std::future::poll_fn(|cx| {
-                            if let Some(driven) = driven.take() {
-                                self.put(driven, cx);
-                            }
-                            Poll::Ready(())
-                        })
-                        .await;
+                        self.put(driven);
                         return Ok(http::Response::from_parts(parts, Body::new(body)));
                     }
                     let body = DrivenBody {
@@ -133,7 +128,9 @@ impl Connections {
                     // Turned down unsent by a connection that had been idle
                     // (the instance closed it): a new one takes it.
                     Some(unsent) if reused => request = unsent,
-                    _ => return Err(SendError::Failed(e.into_error())),
+                    // Unsent on a new connection: the instance saw nothing.
+                    Some(_) => return Err(SendError::Connect(e.into_error().to_string())),
+                    None => return Err(SendError::Failed(e.into_error())),
                 },
             }
         }
@@ -141,10 +138,9 @@ impl Connections {
 
     /// An idle connection still open and ready, the most recently used first.
     fn take(&self) -> Option<Driven> {
-        let waker = futures_util::task::noop_waker_ref();
-        let mut cx = Context::from_waker(waker);
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         loop {
-            let mut driven = self.idle().pop()?;
+            let mut driven = self.idle().pop_back()?;
             if driven.idle_since.elapsed() < IDLE_LIMIT
                 && driven.poll_conn(&mut cx)
                 && driven.sender.is_ready()
@@ -155,14 +151,23 @@ impl Connections {
     }
 
     /// Keeps a connection whose answer was read to its end for the next
-    /// request.
-    fn put(&self, mut driven: Driven, cx: &mut Context<'_>) {
-        // One more turn lets it see the exchange through and ask for the next.
-        if driven.poll_conn(cx) && driven.sender.is_ready() {
-            driven.idle_since = Instant::now();
+    /// request, and closes those idle too long.
+    fn put(&self, mut driven: Driven) {
+        // One more turn lets it see the exchange through and ask for the
+        // next. Without a waker: idle, nobody waits on it.
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        if driven.poll_conn(&mut cx) && driven.sender.is_ready() {
+            let now = Instant::now();
+            driven.idle_since = now;
             let mut idle = self.idle();
+            while idle
+                .front()
+                .is_some_and(|oldest| now.duration_since(oldest.idle_since) >= IDLE_LIMIT)
+            {
+                idle.pop_front();
+            }
             if idle.len() < MAX_IDLE {
-                idle.push(driven);
+                idle.push_back(driven);
             }
         }
     }
@@ -173,7 +178,7 @@ impl Connections {
         self.idle().len()
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Driven>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Driven>> {
         // A list of connections: a panic elsewhere cannot leave it half-changed.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -223,16 +228,20 @@ impl HttpBody for DrivenBody {
             driven.poll_conn(cx);
         }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        match &frame {
+        let ended = match &frame {
             // A server that knows the length stops polling once the last
-            // bytes are in (`is_end_stream`), without waiting for `None`.
-            Poll::Ready(None) | Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => {
-                if let Some(driven) = this.driven.take() {
-                    this.home.put(driven, cx);
-                }
+            // bytes are in (`is_end_stream`), without waiting for `None`; a
+            // chunked body ends with `None`.
+            Poll::Ready(Some(Ok(_))) => this.body.is_end_stream(),
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Err(_))) => {
+                this.driven = None;
+                false
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.driven = None,
-            _ => {}
+            Poll::Pending => false,
+        };
+        if ended && let Some(driven) = this.driven.take() {
+            this.home.put(driven);
         }
         frame
     }
@@ -275,6 +284,16 @@ mod tests {
                     let answer = service_fn(|request: http::Request<Incoming>| async move {
                         let body = if request.uri().path() == "/empty" {
                             http::Response::builder().status(204).body(Body::empty())
+                        } else if request.uri().path() == "/chunked" {
+                            // No length: hyper sends it chunked.
+                            let chunks = futures_util::stream::iter(
+                                [
+                                    Bytes::from(vec![b'x'; 32 * 1024]),
+                                    Bytes::from(vec![b'y'; 32 * 1024]),
+                                ]
+                                .map(Ok::<_, Infallible>),
+                            );
+                            http::Response::builder().body(Body::from_stream(chunks))
                         } else {
                             http::Response::builder().body(Body::from(vec![b'x'; 64 * 1024]))
                         };
@@ -329,6 +348,10 @@ mod tests {
         assert_eq!(answer.status(), 204);
         assert_eq!(connections.idle_count(), 1);
         drop(answer);
+        assert_eq!(fetch(&connections, &authority, "/").await, 64 * 1024);
+        // A chunked answer, read to its end, gives it back too.
+        assert_eq!(fetch(&connections, &authority, "/chunked").await, 64 * 1024);
+        assert_eq!(connections.idle_count(), 1);
         assert_eq!(fetch(&connections, &authority, "/").await, 64 * 1024);
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all");
     }

@@ -516,6 +516,55 @@ impl InProcessBus {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Hands `event` to every interested consumer that has not given up on
+    /// it, in subscription order; stops at the first that fails (and has
+    /// attempts left).
+    async fn hand_out(&self, event: &Event) -> Result<(), PublishError> {
+        let interested: Vec<Arc<Subscription>> = self
+            .subscriptions
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|s| s.kinds.contains(&event.kind))
+            .cloned()
+            .collect();
+        for subscription in interested {
+            let consumer = &subscription.consumer;
+            let key = (consumer.clone(), event.id);
+            if self.attempts().parked.contains(&key) {
+                continue;
+            }
+            let failed = |reason: String| PublishError {
+                kind: event.kind.clone(),
+                id: event.id,
+                reason,
+            };
+            match run_handler(&subscription.handler, event, HANDLER_LIMIT).await {
+                Ok(()) => {
+                    self.attempts().failed.remove(&key);
+                }
+                Err(error) => match self.give_up(consumer, event, &error).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(failed(format!("consumer {consumer} failed: {error}")));
+                    }
+                    Err(e) => {
+                        return Err(failed(format!(
+                            "consumer {consumer} failed ({error}) and parking failed: {e:#}"
+                        )));
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// `event` reached every consumer: who gave up on it need not be
+    /// remembered.
+    fn published(&self, event: &Event) {
+        self.attempts().parked.retain(|(_, id)| *id != event.id);
+    }
+
     /// The subscription of `consumer` that takes `kind`.
     fn subscription(&self, consumer: &str, kind: &str) -> Result<Arc<Subscription>, DeliverError> {
         let subscriptions = self
@@ -577,7 +626,7 @@ impl Bus for InProcessBus {
             .map(|lane| async move {
                 let mut done = Vec::with_capacity(lane.len());
                 for n in lane {
-                    let outcome = self.publish(&events[n]).await;
+                    let outcome = self.hand_out(&events[n]).await;
                     let failed = outcome.is_err();
                     done.push((n, outcome));
                     if failed {
@@ -594,9 +643,11 @@ impl Bus for InProcessBus {
         }
         // The publication ends at the first event not handled (one left
         // untried sits behind a failure of its aggregate, earlier in the batch).
+        // Until an event is published to all, who gave up on it is
+        // remembered: it is handed out again with the batch, not to them.
         for (n, outcome) in outcomes.into_iter().enumerate() {
             match outcome {
-                Some(Ok(())) => {}
+                Some(Ok(())) => self.published(&events[n]),
                 Some(Err(e)) => return (n, Some(e)),
                 None => {
                     let held = PublishError {
@@ -612,44 +663,8 @@ impl Bus for InProcessBus {
     }
 
     async fn publish(&self, event: &Event) -> Result<(), PublishError> {
-        let interested: Vec<Arc<Subscription>> = self
-            .subscriptions
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|s| s.kinds.contains(&event.kind))
-            .cloned()
-            .collect();
-        for subscription in interested {
-            let consumer = &subscription.consumer;
-            let key = (consumer.clone(), event.id);
-            if self.attempts().parked.contains(&key) {
-                continue;
-            }
-            let failed = |reason: String| PublishError {
-                kind: event.kind.clone(),
-                id: event.id,
-                reason,
-            };
-            match run_handler(&subscription.handler, event, HANDLER_LIMIT).await {
-                Ok(()) => {
-                    self.attempts().failed.remove(&key);
-                }
-                Err(error) => match self.give_up(consumer, event, &error).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return Err(failed(format!("consumer {consumer} failed: {error}")));
-                    }
-                    Err(e) => {
-                        return Err(failed(format!(
-                            "consumer {consumer} failed ({error}) and parking failed: {e:#}"
-                        )));
-                    }
-                },
-            }
-        }
-        // Published to all: who gave up on it need not be remembered.
-        self.attempts().parked.retain(|(_, id)| *id != event.id);
+        self.hand_out(event).await?;
+        self.published(event);
         Ok(())
     }
 
@@ -1432,6 +1447,34 @@ mod tests {
         seen.sort();
         assert_eq!(seen, ["x", "y"]);
         assert_eq!(handler.calls(), 3, "the second p is held back");
+        Ok(())
+    }
+
+    /// A consumer that gave up on an event in a batch that failed earlier
+    /// (another aggregate's event) is not handed it again when the batch is
+    /// published again.
+    #[tokio::test]
+    async fn a_consumer_that_gave_up_in_a_failed_batch_is_not_tried_again() -> anyhow::Result<()> {
+        let (_test, bus) = bus_with_dead_letters(3).await?;
+        let blocking = test_handlers::Counting::failing_for("a");
+        let giving_up = test_handlers::Counting::failing_for("b");
+        bus.subscribe("blocking", &["a.b"], blocking.clone());
+        bus.subscribe("giving_up", &["a.b"], giving_up.clone());
+        let batch = [event("a.b", "a"), event("a.b", "b")];
+        // Its last attempt at the second event is the next.
+        bus.attempts()
+            .failed
+            .insert(("giving_up".to_string(), batch[1].id), 2);
+        for _ in 0..2 {
+            let (sent, failed) = bus.publish_batch(&batch).await;
+            assert_eq!((sent, failed.map(|e| e.id)), (0, Some(batch[0].id)));
+        }
+        assert_eq!(
+            giving_up.calls(),
+            1,
+            "parked in the first round, skipped in the second"
+        );
+        assert_eq!(bus.dead_letters(None, 10).await?.len(), 1);
         Ok(())
     }
 
