@@ -148,6 +148,10 @@ impl Shared {
     /// pause goes on for the others until its answer), so a Redis that hangs
     /// costs one request [`REDIS_TIMEOUT`], not every request.
     fn may_ask(&self, now: Instant) -> bool {
+        // Answering Redis, no pause: no lock on the way of every request.
+        if !self.degraded.load(Ordering::Relaxed) {
+            return true;
+        }
         let mut backoff = self.backoff();
         match backoff.retry_at {
             Some(at) if now < at => false,
@@ -161,6 +165,9 @@ impl Shared {
     }
 
     fn answered(&self) {
+        if !self.degraded.load(Ordering::Relaxed) {
+            return;
+        }
         *self.backoff() = Backoff::default();
         if self.degraded.swap(false, Ordering::Relaxed) {
             tracing::info!("Redis answers again: rate limits are shared again");
