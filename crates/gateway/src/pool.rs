@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::config::{Balance, BreakerConfig, UpstreamConfig};
-use crate::upstream::Connections;
+use crate::upstream::{Connections, SendError};
 
 /// Points per instance on the consistent-hash ring: enough that instances
 /// share the ring evenly.
@@ -24,7 +24,7 @@ pub(crate) struct Instance {
     pub(crate) address: String,
     pub(crate) authority: http::uri::Authority,
     /// Its connections, idle between requests.
-    pub(crate) connections: Arc<Connections>,
+    connections: Arc<Connections>,
     in_flight: AtomicUsize,
     /// Whether its last health check passed (true until the first says otherwise).
     healthy: AtomicBool,
@@ -69,6 +69,18 @@ impl Instance {
             }),
             breaker: Mutex::new(Breaker::Closed { failures: 0 }),
         }
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) on one of its
+    /// connections, a new one made within `connect_timeout` if none is idle.
+    pub(crate) async fn send(
+        &self,
+        connect_timeout: Duration,
+        request: http::Request<axum::body::Body>,
+    ) -> Result<http::Response<axum::body::Body>, SendError> {
+        self.connections
+            .send(self.authority.as_str(), connect_timeout, request)
+            .await
     }
 
     /// Whether a request may be sent to it now, taking the half-open probe

@@ -366,11 +366,7 @@ async fn health_checks(generation: Arc<Generation>, pool: usize) {
                     HeaderMap::new(),
                     Body::empty(),
                 )?;
-                let answer = instance
-                    .connections
-                    .send(instance.authority.as_str(), connect_timeout, request)
-                    .await
-                    .ok()?;
+                let answer = instance.send(connect_timeout, request).await.ok()?;
                 let ok = answer.status().is_success();
                 // Read to its end, the connection serves the next check.
                 answer.into_body().collect().await.ok()?;
@@ -528,11 +524,7 @@ async fn forward(
         };
         let in_flight = instance.start();
         let started = Instant::now();
-        let sent =
-            instance
-                .connections
-                .send(instance.authority.as_str(), connect_timeout, outgoing);
-        match tokio::time::timeout(timeout, sent).await {
+        match tokio::time::timeout(timeout, instance.send(connect_timeout, outgoing)).await {
             Ok(Ok(answer)) => {
                 let status = answer.status();
                 let overloaded = matches!(

@@ -320,11 +320,18 @@ mod tests {
             .expect("a request")
     }
 
-    async fn fetch(connections: &Arc<Connections>, authority: &str, path: &str) -> usize {
-        let answer = connections
+    async fn ask(
+        connections: &Arc<Connections>,
+        authority: &str,
+        path: &str,
+    ) -> Result<http::Response<Body>, SendError> {
+        connections
             .send(authority, Duration::from_secs(1), get(authority, path))
             .await
-            .expect("an answer");
+    }
+
+    async fn fetch(connections: &Arc<Connections>, authority: &str, path: &str) -> usize {
+        let answer = ask(connections, authority, path).await.expect("an answer");
         let body = answer.into_body().collect().await.expect("the body");
         body.to_bytes().len()
     }
@@ -337,12 +344,7 @@ mod tests {
             assert_eq!(fetch(&connections, &authority, "/").await, 64 * 1024);
         }
         // An empty answer gives the connection back at once.
-        let answer = connections
-            .send(
-                &authority,
-                Duration::from_secs(1),
-                get(&authority, "/empty"),
-            )
+        let answer = ask(&connections, &authority, "/empty")
             .await
             .expect("an answer");
         assert_eq!(answer.status(), 204);
@@ -363,10 +365,7 @@ mod tests {
         let (authority, accepted) = server(true, None).await;
         let connections = Arc::new(Connections::default());
         for _ in 0..3 {
-            let answer = connections
-                .send(&authority, Duration::from_secs(1), get(&authority, "/"))
-                .await
-                .expect("an answer");
+            let answer = ask(&connections, &authority, "/").await.expect("an answer");
             let mut body = answer.into_body();
             let mut read = 0;
             while !body.is_end_stream() {
@@ -384,10 +383,7 @@ mod tests {
     async fn an_answer_dropped_unread_takes_its_connection_with_it() {
         let (authority, accepted) = server(true, None).await;
         let connections = Arc::new(Connections::default());
-        let answer = connections
-            .send(&authority, Duration::from_secs(1), get(&authority, "/"))
-            .await
-            .expect("an answer");
+        let answer = ask(&connections, &authority, "/").await.expect("an answer");
         drop(answer);
         assert_eq!(connections.idle_count(), 0);
         assert_eq!(fetch(&connections, &authority, "/").await, 64 * 1024);
@@ -420,9 +416,7 @@ mod tests {
         let authority = listener.local_addr().expect("an address").to_string();
         drop(listener);
         let connections = Arc::new(Connections::default());
-        let failed = connections
-            .send(&authority, Duration::from_secs(1), get(&authority, "/"))
-            .await;
+        let failed = ask(&connections, &authority, "/").await;
         assert!(matches!(failed, Err(SendError::Connect(_))), "{failed:?}");
     }
 }
